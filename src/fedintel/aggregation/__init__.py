@@ -1,0 +1,11 @@
+"""How client updates are combined: one small module per rule.
+
+An aggregator takes the accepted :class:`~fedintel.types.Update` objects of a round (their ``delta``
+tensors) and returns one aggregated delta; the scheme adds it to the global adapter.
+"""
+
+from fedintel.aggregation.base import Aggregator, get_aggregator, register
+from fedintel.aggregation.fedavg import FedAvg
+from fedintel.aggregation.validate import UpdateRejected, validate_update
+
+__all__ = ["Aggregator", "FedAvg", "UpdateRejected", "get_aggregator", "register", "validate_update"]

@@ -1,0 +1,205 @@
+"""Experiment configuration: one YAML file, validated by pydantic.
+
+Every section forbids unknown keys, and every error names the field (``federation.rounds: ...``) and,
+for choices, the allowed values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem a user can fix; the message names the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """The pretrained base model."""
+
+    name: str = Field(
+        "smollm2-135m",
+        description="A built-in offline model (smollm2-135m, minilm-l6, tiny-llama, tiny-bert) "
+        "or a local directory holding a Hugging Face model and tokenizer.",
+    )
+    task: Literal["causal_lm", "classification"] = "causal_lm"
+    num_labels: int = Field(2, ge=2, description="Classes, for task=classification.")
+    num_layers: int | None = Field(
+        None, ge=1, description="Keep only the first N transformer layers (pretrained weights kept)."
+    )
+
+
+class PartitionConfig(_Section):
+    """How the pooled data is split across clients."""
+
+    method: Literal["iid", "dirichlet", "by_domain"] = "iid"
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration over labels (method=dirichlet).")
+
+
+class DataConfig(_Section):
+    """Where the text comes from and how it is split."""
+
+    dataset: str = Field(
+        "chatterbot",
+        description="A built-in offline corpus (see `fedintel datasets`) or 'json' with data_files.",
+    )
+    data_files: list[str] | None = Field(None, description="JSON/JSONL files, for dataset=json.")
+    text_field: str = "text"
+    label_field: str = "label"
+    domain_field: str = "domain"
+    domains: list[str] | None = Field(None, description="Use only these domains of the corpus.")
+    max_length: int = Field(128, ge=8, le=4096, description="Tokens per sample after truncation.")
+    samples_per_client: int = Field(200, ge=1)
+    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of each client's shard held out.")
+    global_eval_samples: int = Field(200, ge=1, description="Samples in the global held-out eval set.")
+    partition: PartitionConfig = PartitionConfig()
+
+    @model_validator(mode="after")
+    def _json_needs_files(self) -> DataConfig:
+        if self.dataset == "json" and not self.data_files:
+            raise ValueError("data.data_files is required when data.dataset is 'json'")
+        return self
+
+
+class PeftConfig(_Section):
+    """The parameter-efficient method (Hugging Face PEFT)."""
+
+    method: Literal["lora", "prefix", "prompt"] = "lora"
+    r: int = Field(8, ge=1, description="LoRA rank.")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling alpha.")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout.")
+    target_modules: list[str] | None = Field(
+        None, description="Modules LoRA adapts; default: the attention query/value projections."
+    )
+    num_virtual_tokens: int = Field(16, ge=1, description="Virtual tokens for prefix/prompt tuning.")
+
+
+class FederationConfig(_Section):
+    """Rounds, sampling and the local training recipe."""
+
+    scheme: Literal["fedavg"] = "fedavg"
+    rounds: int = Field(3, ge=1)
+    num_clients: int = Field(8, ge=1)
+    clients_per_round: int = Field(8, ge=1)
+    local_steps: int = Field(2, ge=1, description="Optimizer steps per client per round.")
+    local_epochs: float | None = Field(
+        None, gt=0, description="If set, overrides local_steps with epochs over the client's shard."
+    )
+    batch_size: int = Field(8, ge=1, description="Logical batch per optimizer step (paper: 80).")
+    micro_batch_size: int = Field(8, ge=1, description="Samples per forward pass; the rest accumulate.")
+    lr: float = Field(2e-4, gt=0, description="AdamW learning rate (paper: 2e-4).")
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    seed: int = 0
+    max_update_norm: float | None = Field(
+        None, gt=0, description="Reject client updates whose L2 norm exceeds this."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> FederationConfig:
+        if self.clients_per_round > self.num_clients:
+            raise ValueError(
+                f"federation.clients_per_round ({self.clients_per_round}) exceeds "
+                f"federation.num_clients ({self.num_clients})"
+            )
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"federation.batch_size ({self.batch_size}) must be a multiple of "
+                f"federation.micro_batch_size ({self.micro_batch_size})"
+            )
+        return self
+
+
+class EvalConfig(_Section):
+    """Evaluation after aggregation."""
+
+    every: int = Field(1, ge=1, description="Evaluate every N rounds (the last round always).")
+    max_samples: int = Field(64, ge=1, description="Cap on samples per evaluation set.")
+    per_client: bool = Field(True, description="Also evaluate the global adapter on each client's split.")
+    batch_size: int = Field(16, ge=1)
+
+
+class OutputConfig(_Section):
+    """Where runs are written."""
+
+    dir: str = "runs"
+    run_name: str | None = Field(None, description="Run directory name; default: <name>-<timestamp>.")
+    checkpoint_every: int = Field(1, ge=1)
+    save_adapter: bool = True
+
+
+class ExperimentConfig(_Section):
+    """A whole experiment file."""
+
+    name: str = "experiment"
+    engine: Literal["local"] = "local"
+    threads: int | None = Field(None, ge=1, description="torch threads; default: all cores.")
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    peft: PeftConfig = PeftConfig()
+    federation: FederationConfig = FederationConfig()
+    eval: EvalConfig = EvalConfig()
+    output: OutputConfig = OutputConfig()
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see `fedintel run --help` and examples/)"
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(lines)
+
+
+def _apply_override(raw: dict[str, Any], assignment: str) -> None:
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects KEY=VALUE, got {assignment!r}")
+    key, value = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = raw
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {p} is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+def parse_config(raw: dict[str, Any], overrides: list[str] | None = None) -> ExperimentConfig:
+    """Validate a config mapping (after applying ``--set`` style overrides)."""
+    if not isinstance(raw, dict):
+        raise ConfigError("the config file must hold a mapping of sections (model, data, peft, ...)")
+    for o in overrides or []:
+        _apply_override(raw, o)
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read and validate an experiment YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: malformed YAML{where}: {getattr(err, 'problem', err)}") from None
+    return parse_config(raw, overrides)
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    """The config as YAML, as stored in a run directory."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,74 @@
+"""Wrap a base model with a Hugging Face PEFT method and swap adapter tensors in and out.
+
+All simulated clients share one base model in memory; a client is just an :data:`AdapterState` that is
+copied into the model's trainable parameters before it trains and read back afterwards.
+"""
+
+from __future__ import annotations
+
+import torch
+from peft import (
+    LoraConfig,
+    PeftModel,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    TaskType,
+    get_peft_model,
+)
+
+from fedintel.config import PeftConfig
+from fedintel.types import AdapterState
+
+
+def peft_config_for(cfg: PeftConfig, task: str) -> LoraConfig | PrefixTuningConfig | PromptTuningConfig:
+    """Translate fedintel's ``peft`` section into PEFT's own config object."""
+    task_type = TaskType.CAUSAL_LM if task == "causal_lm" else TaskType.SEQ_CLS
+    if cfg.method == "lora":
+        return LoraConfig(
+            task_type=task_type, r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+            target_modules=cfg.target_modules,
+        )
+    if cfg.method == "prefix":
+        return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=cfg.num_virtual_tokens)
+    return PromptTuningConfig(task_type=task_type, num_virtual_tokens=cfg.num_virtual_tokens)
+
+
+def build_peft_model(base: torch.nn.Module, cfg: PeftConfig, task: str, seed: int = 0) -> PeftModel:
+    """Add a freshly initialised adapter (deterministic for ``seed``) to ``base``."""
+    torch.manual_seed(seed)
+    try:
+        return get_peft_model(base, peft_config_for(cfg, task))
+    except ValueError as err:
+        raise ValueError(f"peft: cannot apply {cfg.method} to this model: {err}") from None
+
+
+class AdapterSlot:
+    """The trainable tensors of a PEFT model, addressable as one :data:`AdapterState`."""
+
+    def __init__(self, model: PeftModel) -> None:
+        self.model = model
+        self.params: dict[str, torch.nn.Parameter] = {
+            n: p for n, p in model.named_parameters() if p.requires_grad
+        }
+        if not self.params:
+            raise ValueError("the PEFT model has no trainable parameters")
+
+    def get(self) -> AdapterState:
+        """A detached copy of the current adapter."""
+        return {n: p.detach().clone() for n, p in self.params.items()}
+
+    def set(self, state: AdapterState) -> None:
+        """Load ``state`` into the model (shapes must match exactly)."""
+        missing = self.params.keys() - state.keys()
+        if missing:
+            raise KeyError(f"adapter state lacks {sorted(missing)[:3]}")
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(state[n])
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {n: tuple(p.shape) for n, p in self.params.items()}
+
+    @property
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.params.values())

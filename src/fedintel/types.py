@@ -1,0 +1,65 @@
+"""Small typed values that the parts of fedintel exchange.
+
+Schemes decide *when and who*, aggregators *how to combine*, engines *where it runs*, the network *how
+long it takes*; they meet only in these values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+AdapterState = dict[str, torch.Tensor]
+"""The trainable tensors of a PEFT adapter, keyed as in PEFT's own saved state dict."""
+
+
+def state_nbytes(state: AdapterState) -> int:
+    """Bytes needed to send ``state`` as raw tensors (dtype-aware, no framing)."""
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def clone_state(state: AdapterState) -> AdapterState:
+    """A detached copy of ``state`` that later in-place training cannot change."""
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+@dataclass
+class Update:
+    """What one client sends back after local training.
+
+    ``delta`` is the client's adapter minus the adapter it started from (``base_version``), so every
+    aggregation rule, DP clipping and secure masking works on the same quantity.
+    """
+
+    client_id: int
+    delta: AdapterState
+    num_samples: int
+    base_version: int
+    train_loss: float
+    steps: int
+    tokens: int
+    flops: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        """Uplink payload size in bytes."""
+        return state_nbytes(self.delta)
+
+
+@dataclass
+class ClientResult:
+    """Per-client outcome of a round, as recorded in the metrics store."""
+
+    client_id: int
+    accepted: bool
+    reason: str = ""
+    train_loss: float = float("nan")
+    num_samples: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    steps: int = 0
+    tokens: int = 0
+    flops: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
