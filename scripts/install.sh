@@ -15,7 +15,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 CACHE="${FEDINTEL_CACHE:-$HOME/.cache/fedintel}"
 mkdir -p "$CACHE/downloads"
 # VADER's human-rated sentiment corpora live only in its sdist (not the wheel).
-if ! ls "$CACHE"/downloads/vadersentiment-3.3.2.tar.gz >/dev/null 2>&1; then
+if ! ls "$CACHE"/downloads/[vV]ader[sS]entiment-3.3.2.tar.gz >/dev/null 2>&1; then
   "$PIP" download -q --no-deps --no-binary :all: -d "$CACHE/downloads" "vadersentiment==3.3.2" \
     || echo "warning: could not download the vadersentiment sdist; the 'vader' dataset will be unavailable" >&2
 fi

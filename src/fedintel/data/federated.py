@@ -1,0 +1,138 @@
+"""Build the federated view of a dataset: per-client train/eval shards and a global held-out set."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from fedintel.config import DataConfig
+from fedintel.data import partition
+from fedintel.data.corpora import BUILTIN_DATASETS, DatasetError, prepared_path
+from fedintel.data.tokenize import TokenizedSet, tokenize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClientData:
+    """One client's private data: never leaves the client in a real deployment."""
+
+    client_id: int
+    train: TokenizedSet
+    eval: TokenizedSet
+    domain: str | None = None
+
+
+@dataclass
+class FederatedData:
+    """All clients' shards plus held-out evaluation sets."""
+
+    clients: list[ClientData]
+    global_eval: TokenizedSet
+    domain_eval: dict[str, TokenizedSet] = field(default_factory=dict)
+    label_names: list[str] | None = None
+
+    @property
+    def client_domains(self) -> list[str | None]:
+        return [c.domain for c in self.clients]
+
+
+def load_records(cfg: DataConfig) -> list[dict]:
+    """Rows of the configured dataset through ``datasets.load_dataset("json", ...)``."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    if cfg.dataset == "json":
+        files = [str(Path(f).expanduser()) for f in cfg.data_files or []]
+        missing = [f for f in files if not Path(f).is_file()]
+        if missing:
+            raise DatasetError(f"data.data_files: file not found: {missing[0]}")
+    else:
+        files = [str(prepared_path(cfg.dataset))]
+    try:
+        ds = datasets.load_dataset("json", data_files=files, split="train")
+    except Exception as err:  # datasets raises many types for unreadable files
+        raise DatasetError(f"data.data_files: cannot read {files}: {err}") from None
+    if cfg.text_field not in ds.column_names:
+        raise DatasetError(f"data.text_field: column {cfg.text_field!r} not in {ds.column_names}")
+    rows = ds.to_list()
+    if cfg.domains:
+        known = {str(r.get(cfg.domain_field)) for r in rows}
+        unknown = [d for d in cfg.domains if d not in known]
+        if unknown:
+            raise DatasetError(f"data.domains: {unknown} not in the dataset's domains {sorted(known)}")
+        rows = [r for r in rows if str(r.get(cfg.domain_field)) in cfg.domains]
+    return rows
+
+
+def dataset_task(cfg: DataConfig) -> str | None:
+    """The task a built-in dataset is for (None for user JSON)."""
+    return BUILTIN_DATASETS[cfg.dataset][0] if cfg.dataset in BUILTIN_DATASETS else None
+
+
+def build_federated_data(
+    cfg: DataConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    task: str,
+    num_clients: int,
+    seed: int,
+) -> FederatedData:
+    """Partition the dataset across ``num_clients`` clients, deterministically for ``seed``."""
+    expected = dataset_task(cfg)
+    if expected is not None and expected != task:
+        raise DatasetError(f"data.dataset: {cfg.dataset} is a {expected} dataset but model.task is {task}")
+    rows = load_records(cfg)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xDA7A]))
+    texts = [str(r[cfg.text_field]) for r in rows]
+    domains = [str(r.get(cfg.domain_field, "all")) for r in rows]
+    labels: list[int] | None = None
+    label_names: list[str] | None = None
+    if task == "classification":
+        if any(cfg.label_field not in r for r in rows):
+            raise DatasetError(f"data.label_field: some rows lack the {cfg.label_field!r} column")
+        raw = [r[cfg.label_field] for r in rows]
+        label_names = sorted({str(v) for v in raw}, key=lambda s: (len(s), s))
+        index = {n: i for i, n in enumerate(label_names)}
+        labels = [index[str(v)] for v in raw]
+
+    pool = list(rng.permutation(len(rows)))
+    # Global held-out set first, balanced over domains, so no client ever trains on it.
+    by_dom: dict[str, list[int]] = defaultdict(list)
+    for i in pool:
+        by_dom[domains[i]].append(i)
+    names = sorted(by_dom)
+    per_dom = max(1, cfg.global_eval_samples // len(names))
+    held = [i for d in names for i in by_dom[d][:per_dom]]
+    held_set = set(held)
+    rest = [i for i in pool if i not in held_set]
+
+    method = cfg.partition.method
+    client_domain: list[str | None] = [None] * num_clients
+    if method == "iid":
+        shards = partition.iid(rest, num_clients, cfg.samples_per_client, rng)
+    elif method == "dirichlet":
+        groups: list[object] = [labels[i] for i in rest] if labels is not None else [domains[i] for i in rest]
+        shards = partition.dirichlet(rest, groups, num_clients, cfg.samples_per_client, cfg.partition.alpha, rng)
+    else:
+        shards, assigned = partition.by_domain(rest, [domains[i] for i in rest], num_clients, cfg.samples_per_client, rng)
+        client_domain = list(assigned)
+
+    def tok(idx: list[int]) -> TokenizedSet:
+        return tokenize([texts[i] for i in idx], tokenizer, cfg.max_length, [labels[i] for i in idx] if labels else None)
+
+    clients = []
+    for cid, shard in enumerate(shards):
+        n_eval = int(round(len(shard) * cfg.eval_fraction))
+        if cfg.eval_fraction > 0:
+            n_eval = max(1, n_eval)
+        if n_eval >= len(shard):
+            raise DatasetError("data.eval_fraction leaves no training examples; lower it or raise samples_per_client")
+        clients.append(ClientData(cid, tok(shard[n_eval:]), tok(shard[:n_eval]), client_domain[cid]))
+    domain_eval = {d: tok(by_dom[d][:per_dom]) for d in names} if len(names) > 1 else {}
+    log.info("partitioned %d rows into %d clients (%s)", len(rows), num_clients, method)
+    return FederatedData(clients, tok(held), domain_eval, label_names)

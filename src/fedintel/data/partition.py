@@ -1,0 +1,91 @@
+"""Split a pool of examples across clients: ``iid``, ``dirichlet(alpha)`` over labels, ``by_domain``.
+
+All partitioners return disjoint index lists, one per client, each of exactly ``per_client`` indices, and
+are deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+class PartitionError(ValueError):
+    """The pool cannot be split as asked (too few examples, unknown domain...)."""
+
+
+def _need(available: int, wanted: int, what: str) -> None:
+    if wanted > available:
+        raise PartitionError(
+            f"data.samples_per_client x federation.num_clients needs {wanted} {what}, "
+            f"but only {available} are available"
+        )
+
+
+def iid(pool: Sequence[int], num_clients: int, per_client: int, rng: np.random.Generator) -> list[list[int]]:
+    """Uniformly random disjoint shards."""
+    _need(len(pool), num_clients * per_client, "examples")
+    perm = rng.permutation(np.asarray(pool))
+    return [perm[i * per_client : (i + 1) * per_client].tolist() for i in range(num_clients)]
+
+
+def dirichlet(
+    pool: Sequence[int],
+    groups: Sequence[object],
+    num_clients: int,
+    per_client: int,
+    alpha: float,
+    rng: np.random.Generator,
+) -> list[list[int]]:
+    """Label-skewed shards: client ``k`` draws its classes in proportions ``p_k ~ Dir(alpha)``.
+
+    ``groups[i]`` is the label (or domain) of ``pool[i]``. Small ``alpha`` gives nearly one class per client;
+    large ``alpha`` approaches iid. A class that runs dry is refilled from the classes that still have
+    examples, so every client gets exactly ``per_client`` examples.
+    """
+    _need(len(pool), num_clients * per_client, "examples")
+    classes = sorted(set(groups), key=str)
+    by_class = {c: rng.permutation([p for p, g in zip(pool, groups, strict=True) if g == c]).tolist() for c in classes}
+    shards: list[list[int]] = []
+    for _ in range(num_clients):
+        props = rng.dirichlet([alpha] * len(classes))
+        counts = np.floor(props * per_client).astype(int)
+        counts[int(np.argmax(props))] += per_client - counts.sum()
+        shard: list[int] = []
+        deficit = 0
+        for c, n in zip(classes, counts, strict=True):
+            take = min(n, len(by_class[c]))
+            shard += [by_class[c].pop() for _ in range(take)]
+            deficit += n - take
+        while deficit:
+            c = max(classes, key=lambda k: len(by_class[k]))
+            shard.append(by_class[c].pop())
+            deficit -= 1
+        shards.append(shard)
+    return shards
+
+
+def by_domain(
+    pool: Sequence[int],
+    domains: Sequence[str],
+    num_clients: int,
+    per_client: int,
+    rng: np.random.Generator,
+) -> tuple[list[list[int]], list[str]]:
+    """Each client draws from one domain; clients are spread round-robin over the sorted domains.
+
+    Returns the shards and each client's domain (the ground truth for clustering).
+    """
+    names = sorted(set(domains))
+    assignment = [names[i % len(names)] for i in range(num_clients)]
+    by_dom = {d: rng.permutation([p for p, g in zip(pool, domains, strict=True) if g == d]).tolist() for d in names}
+    shards = []
+    for d in assignment:
+        if len(by_dom[d]) < per_client:
+            raise PartitionError(
+                f"data.partition: domain {d!r} has {len(by_dom[d])} examples left, "
+                f"a client needs data.samples_per_client={per_client}"
+            )
+        shards.append([by_dom[d].pop() for _ in range(per_client)])
+    return shards, assignment

@@ -1,0 +1,40 @@
+"""The engine interface: run a batch of client training jobs somewhere, return their updates."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fedintel.types import AdapterState, Update
+
+
+@dataclass
+class TrainJob:
+    """Train ``client_id`` starting from ``state`` (global version ``version``) in round ``round_idx``."""
+
+    client_id: int
+    state: AdapterState
+    version: int
+    round_idx: int
+
+
+@dataclass
+class ClientFailure:
+    """A client that crashed, timed out or could not train; the round goes on without it."""
+
+    client_id: int
+    reason: str
+
+
+class Engine(ABC):
+    """Executes client jobs. Schemes call :meth:`train`; the order of results follows the jobs."""
+
+    @abstractmethod
+    def train(
+        self, jobs: list[TrainJob], on_done: Callable[[Update | ClientFailure], None] | None = None
+    ) -> list[Update | ClientFailure]:
+        """Run ``jobs`` and return one result per job."""
+
+    def close(self) -> None:
+        """Release processes or connections."""

@@ -1,0 +1,42 @@
+"""The embedded engine: every client trains in this process on the one shared base model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fedintel.engines.base import ClientFailure, Engine, TrainJob
+from fedintel.training.client import train_local
+from fedintel.types import Update
+from fedintel.world import World, derive_seed
+
+UpdateHook = Callable[[Update, TrainJob], Update]
+
+
+class LocalEngine(Engine):
+    """Runs jobs one after another (2 cores are better spent inside one torch op than across clients).
+
+    ``update_hook`` lets experiments transform an update before it leaves the client (attacks, local DP).
+    """
+
+    def __init__(self, world: World, update_hook: UpdateHook | None = None) -> None:
+        self.world = world
+        self.update_hook = update_hook
+
+    def train(
+        self, jobs: list[TrainJob], on_done: Callable[[Update | ClientFailure], None] | None = None
+    ) -> list[Update | ClientFailure]:
+        w = self.world
+        results: list[Update | ClientFailure] = []
+        for job in jobs:
+            client = w.data.clients[job.client_id]
+            update = train_local(
+                w.slot, job.state, client.train, w.local_spec(),
+                client_id=job.client_id, base_version=job.version,
+                seed=derive_seed(w.cfg.federation.seed, job.round_idx, job.client_id, 7),
+                pad_id=w.pad_id, task=w.task, shape=w.shape,
+            )
+            result: Update | ClientFailure = self.update_hook(update, job) if self.update_hook else update
+            results.append(result)
+            if on_done:
+                on_done(result)
+        return results

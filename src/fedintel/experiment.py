@@ -1,0 +1,137 @@
+"""Run, resume and summarise an experiment: the glue between config, world, scheme and tracking."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedintel.aggregation import get_aggregator
+from fedintel.config import ConfigError, ExperimentConfig, dump_config, load_config
+from fedintel.engines.local import LocalEngine
+from fedintel.schemes.base import Scheme
+from fedintel.schemes.fedavg import FedAvgScheme
+from fedintel.tracking.checkpoint import latest_checkpoint, save_checkpoint
+from fedintel.tracking.export import export_adapters
+from fedintel.tracking.progress import NullReporter, Reporter
+from fedintel.tracking.store import MetricsStore
+from fedintel.training.client import TrainingDiverged
+from fedintel.world import World, build_world
+
+log = logging.getLogger(__name__)
+
+SCHEMES: dict[str, type[Scheme]] = {"fedavg": FedAvgScheme}
+
+
+class RunFailed(RuntimeError):
+    """The run stopped early (e.g. diverged); the last good checkpoint is kept."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    run_id: str
+    rounds: list[dict[str, float]]
+    adapters: dict[str, Path]
+    status: str
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.rounds[-1] if self.rounds else {}
+
+
+def new_run_dir(cfg: ExperimentConfig) -> Path:
+    base = Path(cfg.output.dir)
+    name = cfg.output.run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = base / name
+    n = 1
+    while path.exists() and cfg.output.run_name is None:
+        n += 1
+        path = base / f"{name}-{n}"
+    return path
+
+
+def build_scheme(cfg: ExperimentConfig, world: World, reporter: Reporter) -> Scheme:
+    aggregator = get_aggregator("fedavg")
+    engine = LocalEngine(world)
+    return SCHEMES[cfg.federation.scheme](world, engine, aggregator, reporter)
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    run_dir: Path | None = None,
+    reporter: Reporter | None = None,
+    *,
+    resume: bool = False,
+    stop_after_round: int | None = None,
+) -> RunResult:
+    """Run ``cfg`` to the end (or resume it in ``run_dir``) and return its per-round metrics.
+
+    ``stop_after_round`` ends the process's work early (as if killed) for testing resumption.
+    """
+    reporter = reporter or NullReporter()
+    run_dir = Path(run_dir) if run_dir else new_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_yaml = dump_config(cfg)
+    if not resume:
+        if (run_dir / "metrics.db").exists():
+            raise ConfigError(f"output: {run_dir} already holds a run; use `fedintel resume {run_dir}` or a new run_name")
+        (run_dir / "config.yaml").write_text(config_yaml)
+    run_id = run_dir.name
+    store = MetricsStore(run_dir / "metrics.db")
+    try:
+        store.start_run(run_id, cfg.name, config_yaml)
+        torch.manual_seed(cfg.federation.seed)
+        world = build_world(cfg)
+        scheme = build_scheme(cfg, world, reporter)
+        state: dict[str, Any]
+        ckpt = latest_checkpoint(run_dir) if resume else None
+        if ckpt is not None:
+            first = int(ckpt["round"]) + 1
+            state = ckpt["state"]
+            log.info("resuming %s after round %d", run_dir, first - 1)
+        else:
+            first, state = 1, scheme.initial_state()
+            save_checkpoint(run_dir, 0, {"state": state, "scheme": scheme.name})
+        store.truncate_after(run_id, first - 1)  # rounds logged after the checkpoint are recomputed
+        reporter.start(cfg.federation.rounds, first, cfg.federation.clients_per_round)
+        try:
+            for rnd in range(first, cfg.federation.rounds + 1):
+                t0 = time.perf_counter()
+                try:
+                    state, record = scheme.run_round(rnd, state)
+                except TrainingDiverged as err:
+                    store.set_status(run_id, "diverged", str(err))
+                    raise RunFailed(
+                        f"round {rnd}: {err}. The run stopped; the last good checkpoint is kept in {run_dir}/checkpoints"
+                    ) from None
+                record.metrics["wall_s"] = time.perf_counter() - t0
+                store.log_round(run_id, rnd, record.metrics, record.clients, record.events)
+                if rnd % cfg.output.checkpoint_every == 0 or rnd == cfg.federation.rounds:
+                    save_checkpoint(run_dir, rnd, {"state": state, "scheme": scheme.name})
+                reporter.round_done(rnd, record.metrics)
+                if stop_after_round is not None and rnd >= stop_after_round:
+                    return RunResult(run_dir, run_id, store.rounds(run_id), {}, "interrupted")
+        finally:
+            reporter.stop()
+        adapters = export_adapters(world, scheme.final_adapters(state), run_dir) if cfg.output.save_adapter else {}
+        rounds = store.rounds(run_id)
+        (run_dir / "summary.json").write_text(json.dumps({"run_id": run_id, "final": rounds[-1] if rounds else {}}, indent=2))
+        store.set_status(run_id, "finished")
+        return RunResult(run_dir, run_id, rounds, adapters, "finished")
+    finally:
+        store.close()
+
+
+def resume_experiment(run_dir: Path, reporter: Reporter | None = None) -> RunResult:
+    """Continue the run in ``run_dir`` from its last checkpoint with the config it was started with."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not a fedintel run directory (no config.yaml)")
+    cfg = load_config(run_dir / "config.yaml")
+    return run_experiment(cfg, run_dir, reporter, resume=True)

@@ -1,0 +1,109 @@
+"""The local training step of one client: plain torch, short enough to read in one sitting.
+
+The base model is shared by every simulated client; only the adapter tensors are swapped in before a
+client trains and read back after, so memory grows by one adapter per client, not one model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedintel.data.tokenize import TokenizedSet, collate
+from fedintel.models.peft_builder import AdapterSlot
+from fedintel.training.flops import ModelShape, train_flops
+from fedintel.types import AdapterState, Update
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or Inf."""
+
+
+@dataclass(frozen=True)
+class LocalTrainSpec:
+    """The local recipe: optimizer steps of a logical batch, accumulated over micro-batches."""
+
+    steps: int
+    batch_size: int
+    micro_batch_size: int
+    lr: float
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    epochs: float | None = None
+
+    def num_steps(self, num_examples: int) -> int:
+        if self.epochs is None:
+            return self.steps
+        return max(1, math.ceil(self.epochs * num_examples / self.batch_size))
+
+
+def batch_order(num_examples: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """Indices of each step's logical batch: fresh permutations, epoch after epoch."""
+    rng = np.random.default_rng(seed)
+    size = min(batch_size, num_examples)
+    order: list[int] = []
+    while len(order) < size * steps:
+        order += rng.permutation(num_examples).tolist()
+    return [order[i * size : (i + 1) * size] for i in range(steps)]
+
+
+def train_local(
+    slot: AdapterSlot,
+    start: AdapterState,
+    data: TokenizedSet,
+    spec: LocalTrainSpec,
+    *,
+    client_id: int,
+    base_version: int,
+    seed: int,
+    pad_id: int,
+    task: str,
+    shape: ModelShape | None = None,
+) -> Update:
+    """Train the adapter ``start`` on ``data`` and return the client's :class:`Update` (a delta)."""
+    if len(data) == 0:
+        raise ValueError(f"client {client_id} has no training examples")
+    model = slot.model
+    slot.set(start)
+    torch.manual_seed(seed)  # dropout masks: deterministic per (run seed, round, client)
+    optimizer = torch.optim.AdamW(slot.params.values(), lr=spec.lr, weight_decay=spec.weight_decay)
+    params = list(slot.params.values())
+    steps = spec.num_steps(len(data))
+    losses, tokens, max_len = [], 0, 0
+    model.train()
+    try:
+        for batch_idx in batch_order(len(data), spec.batch_size, steps, seed):
+            step_loss = 0.0
+            for m in range(0, len(batch_idx), spec.micro_batch_size):
+                micro = batch_idx[m : m + spec.micro_batch_size]
+                batch = collate(data, micro, pad_id, task)
+                loss = model(**batch).loss
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(f"client {client_id}: training loss is {loss.item()}")
+                (loss * (len(micro) / len(batch_idx))).backward()
+                step_loss += loss.item() * len(micro) / len(batch_idx)
+                tokens += int(batch["attention_mask"].sum())
+                max_len = max(max_len, batch["input_ids"].shape[1])
+            if spec.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(step_loss)
+    finally:
+        model.eval()
+    end = slot.get()
+    delta = {k: end[k] - start[k] for k in start}
+    flops = train_flops(shape, tokens, max_len) if shape is not None else 0.0
+    return Update(
+        client_id=client_id,
+        delta=delta,
+        num_samples=len(data),
+        base_version=base_version,
+        train_loss=float(np.mean(losses)),
+        steps=steps,
+        tokens=tokens,
+        flops=flops,
+    )

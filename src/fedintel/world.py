@@ -1,0 +1,78 @@
+"""The world of an experiment: base model with its PEFT wrapper, clients' data, and helpers."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from peft import PeftModel
+
+from fedintel.config import ExperimentConfig
+from fedintel.data.federated import FederatedData, build_federated_data
+from fedintel.data.tokenize import TokenizedSet
+from fedintel.models.loader import LoadedModel, load_base_model
+from fedintel.models.peft_builder import AdapterSlot, build_peft_model
+from fedintel.training.client import LocalTrainSpec
+from fedintel.training.evaluate import evaluate
+from fedintel.training.flops import ModelShape
+from fedintel.types import AdapterState
+
+log = logging.getLogger(__name__)
+
+
+def derive_seed(*parts: int) -> int:
+    """A 32-bit seed from integer parts, stable across runs and Python versions."""
+    return int(np.random.SeedSequence([abs(int(p)) for p in parts]).generate_state(1)[0])
+
+
+@dataclass
+class World:
+    """Everything a scheme needs to train and evaluate clients in this process."""
+
+    cfg: ExperimentConfig
+    base: LoadedModel
+    peft_model: PeftModel
+    slot: AdapterSlot
+    data: FederatedData
+    shape: ModelShape
+    initial_state: AdapterState
+
+    @property
+    def task(self) -> str:
+        return self.cfg.model.task
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.base.tokenizer.pad_token_id)
+
+    def local_spec(self) -> LocalTrainSpec:
+        f = self.cfg.federation
+        return LocalTrainSpec(
+            steps=f.local_steps, batch_size=f.batch_size, micro_batch_size=f.micro_batch_size, lr=f.lr,
+            weight_decay=f.weight_decay, max_grad_norm=f.max_grad_norm, epochs=f.local_epochs,
+        )
+
+    def evaluate(self, state: AdapterState, data: TokenizedSet) -> dict[str, float]:
+        """Metrics of the adapter ``state`` on ``data`` (capped at ``eval.max_samples``)."""
+        self.slot.set(state)
+        e = self.cfg.eval
+        return evaluate(
+            self.peft_model, data, task=self.task, pad_id=self.pad_id, batch_size=e.batch_size,
+            max_samples=e.max_samples,
+        )
+
+
+def build_world(cfg: ExperimentConfig) -> World:
+    """Load the model, wrap it with the PEFT method and partition the data, as ``cfg`` says."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    base = load_base_model(cfg.model)
+    data = build_federated_data(cfg.data, base.tokenizer, cfg.model.task, cfg.federation.num_clients, cfg.federation.seed)
+    peft_model = build_peft_model(base.model, cfg.peft, cfg.model.task, seed=derive_seed(cfg.federation.seed, 1))
+    peft_model.eval()
+    slot = AdapterSlot(peft_model)
+    shape = ModelShape.of(peft_model)
+    log.info("%s: %d trainable of %d parameters", cfg.peft.method, shape.num_trainable, shape.num_params)
+    return World(cfg, base, peft_model, slot, data, shape, slot.get())
