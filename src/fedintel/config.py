@@ -121,6 +121,7 @@ class EvalConfig(_Section):
     """Evaluation after aggregation."""
 
     every: int = Field(1, ge=1, description="Evaluate every N rounds (the last round always).")
+    at_start: bool = Field(True, description="Evaluate the initial adapter as round 0 (the baseline).")
     max_samples: int = Field(64, ge=1, description="Cap on samples per evaluation set.")
     per_client: bool = Field(True, description="Also evaluate the global adapter on each client's split.")
     batch_size: int = Field(16, ge=1)

@@ -97,6 +97,8 @@ def run_experiment(
             log.info("resuming %s after round %d", run_dir, first - 1)
         else:
             first, state = 1, scheme.initial_state()
+            if cfg.eval.at_start:
+                store.log_round(run_id, 0, scheme.initial_record(state).metrics)
             save_checkpoint(run_dir, 0, {"state": state, "scheme": scheme.name})
         store.truncate_after(run_id, first - 1)  # rounds logged after the checkpoint are recomputed
         reporter.start(cfg.federation.rounds, first, cfg.federation.clients_per_round)

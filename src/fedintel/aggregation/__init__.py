@@ -4,8 +4,10 @@ An aggregator takes the accepted :class:`~fedintel.types.Update` objects of a ro
 tensors) and returns one aggregated delta; the scheme adds it to the global adapter.
 """
 
-from fedintel.aggregation.base import Aggregator, get_aggregator, register
+# Importing the rule modules registers them by name (``aggregation.rule`` in the experiment file).
+from fedintel.aggregation import krum, median, norm_bound, ota, trimmed_mean  # noqa: F401
+from fedintel.aggregation.base import Aggregator, get_aggregator, register, registered
 from fedintel.aggregation.fedavg import FedAvg
 from fedintel.aggregation.validate import UpdateRejected, validate_update
 
-__all__ = ["Aggregator", "FedAvg", "UpdateRejected", "get_aggregator", "register", "validate_update"]
+__all__ = ["Aggregator", "FedAvg", "UpdateRejected", "get_aggregator", "register", "registered", "validate_update"]

@@ -26,6 +26,8 @@ class ClientData:
     train: TokenizedSet
     eval: TokenizedSet
     domain: str | None = None
+    train_rows: list[int] = field(default_factory=list)
+    eval_rows: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -36,6 +38,7 @@ class FederatedData:
     global_eval: TokenizedSet
     domain_eval: dict[str, TokenizedSet] = field(default_factory=dict)
     label_names: list[str] | None = None
+    global_eval_rows: list[int] = field(default_factory=list)
 
     @property
     def client_domains(self) -> list[str | None]:
@@ -132,7 +135,9 @@ def build_federated_data(
             n_eval = max(1, n_eval)
         if n_eval >= len(shard):
             raise DatasetError("data.eval_fraction leaves no training examples; lower it or raise samples_per_client")
-        clients.append(ClientData(cid, tok(shard[n_eval:]), tok(shard[:n_eval]), client_domain[cid]))
+        clients.append(
+            ClientData(cid, tok(shard[n_eval:]), tok(shard[:n_eval]), client_domain[cid], shard[n_eval:], shard[:n_eval])
+        )
     domain_eval = {d: tok(by_dom[d][:per_dom]) for d in names} if len(names) > 1 else {}
     log.info("partitioned %d rows into %d clients (%s)", len(rows), num_clients, method)
-    return FederatedData(clients, tok(held), domain_eval, label_names)
+    return FederatedData(clients, tok(held), domain_eval, label_names, held)

@@ -146,15 +146,15 @@ def parse_address(address: str) -> tuple[str, int]:
     return host, p
 
 
-def _encode_tensors(tensors: dict[str, torch.Tensor]) -> tuple[list[dict[str, Any]], list[bytes], int]:
+def _encode_tensors(tensors: dict[str, torch.Tensor]) -> tuple[list[dict[str, Any]], list[Any], int]:
     specs: list[dict[str, Any]] = []
-    chunks: list[bytes] = []
+    chunks: list[Any] = []
     offset = 0
     for name, t in tensors.items():
         if t.dtype not in _DTYPE_NAMES:
             raise ProtocolError(f"tensor {name!r}: dtype {t.dtype} cannot be sent")
         t = t.detach().contiguous().cpu()
-        raw = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        raw = t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b""  # no copy
         pad = (-offset) % ALIGN
         if pad:
             chunks.append(b"\0" * pad)
@@ -237,15 +237,23 @@ class Channel:
         except OSError as err:
             raise PeerClosed(f"cannot connect to device at {address}: {err.strerror or err}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(timeout)
         try:
-            server_nonce = _recv_hello(sock, key, b"S", b"", address, connect_timeout + timeout)
-            client_nonce = os.urandom(NONCE_BYTES)
-            _send_hello(sock, key, b"C", server_nonce + client_nonce)
+            return cls.client_on(sock, key, address, timeout, max_frame_bytes, connect_timeout + timeout)
         except BaseException:
             sock.close()
             raise
-        return cls(sock, _session_key(key, server_nonce, client_nonce), True, address, max_frame_bytes, timeout)
+
+    @classmethod
+    def client_on(
+        cls, sock: socket.socket, key: bytes, peer: str, timeout: float = DEFAULT_TIMEOUT_S,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, handshake_timeout: float | None = None,
+    ) -> Channel:
+        """Run the client side of the handshake on a connected socket."""
+        sock.settimeout(timeout)
+        server_nonce = _recv_hello(sock, key, b"S", b"", peer, handshake_timeout or timeout)
+        client_nonce = os.urandom(NONCE_BYTES)
+        _send_hello(sock, key, b"C", server_nonce + client_nonce)
+        return cls(sock, _session_key(key, server_nonce, client_nonce), True, peer, max_frame_bytes, timeout)
 
     @classmethod
     def server(
@@ -253,7 +261,8 @@ class Channel:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     ) -> Channel:
         """Authenticate an accepted connection."""
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(timeout)
         server_nonce = os.urandom(NONCE_BYTES)
         _send_hello(sock, key, b"S", server_nonce)
@@ -294,7 +303,7 @@ class Channel:
             self.close()
             raise PeerTimeout(f"sending to {self.peer} timed out after {self.timeout:g} s") from None
         except OSError as err:
-            self.close()
+            self.broken = True
             raise PeerClosed(f"connection to {self.peer} lost while sending: {err}") from None
         self.bytes_sent += len(data)
 
@@ -371,14 +380,35 @@ class Channel:
 
     def request(self, msg: Message, timeout: float | None = None) -> Message:
         """Send ``msg`` and wait for the reply; an error reply raises :class:`RemoteError`."""
-        self.send(msg)
-        reply = self.recv(timeout=timeout)
+        try:
+            self.send(msg)
+        except PeerClosed:
+            # the peer may have refused the frame (too large) and said why before hanging up
+            reply = self._pending_error()
+            if reply is None:
+                raise
+        else:
+            reply = self.recv(timeout=timeout)
         if reply.op == "error":
+            if reply.meta.get("_close"):
+                self.broken = True
             raise RemoteError(
                 f"{self.peer}: {reply.meta.get('error', 'unknown error')}",
                 str(reply.meta.get("kind", "RemoteError")), self.peer,
             )
         return reply
+
+    def _pending_error(self) -> Message | None:
+        if self.sock.fileno() < 0:
+            return None
+        try:
+            self.closed = False
+            reply = self.recv(timeout=0.5)
+        except ProtocolError:
+            return None
+        finally:
+            self.close()
+        return reply if reply.op == "error" else None
 
     def close(self) -> None:
         """Close the socket (idempotent)."""
@@ -465,6 +495,26 @@ def _read_n(sock: socket.socket, n: int) -> bytes:
             raise ConnectionResetError("peer closed the connection")
         buf += chunk
     return bytes(buf)
+
+
+def _drain(sock: socket.socket, seconds: float, limit: int = 1 << 28) -> None:
+    """Read and discard what the peer is still sending, for at most ``seconds`` and ``limit`` bytes."""
+    sock.shutdown(socket.SHUT_WR)
+    deadline = time.monotonic() + seconds
+    got = 0
+    buf = bytearray(1 << 16)
+    while got < limit:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        sock.settimeout(remaining)
+        try:
+            k = sock.recv_into(buf)
+        except OSError:
+            return
+        if not k:
+            return
+        got += k
 
 
 Handler = Callable[[Message], Message]
@@ -555,8 +605,10 @@ class FrameServer:
                     log.warning("rejected frame from %s: %s", peer, err)
                     # the stream is out of sync or untrusted: say why once (best effort) and hang up
                     try:
-                        ch.send(Message("error", {"error": str(err), "kind": type(err).__name__}))
-                    except ProtocolError:
+                        ch.send(Message("error", {"error": str(err), "kind": type(err).__name__, "_close": True}))
+                        if isinstance(err, FrameTooLarge):
+                            _drain(conn, seconds=2.0)  # let the sender finish so it can read why
+                    except (ProtocolError, OSError):
                         pass
                     ch.close()
                     return

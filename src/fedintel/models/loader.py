@@ -19,6 +19,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from transformers.utils import logging as hf_logging
+
 from fedintel.config import ModelConfig
 from fedintel.models import sources
 
@@ -101,6 +103,7 @@ def load_base_model(cfg: ModelConfig) -> LoadedModel:
     """Load the base model of ``cfg`` on the CPU in fp32, without touching any hub."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    hf_logging.disable_progress_bar()  # our own progress bars own the console
     if cfg.name in ("tiny-llama", "tiny-bert"):
         model, tok = _tiny_model(cfg)
         model.eval()

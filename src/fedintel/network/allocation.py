@@ -22,10 +22,11 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+from scipy.special import lambertw
 
-_VecRate = Callable[[np.ndarray], np.ndarray]
 _INNER_ITERS = 64
 _OUTER_ITERS = 200
+_LN2 = math.log(2.0)
 
 
 def equal_split(total_hz: float, clients: Sequence[int]) -> dict[int, float]:
@@ -42,43 +43,110 @@ def _check_total(total_hz: float) -> None:
         raise ValueError(f"network.bandwidth_hz must be > 0 Hz to allocate, got {total_hz}")
 
 
+class _Rates:
+    """Vectorised rates of the clients (in id order) and the least bandwidth reaching a given rate."""
+
+    def rate(self, b: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def min_bandwidth(self, need_bps: np.ndarray, total_hz: float) -> np.ndarray:
+        """Least bandwidth giving each client ``need_bps`` (0 if need is 0, inf if ``total_hz`` is not enough)."""
+        n = len(need_bps)
+        positive = need_bps > 0
+        feasible = np.isfinite(need_bps) & (self.rate(np.full(n, total_hz)) >= need_bps)
+        b = self._solve(np.where(positive & feasible, need_bps, 0.0), total_hz)
+        return np.where(~positive, 0.0, np.where(feasible, b, math.inf))
+
+    def _solve(self, need: np.ndarray, total_hz: float) -> np.ndarray:
+        """Bisection: the feasible end of a bracket shrunk to floating-point resolution."""
+        n = len(need)
+        lo, hi = np.zeros(n), np.full(n, total_hz)
+        for _ in range(_INNER_ITERS):
+            mid = 0.5 * (lo + hi)
+            ok = self.rate(mid) >= need
+            hi = np.where(ok, mid, hi)
+            lo = np.where(ok, lo, mid)
+        return hi
+
+
+class _FixedSnr(_Rates):
+    """``rate = b log2(1 + snr)``: linear in ``b``, inverted in closed form."""
+
+    def __init__(self, snr: np.ndarray) -> None:
+        self.eff = np.log2(1.0 + snr)
+
+    def rate(self, b: np.ndarray) -> np.ndarray:
+        return b * self.eff
+
+    def _solve(self, need: np.ndarray, total_hz: float) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            b = np.where(need > 0, need / self.eff, 0.0)
+        return np.minimum(b, total_hz)
+
+
+class _WhiteNoise(_Rates):
+    """``rate = b log2(1 + S / b)`` with ``S = P g / N0`` (Hz): increasing and concave in ``b``.
+
+    Inverted in closed form: with ``u = S / b`` and ``c = need ln 2 / S`` (< 1, the power limit),
+    ``ln(1 + u) / u = c`` gives ``1 + u = -W_{-1}(-c e^{-c}) / c`` (Lambert W, lower branch), then
+    polished by Newton steps and nudged up to the feasible side.
+    """
+
+    def __init__(self, snr_hz: np.ndarray) -> None:
+        self.s = snr_hz
+
+    def rate(self, b: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(b > 0, b * np.log2(1.0 + self.s / np.where(b > 0, b, 1.0)), 0.0)
+
+    def _solve(self, need: np.ndarray, total_hz: float) -> np.ndarray:
+        active = need > 0
+        # an upper bound that is feasible: the spectral efficiency only grows as the share shrinks
+        with np.errstate(divide="ignore", invalid="ignore"):
+            upper = np.minimum(total_hz, need / np.log2(1.0 + self.s / total_hz))
+            c = need * _LN2 / self.s
+            v = -lambertw(-c * np.exp(-c), k=-1).real / c
+            b = self.s / (v - 1.0)
+        b = np.where(active & np.isfinite(b) & (b > 0) & (b <= upper), b, upper)
+        for _ in range(3):  # Newton polish (the closed form loses digits near the power limit)
+            f = self.rate(b) - need
+            with np.errstate(divide="ignore", invalid="ignore"):
+                x = self.s / b
+                step = b - f / (np.log2(1.0 + x) - x / ((1.0 + x) * _LN2))
+            b = np.where(active & np.isfinite(step) & (step > 0) & (step <= upper), step, b)
+        for j in range(60):  # step up to the feasible side
+            short = active & (self.rate(b) < need)
+            if not short.any():
+                break
+            b = np.where(short, np.minimum(b * (1.0 + 2.0**j * 1e-16), upper), b)
+        return np.where(active, np.where(self.rate(b) >= need, b, upper), 0.0)
+
+
+class _Generic(_Rates):
+    """Any increasing ``rate_fn(client, bandwidth_hz)``; inverted by bisection."""
+
+    def __init__(self, ids: list[int], rate_fn: Callable[[int, float], float]) -> None:
+        self.ids, self.fn = ids, rate_fn
+
+    def rate(self, b: np.ndarray) -> np.ndarray:
+        return np.array([float(self.fn(i, float(bi))) for i, bi in zip(self.ids, b, strict=True)])
+
+
 def _rate_function(
     ids: list[int],
     snr_hz: Mapping[int, float] | None,
     snr: Mapping[int, float] | None,
     rate_fn: Callable[[int, float], float] | None,
-) -> _VecRate:
+) -> _Rates:
     given = sum(x is not None for x in (snr_hz, snr, rate_fn))
     if given != 1:
         raise ValueError("give exactly one of snr_hz, snr or rate_fn")
     if snr_hz is not None:
-        s = np.array([float(snr_hz[i]) for i in ids])
-
-        def vec(b: np.ndarray) -> np.ndarray:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                return np.where(b > 0, b * np.log2(1.0 + s / np.where(b > 0, b, 1.0)), 0.0)
-
-        return vec
+        return _WhiteNoise(np.array([float(snr_hz[i]) for i in ids]))
     if snr is not None:
-        eff = np.log2(1.0 + np.array([float(snr[i]) for i in ids]))
-        return lambda b: b * eff
+        return _FixedSnr(np.array([float(snr[i]) for i in ids]))
     assert rate_fn is not None
-    return lambda b: np.array([float(rate_fn(i, float(bi))) for i, bi in zip(ids, b, strict=True)])
-
-
-def _min_bandwidth(rate: _VecRate, need_bps: np.ndarray, total_hz: float) -> np.ndarray:
-    """Least bandwidth giving each client at least ``need_bps`` (0 if need is 0, inf if even ``total_hz`` fails)."""
-    n = len(need_bps)
-    full = rate(np.full(n, total_hz))
-    positive = need_bps > 0
-    feasible = np.isfinite(need_bps) & (full >= need_bps)
-    lo, hi = np.zeros(n), np.full(n, total_hz)
-    for _ in range(_INNER_ITERS):
-        mid = 0.5 * (lo + hi)
-        ok = rate(mid) >= need_bps
-        hi = np.where(ok, mid, hi)
-        lo = np.where(ok, lo, mid)
-    return np.where(~positive, 0.0, np.where(feasible, hi, math.inf))
+    return _Generic(ids, rate_fn)
 
 
 def _needs(bits: np.ndarray, fixed: np.ndarray, t: float) -> np.ndarray:
@@ -118,8 +186,8 @@ def bandwidth_needed(
     ids, f, b = _arrays(fixed_s, bits)
     if not ids:
         return {}
-    rate = _rate_function(ids, snr_hz, snr, rate_fn)
-    need = _min_bandwidth(rate, _needs(b, f, finish_by_s), total_hz)
+    rates = _rate_function(ids, snr_hz, snr, rate_fn)
+    need = rates.min_bandwidth(_needs(b, f, finish_by_s), total_hz)
     return dict(zip(ids, need.tolist(), strict=True))
 
 
@@ -142,10 +210,10 @@ def min_max_latency(
     ids, f, b = _arrays(fixed_s, bits)
     if not ids:
         return {}, 0.0
-    rate = _rate_function(ids, snr_hz, snr, rate_fn)
+    rates = _rate_function(ids, snr_hz, snr, rate_fn)
     n = len(ids)
-    eq_rate = rate(np.full(n, total_hz / n))
-    with np.errstate(divide="ignore"):
+    eq_rate = rates.rate(np.full(n, total_hz / n))
+    with np.errstate(divide="ignore", invalid="ignore"):
         eq_finish = f + np.where(b > 0, b / np.where(eq_rate > 0, eq_rate, 0.0), 0.0)
     hi = float(np.max(eq_finish))  # the equal split is feasible, so the optimum is no later
     if not math.isfinite(hi):
@@ -156,7 +224,7 @@ def min_max_latency(
         return equal_split(total_hz, ids), lo
 
     def total_needed(t: float) -> float:
-        return float(np.sum(_min_bandwidth(rate, _needs(b, f, t), total_hz)))
+        return float(np.sum(rates.min_bandwidth(_needs(b, f, t), total_hz)))
 
     for _ in range(_OUTER_ITERS):
         if hi - lo <= rel_tol * hi:
@@ -166,7 +234,7 @@ def min_max_latency(
             hi = mid
         else:
             lo = mid
-    shares = _min_bandwidth(rate, _needs(b, f, hi), total_hz)
+    shares = rates.min_bandwidth(_needs(b, f, hi), total_hz)
     if not np.all(np.isfinite(shares)):  # only from rounding at the equal-split end: fall back to it
         return equal_split(total_hz, ids), hi
     s = float(np.sum(shares))

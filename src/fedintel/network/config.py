@@ -84,11 +84,15 @@ class DeviceDistribution(_Section):
         description="Law of each device's FLOP/s: 'fixed' (all = mean_flops), 'uniform' on "
         "mean_flops x [1 - spread, 1 + spread], 'lognormal' with mean mean_flops and log-std spread.",
     )
-    mean_flops: float = Field(50e9, gt=0, description="Mean sustained throughput in FLOP/s (phone-class NPU/GPU).")
+    mean_flops: float = Field(
+        50e9, gt=0, description="Mean sustained throughput in FLOP/s (phone-class NPU/GPU)."
+    )
     spread: float = Field(
         0.5, ge=0, description="Relative half-width (uniform, must be < 1) or std of ln(FLOP/s) (lognormal)."
     )
-    memory_bytes: int = Field(6_000_000_000, gt=0, description="Memory of each device in bytes (default 6 GB).")
+    memory_bytes: int = Field(
+        6_000_000_000, gt=0, description="Memory of each device in bytes (default 6 GB)."
+    )
     power_w: float = Field(5.0, description="Power drawn while computing, in watts (> 0).")
     energy_per_flop_j: float | None = Field(
         None, gt=0, description="Joules per FLOP; if set, compute energy = FLOPs x this (power_w ignored)."
@@ -120,7 +124,9 @@ class NetworkConfig(_Section):
     enabled: bool = Field(True, description="Simulate time, bytes and energy on the wireless network.")
     cell_radius_m: float = Field(100.0, gt=0, description="Cell radius in metres (paper: 100 m).")
     min_distance_m: float = Field(1.0, gt=0, description="Minimum user-to-station distance in metres.")
-    bandwidth_hz: float = Field(20e6, description="Total uplink (and downlink) bandwidth in Hz (paper: 20 MHz).")
+    bandwidth_hz: float = Field(
+        20e6, description="Total uplink (and downlink) bandwidth in Hz (paper: 20 MHz)."
+    )
     tx_power_dbm: float = Field(23.0, description="User transmit power in dBm (paper: 23 dBm = 200 mW).")
     bs_tx_power_dbm: float = Field(43.0, description="Base-station (downlink) transmit power in dBm.")
     noise_dbm: float | None = Field(
@@ -130,7 +136,9 @@ class NetworkConfig(_Section):
         None, description="Alternative: noise power spectral density in dBm/Hz (e.g. -174); wins if set."
     )
     path_loss: PathLossConfig = PathLossConfig()
-    shadowing_std_db: float = Field(8.0, ge=0, description="Std of log-normal shadowing in dB, redrawn per round.")
+    shadowing_std_db: float = Field(
+        8.0, ge=0, description="Std of log-normal shadowing in dB, redrawn per round."
+    )
     fading: Literal["rayleigh", "none"] = Field(
         "rayleigh", description="Small-scale fading, redrawn per round (block fading)."
     )
@@ -154,7 +162,9 @@ class NetworkConfig(_Section):
     edge_servers: int = Field(
         0, ge=0, description="Edge servers (hierarchical scheme); each client links to the nearest one."
     )
-    backhaul_rate_bps: float = Field(1e9, gt=0, description="Edge server <-> base station link rate in bit/s.")
+    backhaul_rate_bps: float = Field(
+        1e9, gt=0, description="Edge server <-> base station link rate in bit/s."
+    )
     backhaul_latency_s: float = Field(0.005, ge=0, description="Edge server <-> base station latency in s.")
     cloud_rate_bps: float = Field(1e9, gt=0, description="Base station <-> cloud link rate in bit/s.")
     cloud_latency_s: float = Field(0.02, ge=0, description="Base station <-> cloud latency in seconds.")

@@ -68,7 +68,9 @@ def _check(noise_multiplier: float, sample_rate: float, delta: float) -> None:
         raise ValueError(f"privacy.delta must be in (0, 1), got {delta}")
 
 
-def rdp_to_epsilon(orders: np.ndarray, rdp: np.ndarray, delta: float, conversion: Conversion = "tight") -> float:
+def rdp_to_epsilon(
+    orders: np.ndarray, rdp: np.ndarray, delta: float, conversion: Conversion = "tight"
+) -> float:
     """Convert an RDP curve (``rdp[i]`` at order ``orders[i]``) to epsilon at ``delta``."""
     if conversion == "tight":
         return float(dp_accounting.rdp.rdp_privacy_accountant.compute_epsilon(orders, rdp, delta)[0])

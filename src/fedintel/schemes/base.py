@@ -57,6 +57,13 @@ class Scheme(ABC):
     def run_round(self, round_idx: int, state: dict[str, Any]) -> tuple[dict[str, Any], RoundRecord]:
         """Advance one round; return the new state and what to record."""
 
+    def initial_record(self, state: dict[str, Any]) -> RoundRecord:
+        """Round 0: the untrained adapter evaluated like any round, as the baseline of every curve."""
+        record = RoundRecord()
+        g = state["global"]
+        self.evaluate_into(record, {c.client_id: g for c in self.world.data.clients}, g)
+        return record
+
     def final_adapters(self, state: dict[str, Any]) -> dict[str, AdapterState]:
         """Adapters to export at the end, by name (``global``, ``cluster_0``...)."""
         return {"global": state["global"]}

@@ -1,0 +1,404 @@
+"""One device: a process that serves a model (or a slice of one) over the authenticated protocol.
+
+Run it by hand on any machine (the shared key comes from ``FEDINTEL_INFER_KEY``, hex)::
+
+    FEDINTEL_INFER_KEY=... python -m fedintel.inference.worker --model smollm2-135m --layers 0:15 \\
+        --host 0.0.0.0 --port 7001
+
+or let :func:`fedintel.inference.launcher.launch` start it on this machine. When ready it prints one JSON
+line ``{"ready": true, "address": "host:port", "pid": ...}`` on stdout. It exits on a ``shutdown``
+request, on SIGTERM/SIGINT, and within half a second of its parent dying when ``--parent-pid`` is set.
+
+Operations (``op`` of a request):
+
+``ping``       who am I: role, model, layer slice, counters
+``configure``  ``{"next": "host:port" | null}``: the next stage of a split pipeline
+``forward``    ``{"session", "pos", "n_logits", "want_logits"}`` + ``input_ids`` or ``hidden``: run the
+               slice with the session's KV cache; non-last stages pass the activation to the next stage
+``truncate``   ``{"session", "length"}`` drop cached positions (speculative decoding), down the chain
+``end``        ``{"session"}`` free a session, down the chain
+``generate``   ``{"input_ids" | "prompt", "max_new_tokens"}`` greedy answer of a whole model, with confidence
+``score``      ``{"texts"}`` mean token loss of each text under this model (expert routing by loss)
+``classify``   ``{"texts"}`` class probabilities from the device's own classifier (federated analytics)
+``shutdown``   reply, then exit
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from typing import Any
+
+import torch
+
+from fedintel.inference.protocol import (
+    DEFAULT_MAX_FRAME_BYTES,
+    Client,
+    FrameServer,
+    Message,
+    ProtocolError,
+    RemoteError,
+    parse_key,
+)
+
+log = logging.getLogger("fedintel.inference.worker")
+
+
+class WorkerError(RuntimeError):
+    """A request this worker cannot serve (the message says why)."""
+
+
+class Session:
+    """One KV cache and when it was last used."""
+
+    def __init__(self, cache: Any) -> None:
+        self.cache = cache
+        self.last_used = time.monotonic()
+
+
+class Worker:
+    """The request handler of one device."""
+
+    def __init__(self, args: argparse.Namespace, key: bytes) -> None:
+        self.args = args
+        self.key = key
+        self.role = args.role
+        self.forwards = 0
+        self.requests = 0
+        self.sessions: OrderedDict[str, Session] = OrderedDict()
+        self.next: Client | None = None
+        self.next_address: str | None = None
+        self.lock = threading.Lock()
+        self.server: FrameServer | None = None
+        self.delay_s = float(args.delay)
+        self.stage: Any = None
+        self.tokenizer: Any = None
+        if self.role == "lm":
+            self._load_lm()
+        else:
+            self._load_classifier()
+
+    # ------------------------------------------------------------------ loading
+    def _load_lm(self) -> None:
+        from fedintel.config import ModelConfig
+        from fedintel.inference.stage import StageModel, num_layers_of
+        from fedintel.models.loader import load_base_model
+
+        a = self.args
+        total = _total_layers(a.model, a.num_layers)
+        start, end = _parse_slice(a.layers) if a.layers else (0, total)
+        if not 0 <= start < end <= total:
+            raise WorkerError(f"--layers {a.layers}: not a non-empty slice of the model's {total} layers")
+        load_layers = a.num_layers
+        if not a.adapter and a.model != "tiny-llama":
+            load_layers = end  # layers after this stage are never loaded
+        lm = load_base_model(ModelConfig(name=a.model, num_layers=load_layers))
+        model = lm.model
+        if a.adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, a.adapter).merge_and_unload()
+        if num_layers_of(model) > end:  # built-in random models ignore num_layers: cut here
+            model.model.layers = model.model.layers[:end]
+            model.config.num_hidden_layers = end
+        stage = StageModel(model, start, end)
+        if end < total:  # a truncated load: this stage is not the last of the full model
+            stage.last, stage.norm, stage.lm_head = False, None, None
+        self.stage = stage
+        self.total_layers = total
+        self.tokenizer = lm.tokenizer
+        self.model_name = a.model
+
+    def _load_classifier(self) -> None:
+        from fedintel.inference.embedding import Encoder, LinearHead, load_labelled
+
+        a = self.args
+        if not a.train_data:
+            raise WorkerError("--role classifier needs --train-data (the device's own labelled data, JSONL)")
+        texts, labels = load_labelled(a.train_data)
+        self.encoder = Encoder(a.model if a.model != "smollm2-135m" else "minilm-l6")
+        self.head = LinearHead.fit(self.encoder.embed(texts), labels, a.num_labels, seed=a.seed)
+        self.model_name = self.encoder.name
+        self.local_samples = len(texts)
+
+    # ------------------------------------------------------------------ dispatch
+    def handle(self, msg: Message) -> Message:
+        self.requests += 1
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        fn = getattr(self, f"op_{msg.op}", None)
+        if fn is None:
+            raise WorkerError(f"unknown operation {msg.op!r}")
+        return fn(msg)
+
+    def op_ping(self, msg: Message) -> Message:
+        info: dict[str, Any] = {"role": self.role, "model": self.model_name, "pid": os.getpid(),
+                                "forwards": self.forwards, "requests": self.requests, "sessions": len(self.sessions)}
+        if self.role == "lm":
+            info.update(start=self.stage.start, end=self.stage.end, total=self.total_layers,
+                        first=self.stage.first, last=self.stage.last, hidden=self.stage.hidden_size,
+                        vocab=self.stage.vocab_size, max_context=self.stage.max_context, next=self.next_address)
+        return Message("ok", info)
+
+    def op_configure(self, msg: Message) -> Message:
+        nxt = msg.meta.get("next")
+        with self.lock:
+            if self.next is not None:
+                self.next.close()
+            self.next, self.next_address = None, None
+            if nxt:
+                self.next = Client(str(nxt), self.key, timeout=self.args.timeout,
+                                   max_frame_bytes=self.args.max_frame_bytes)
+                self.next_address = str(nxt)
+        return Message("ok", {"next": self.next_address})
+
+    def _session(self, sid: str, create: bool) -> Session:
+        s = self.sessions.get(sid)
+        if s is None:
+            if not create:
+                raise WorkerError(f"unknown session {sid!r} (expired or never started)")
+            while len(self.sessions) >= self.args.max_sessions:
+                self.sessions.popitem(last=False)
+            s = self.sessions[sid] = Session(self.stage.new_cache())
+        self.sessions.move_to_end(sid)
+        s.last_used = time.monotonic()
+        return s
+
+    def _forward_next(self, op: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Message:
+        if self.next is None:
+            raise WorkerError(
+                f"stage {self.stage.start}:{self.stage.end} is not the last stage and has no next stage configured"
+            )
+        try:
+            return self.next.request(op, meta, tensors)
+        except RemoteError as err:
+            raise WorkerError(str(err)) from None
+        except ProtocolError as err:
+            raise WorkerError(f"next stage at {self.next_address} failed: {err}") from None
+
+    def op_forward(self, msg: Message) -> Message:
+        if self.role != "lm":
+            raise WorkerError("this device serves a classifier, not a language model")
+        m = msg.meta
+        sid, pos = str(m.get("session", "")), int(m.get("pos", -1))
+        x = msg.tensors.get("input_ids" if self.stage.first else "hidden")
+        if x is None:
+            raise WorkerError(f"forward to stage {self.stage.start}:{self.stage.end} needs tensor "
+                              f"{'input_ids' if self.stage.first else 'hidden'}")
+        with self.lock:
+            s = self._session(sid, create=pos == 0)
+            have = s.cache.get_seq_length()
+            if have != pos:
+                raise WorkerError(f"session {sid} out of sync on stage {self.stage.start}:{self.stage.end}: "
+                                  f"{have} cached tokens, request starts at position {pos}")
+            t0 = time.perf_counter()
+            try:
+                out = self.stage(x, s.cache, int(m.get("n_logits", 1)))
+            except Exception:
+                from fedintel.inference.stage import crop_cache
+
+                if s.cache.get_seq_length() > pos:  # never leave a half-updated cache behind
+                    crop_cache(s.cache, pos)
+                raise
+            tensors = {"hidden": out}
+            if self.stage.last:
+                tensors = {"argmax": out[0].argmax(-1)}
+                if m.get("want_logits"):
+                    tensors["logits"] = out[0]
+            compute_s = time.perf_counter() - t0
+            self.forwards += 1
+        timing = list(m.get("timing", [])) + [compute_s]
+        if not self.stage.last:
+            return self._forward_next("forward", {**m, "timing": timing}, tensors)
+        return Message("ok", {"timing": timing}, tensors)
+
+    def op_truncate(self, msg: Message) -> Message:
+        from fedintel.inference.stage import crop_cache
+
+        sid, length = str(msg.meta.get("session")), int(msg.meta.get("length", -1))
+        with self.lock:
+            crop_cache(self._session(sid, create=False).cache, length)
+        if not self.stage.last:
+            return self._forward_next("truncate", msg.meta, {})
+        return Message("ok")
+
+    def op_end(self, msg: Message) -> Message:
+        with self.lock:
+            self.sessions.pop(str(msg.meta.get("session")), None)
+        if not self.stage.last and self.next is not None:
+            try:
+                self.next.request("end", msg.meta)
+            except (ProtocolError, RemoteError):
+                pass
+        return Message("ok")
+
+    def _whole(self) -> Any:
+        if self.role != "lm" or not (self.stage.first and self.stage.last):
+            raise WorkerError("this operation needs a device holding the whole model (not a split stage)")
+        return self.stage
+
+    def op_generate(self, msg: Message) -> Message:
+        stage = self._whole()
+        m = msg.meta
+        ids = msg.tensors.get("input_ids")
+        if ids is None:
+            prompt = m.get("prompt")
+            if not isinstance(prompt, str):
+                raise WorkerError("generate needs input_ids or a text prompt")
+            ids = torch.tensor([self.tokenizer(prompt)["input_ids"]])
+        max_new = int(m.get("max_new_tokens", 32))
+        if ids.shape[1] + max_new > stage.max_context:
+            raise WorkerError(f"the prompt has {ids.shape[1]} tokens; with max_new_tokens={max_new} it exceeds "
+                              f"the model's context of {stage.max_context} tokens")
+        eos = self.tokenizer.eos_token_id
+        t0 = time.perf_counter()
+        with self.lock:
+            cache = stage.new_cache()
+            logits = stage(ids, cache, 1)[0, -1]
+            tokens, logps = [], []
+            while True:
+                lp = torch.log_softmax(logits, -1)
+                t = int(lp.argmax())
+                tokens.append(t)
+                logps.append(float(lp[t]))
+                if len(tokens) >= max_new or t == eos:
+                    break
+                logits = stage(torch.tensor([[t]]), cache, 1)[0, -1]
+            self.forwards += len(tokens)
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        return Message(
+            "ok",
+            {"text": text, "mean_logprob": sum(logps) / len(logps), "min_prob": float(torch.tensor(logps).exp().min()),
+             "compute_s": time.perf_counter() - t0, "device_pid": os.getpid()},
+            {"tokens": torch.tensor(tokens, dtype=torch.int64)},
+        )
+
+    def op_score(self, msg: Message) -> Message:
+        stage = self._whole()
+        texts = msg.meta.get("texts")
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise WorkerError("score needs meta.texts: a list of strings")
+        losses = []
+        with self.lock:
+            for text in texts:
+                ids = torch.tensor([self.tokenizer(text)["input_ids"][: stage.max_context]])
+                if ids.shape[1] < 2:
+                    losses.append(float("nan"))
+                    continue
+                logits = stage(ids, stage.new_cache(), 0)[0]
+                losses.append(float(torch.nn.functional.cross_entropy(logits[:-1], ids[0, 1:])))
+        return Message("ok", {}, {"loss": torch.tensor(losses, dtype=torch.float32)})
+
+    def op_classify(self, msg: Message) -> Message:
+        if self.role != "classifier":
+            raise WorkerError("this device serves a language model, not a classifier")
+        texts = msg.meta.get("texts")
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise WorkerError("classify needs meta.texts: a list of strings")
+        with self.lock:
+            probs = self.head.predict_proba(self.encoder.embed(texts))
+        return Message("ok", {"local_samples": self.local_samples}, {"probs": probs})
+
+    def op_shutdown(self, msg: Message) -> Message:
+        threading.Timer(0.05, self._stop).start()
+        return Message("ok", {"_close": True})
+
+    def _stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+def _total_layers(name: str, num_layers: int | None) -> int:
+    if name == "tiny-llama":
+        total = 2
+    else:
+        from transformers import AutoConfig
+
+        from fedintel.models.loader import resolve_model_dir
+
+        total = int(AutoConfig.from_pretrained(resolve_model_dir(name)).num_hidden_layers)
+    return min(total, num_layers) if num_layers else total
+
+
+def _parse_slice(text: str) -> tuple[int, int]:
+    try:
+        a, b = text.split(":")
+        return int(a), int(b)
+    except ValueError:
+        raise WorkerError(f"--layers {text!r} is not START:END (e.g. 0:15)") from None
+
+
+def _watch_parent(parent_pid: int, stop: threading.Event) -> None:
+    while not stop.wait(0.25):
+        if os.getppid() != parent_pid:
+            log.warning("parent %d is gone: exiting", parent_pid)
+            os._exit(3)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The worker's command line."""
+    p = argparse.ArgumentParser(prog="python -m fedintel.inference.worker", description=__doc__.split("\n")[0])
+    p.add_argument("--role", choices=["lm", "classifier"], default="lm")
+    p.add_argument("--model", default="tiny-llama", help="built-in model name or local HF directory")
+    p.add_argument("--num-layers", type=int, default=None, help="keep only the first N layers of the model")
+    p.add_argument("--layers", default=None, help="START:END slice this device runs (default: all)")
+    p.add_argument("--adapter", default=None, help="a PEFT adapter directory merged into the model (an expert)")
+    p.add_argument("--train-data", default=None, help="classifier role: local labelled JSONL (text, label)")
+    p.add_argument("--num-labels", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0: any free port (reported on stdout)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--timeout", type=float, default=30.0, help="socket timeout, seconds")
+    p.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES)
+    p.add_argument("--max-sessions", type=int, default=64)
+    p.add_argument("--delay", type=float, default=0.0, help="extra seconds per request (emulates a slow device)")
+    p.add_argument("--parent-pid", type=int, default=None, help="exit when this process is no longer the parent")
+    p.add_argument("--key-env", default="FEDINTEL_INFER_KEY", help="environment variable holding the hex key")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: load, listen, print the ready line, serve until told to stop."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format=f"[worker {os.getpid()}] %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    if args.parent_pid is not None:
+        threading.Thread(target=_watch_parent, args=(args.parent_pid, stop), daemon=True).start()
+    torch.set_num_threads(max(1, args.threads))
+    try:
+        key = parse_key(os.environ.get(args.key_env))
+    except ValueError as err:
+        print(json.dumps({"ready": False, "error": str(err)}), flush=True)
+        return 2
+    try:
+        worker = Worker(args, key)
+        server = FrameServer(worker.handle, key, args.host, args.port, args.max_frame_bytes, args.timeout)
+    except Exception as err:
+        print(json.dumps({"ready": False, "error": f"{type(err).__name__}: {err}"}), flush=True)
+        return 2
+    worker.server = server
+
+    def _term(signum: int, frame: Any) -> None:
+        server.stop()
+
+    signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGINT, _term)
+    print(json.dumps({"ready": True, "address": server.address, "pid": os.getpid(),
+                      "instance": uuid.uuid4().hex}), flush=True)
+    server.serve_forever()
+    stop.set()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Trust building blocks: differential privacy, privacy accounting, secure aggregation, and attacks.
+
+Names are loaded lazily, so ``fedintel.privacy.config`` stays cheap to import for config parsing.
+Importing :mod:`fedintel.privacy.dp` registers the ``dp_fedavg`` aggregator.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "PrivacyAccountant": "accountant",
+    "compute_epsilon": "accountant",
+    "noise_for_target_epsilon": "accountant",
+    "AttackConfig": "attacks",
+    "apply_attack": "attacks",
+    "flip_labels": "attacks",
+    "malicious_clients": "attacks",
+    "PrivacyConfig": "config",
+    "DPAggregator": "dp",
+    "add_gaussian_noise": "dp",
+    "clip_delta": "dp",
+    "privatize_local": "dp",
+    "privatize_sum": "dp",
+    "SecAggClient": "secagg",
+    "SecAggError": "secagg",
+    "SecAggServer": "secagg",
+    "secure_mean": "secagg",
+    "secure_sum": "secagg",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"fedintel.privacy.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'fedintel.privacy' has no attribute {name!r}")
