@@ -140,7 +140,9 @@ class ExperimentConfig(_Section):
     """A whole experiment file."""
 
     name: str = "experiment"
-    engine: Literal["local"] = "local"
+    engine: Literal["local", "flower"] = Field(
+        "local", description="local: clients train in this process; flower: on Flower SuperNodes over gRPC."
+    )
     threads: int | None = Field(None, ge=1, description="torch threads; default: all cores.")
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()

@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import torch
 
 from fedintel.aggregation import get_aggregator
 from fedintel.config import ConfigError, ExperimentConfig, dump_config, load_config
+from fedintel.engines.base import Engine
 from fedintel.engines.local import LocalEngine
 from fedintel.schemes.base import Scheme
 from fedintel.schemes.fedavg import FedAvgScheme
@@ -56,9 +58,14 @@ def new_run_dir(cfg: ExperimentConfig) -> Path:
     return path
 
 
-def build_scheme(cfg: ExperimentConfig, world: World, reporter: Reporter) -> Scheme:
+EngineFactory = Callable[[World], Engine]
+
+
+def build_scheme(
+    cfg: ExperimentConfig, world: World, reporter: Reporter, engine_factory: EngineFactory | None = None
+) -> Scheme:
     aggregator = get_aggregator("fedavg")
-    engine = LocalEngine(world)
+    engine = engine_factory(world) if engine_factory else LocalEngine(world)
     return SCHEMES[cfg.federation.scheme](world, engine, aggregator, reporter)
 
 
@@ -69,9 +76,11 @@ def run_experiment(
     *,
     resume: bool = False,
     stop_after_round: int | None = None,
+    engine_factory: EngineFactory | None = None,
 ) -> RunResult:
     """Run ``cfg`` to the end (or resume it in ``run_dir``) and return its per-round metrics.
 
+    ``engine_factory`` chooses where clients train (default: :class:`LocalEngine`, in this process).
     ``stop_after_round`` ends the process's work early (as if killed) for testing resumption.
     """
     reporter = reporter or NullReporter()
@@ -88,7 +97,7 @@ def run_experiment(
         store.start_run(run_id, cfg.name, config_yaml)
         torch.manual_seed(cfg.federation.seed)
         world = build_world(cfg)
-        scheme = build_scheme(cfg, world, reporter)
+        scheme = build_scheme(cfg, world, reporter, engine_factory)
         state: dict[str, Any]
         ckpt = latest_checkpoint(run_dir) if resume else None
         if ckpt is not None:
@@ -121,6 +130,7 @@ def run_experiment(
                     return RunResult(run_dir, run_id, store.rounds(run_id), {}, "interrupted")
         finally:
             reporter.stop()
+            scheme.engine.close()
         adapters = export_adapters(world, scheme.final_adapters(state), run_dir) if cfg.output.save_adapter else {}
         rounds = store.rounds(run_id)
         (run_dir / "summary.json").write_text(json.dumps({"run_id": run_id, "final": rounds[-1] if rounds else {}}, indent=2))
