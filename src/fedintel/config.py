@@ -12,6 +12,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fedintel.network.config import NetworkConfig
+from fedintel.privacy.attacks import AttackConfig
+from fedintel.privacy.config import PrivacyConfig
+from fedintel.schemes.config import AggregationConfig, AsyncConfig, ClusteringConfig, HierarchyConfig
+
 
 class ConfigError(ValueError):
     """A configuration problem a user can fix; the message names the field."""
@@ -84,7 +89,9 @@ class PeftConfig(_Section):
 class FederationConfig(_Section):
     """Rounds, sampling and the local training recipe."""
 
-    scheme: Literal["fedavg"] = "fedavg"
+    scheme: Literal["fedavg", "clustered", "hierarchical", "async"] = Field(
+        "fedavg", description="fedavg (sync rounds), clustered (CFL), hierarchical (client-edge-cloud), async."
+    )
     rounds: int = Field(3, ge=1)
     num_clients: int = Field(8, ge=1)
     clients_per_round: int = Field(8, ge=1)
@@ -139,6 +146,8 @@ class OutputConfig(_Section):
 class ExperimentConfig(_Section):
     """A whole experiment file."""
 
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
     name: str = "experiment"
     engine: Literal["local", "flower"] = Field(
         "local", description="local: clients train in this process; flower: on Flower SuperNodes over gRPC."
@@ -150,6 +159,26 @@ class ExperimentConfig(_Section):
     federation: FederationConfig = FederationConfig()
     eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
+    aggregation: AggregationConfig = AggregationConfig()
+    clustering: ClusteringConfig = ClusteringConfig()
+    hierarchy: HierarchyConfig = HierarchyConfig()
+    asynchronous: AsyncConfig = Field(AsyncConfig(), alias="async")
+    network: NetworkConfig = NetworkConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    attack: AttackConfig = AttackConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ExperimentConfig:
+        f = self.federation
+        if f.scheme == "async" and not self.network.enabled:
+            raise ValueError("federation.scheme async needs the simulated clock: set network.enabled: true")
+        if self.aggregation.lora == "exact" and self.peft.method != "lora":
+            raise ValueError("aggregation.lora: exact applies to peft.method lora only")
+        if self.privacy.dp != "none" and self.aggregation.rule not in ("fedavg",):
+            raise ValueError("privacy.dp: differential privacy is calibrated for aggregation.rule fedavg")
+        if self.attack.kind == "label_flip" and self.model.task != "classification":
+            raise ValueError("attack.kind: label_flip needs model.task classification")
+        return self
 
 
 def _format_validation_error(err: ValidationError) -> str:
@@ -159,7 +188,7 @@ def _format_validation_error(err: ValidationError) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see `fedintel run --help` and examples/)"
-        lines.append(f"{loc}: {msg}" if loc else msg)
+        lines.append(f"{loc}: {msg}" if loc and not msg.startswith(loc) else msg)
     return "; ".join(lines)
 
 
@@ -205,4 +234,4 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
 
 def dump_config(cfg: ExperimentConfig) -> str:
     """The config as YAML, as stored in a run directory."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    return yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False)

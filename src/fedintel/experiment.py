@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from fedintel.aggregation import get_aggregator
+from fedintel.aggregation.factory import build_aggregator
 from fedintel.config import ConfigError, ExperimentConfig, dump_config, load_config
 from fedintel.engines.base import Engine
 from fedintel.engines.local import LocalEngine
@@ -64,7 +64,7 @@ EngineFactory = Callable[[World], Engine]
 def build_scheme(
     cfg: ExperimentConfig, world: World, reporter: Reporter, engine_factory: EngineFactory | None = None
 ) -> Scheme:
-    aggregator = get_aggregator("fedavg")
+    aggregator = build_aggregator(cfg)
     engine = engine_factory(world) if engine_factory else LocalEngine(world)
     return SCHEMES[cfg.federation.scheme](world, engine, aggregator, reporter)
 

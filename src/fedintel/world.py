@@ -9,14 +9,15 @@ import numpy as np
 import torch
 from peft import PeftModel
 
-from fedintel.config import ExperimentConfig
+from fedintel.config import ConfigError, ExperimentConfig
 from fedintel.data.federated import FederatedData, build_federated_data
 from fedintel.data.tokenize import TokenizedSet
 from fedintel.models.loader import LoadedModel, load_base_model
 from fedintel.models.peft_builder import AdapterSlot, build_peft_model
+from fedintel.network.simulator import WirelessNetwork
 from fedintel.training.client import LocalTrainSpec
 from fedintel.training.evaluate import evaluate
-from fedintel.training.flops import ModelShape
+from fedintel.training.flops import ModelShape, train_flops
 from fedintel.types import AdapterState
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class World:
     data: FederatedData
     shape: ModelShape
     initial_state: AdapterState
+    network: WirelessNetwork | None = None
 
     @property
     def task(self) -> str:
@@ -53,6 +55,12 @@ class World:
             steps=f.local_steps, batch_size=f.batch_size, micro_batch_size=f.micro_batch_size, lr=f.lr,
             weight_decay=f.weight_decay, max_grad_norm=f.max_grad_norm, epochs=f.local_epochs,
         )
+
+    def estimated_flops(self) -> float:
+        """FLOPs of one client's local training at full-length sequences (for selection policies)."""
+        spec = self.local_spec()
+        samples = spec.num_steps(max(1, len(self.data.clients[0].train))) * spec.batch_size
+        return train_flops(self.shape, samples * self.cfg.data.max_length, self.cfg.data.max_length)
 
     def evaluate(self, state: AdapterState, data: TokenizedSet) -> dict[str, float]:
         """Metrics of the adapter ``state`` on ``data`` (capped at ``eval.max_samples``)."""
@@ -75,4 +83,12 @@ def build_world(cfg: ExperimentConfig) -> World:
     slot = AdapterSlot(peft_model)
     shape = ModelShape.of(peft_model)
     log.info("%s: %d trainable of %d parameters", cfg.peft.method, shape.num_trainable, shape.num_params)
-    return World(cfg, base, peft_model, slot, data, shape, slot.get())
+    network = None
+    if cfg.network.enabled:
+        try:
+            network = WirelessNetwork(
+                cfg.network, cfg.federation.num_clients, cfg.federation.seed, model_bytes=4 * shape.num_params
+            )
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    return World(cfg, base, peft_model, slot, data, shape, slot.get(), network)

@@ -5,7 +5,7 @@ tensors) and returns one aggregated delta; the scheme adds it to the global adap
 """
 
 # Importing the rule modules registers them by name (``aggregation.rule`` in the experiment file).
-from fedintel.aggregation import krum, median, norm_bound, ota, trimmed_mean  # noqa: F401
+from fedintel.aggregation import krum, lora_exact, median, norm_bound, ota, trimmed_mean  # noqa: F401
 from fedintel.aggregation.base import Aggregator, get_aggregator, register, registered
 from fedintel.aggregation.fedavg import FedAvg
 from fedintel.aggregation.validate import UpdateRejected, validate_update

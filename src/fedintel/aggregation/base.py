@@ -14,6 +14,11 @@ class Aggregator(ABC):
     """Combines client deltas into one delta. Subclasses override :meth:`aggregate`."""
 
     name: str = "base"
+    last_stats: dict[str, float] = {}
+    """Diagnostics of the last call (e.g. clipped fraction), recorded as round metrics."""
+
+    def set_round(self, round_idx: int) -> None:
+        """Tie the next aggregation's randomness (if any) to ``round_idx``, so resumed runs repeat it."""
 
     @abstractmethod
     def aggregate(self, updates: Sequence[Update], global_state: AdapterState) -> AdapterState:

@@ -74,6 +74,13 @@ class OverTheAir(Aggregator):
         self.last_transmitting: list[int] = []
         """Client ids that transmitted in the last call (the others were truncated)."""
 
+    def set_round(self, round_idx: int) -> None:
+        self.calls = round_idx
+
+    @property
+    def last_stats(self) -> dict[str, float]:  # type: ignore[override]
+        return self.last_info
+
     def aggregate(self, updates: Sequence[Update], global_state: AdapterState) -> AdapterState:
         if not updates:
             raise ValueError("over-the-air aggregation of no updates")

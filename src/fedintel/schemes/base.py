@@ -1,4 +1,4 @@
-"""What every scheme shares: client sampling, validating and recording updates, evaluation."""
+"""What every scheme shares: client selection, the network clock, screening updates, evaluation."""
 
 from __future__ import annotations
 
@@ -12,12 +12,16 @@ import numpy as np
 
 from fedintel.aggregation.base import Aggregator
 from fedintel.aggregation.validate import UpdateRejected, validate_update
-from fedintel.engines.base import ClientFailure, Engine
+from fedintel.engines.base import ClientFailure, Engine, TrainJob
+from fedintel.network.report import summarize_round
+from fedintel.network.simulator import ClientJob
 from fedintel.tracking.progress import NullReporter, Reporter
 from fedintel.types import AdapterState, Update, state_nbytes
 from fedintel.world import World, derive_seed
 
 log = logging.getLogger(__name__)
+
+Result = Update | ClientFailure
 
 
 @dataclass
@@ -34,11 +38,16 @@ def add_state(state: AdapterState, delta: AdapterState, scale: float = 1.0) -> A
     return {k: state[k] + scale * delta[k].to(state[k].dtype) for k in state}
 
 
+def new_totals() -> dict[str, float]:
+    """Cumulative counters a scheme keeps in its state (so resumed runs continue them)."""
+    return {"sim_time_s": 0.0, "bytes_up": 0.0, "bytes_down": 0.0, "energy_j": 0.0, "bytes_cloud": 0.0}
+
+
 class Scheme(ABC):
     """A federated scheme. The runner calls :meth:`run_round` for rounds 1..R and checkpoints between.
 
-    A scheme's whole progress lives in the dict returned by :meth:`initial_state` / :meth:`run_round`,
-    so a run resumed from a checkpoint continues exactly where it stopped.
+    A scheme's whole progress lives in the dict returned by :meth:`initial_state` / :meth:`run_round`
+    (tensors and plain values only), so a run resumed from a checkpoint continues exactly where it stopped.
     """
 
     name = "base"
@@ -51,24 +60,24 @@ class Scheme(ABC):
 
     @abstractmethod
     def initial_state(self) -> dict[str, Any]:
-        """The scheme's state before round 1 (tensors and plain values only)."""
+        """The scheme's state before round 1."""
 
     @abstractmethod
     def run_round(self, round_idx: int, state: dict[str, Any]) -> tuple[dict[str, Any], RoundRecord]:
         """Advance one round; return the new state and what to record."""
 
-    def initial_record(self, state: dict[str, Any]) -> RoundRecord:
-        """Round 0: the untrained adapter evaluated like any round, as the baseline of every curve."""
-        record = RoundRecord()
-        g = state["global"]
-        self.evaluate_into(record, {c.client_id: g for c in self.world.data.clients}, g)
-        return record
-
     def final_adapters(self, state: dict[str, Any]) -> dict[str, AdapterState]:
         """Adapters to export at the end, by name (``global``, ``cluster_0``...)."""
         return {"global": state["global"]}
 
-    # -- shared steps --------------------------------------------------------------------------------
+    def initial_record(self, state: dict[str, Any]) -> RoundRecord:
+        """Round 0: the untrained adapter evaluated like any round, the baseline of every curve."""
+        record = RoundRecord()
+        g = self.world.initial_state
+        self.evaluate_into(record, {c.client_id: g for c in self.world.data.clients}, g)
+        return record
+
+    # -- who trains ----------------------------------------------------------------------------------
     def sample_clients(self, round_idx: int, candidates: Sequence[int], k: int) -> list[int]:
         """``k`` clients drawn uniformly without replacement, deterministic per (seed, round)."""
         rng = np.random.default_rng(derive_seed(self.world.cfg.federation.seed, round_idx, 11))
@@ -76,8 +85,67 @@ class Scheme(ABC):
             return sorted(candidates)
         return sorted(rng.choice(list(candidates), size=k, replace=False).tolist())
 
+    def choose_clients(self, round_idx: int, candidates: Sequence[int], k: int) -> list[int]:
+        """Apply ``network.selection`` (random, fastest_k, deadline); random without a network."""
+        net = self.world.network
+        if net is None or net.cfg.selection == "random":
+            return self.sample_clients(round_idx, candidates, k)
+        rng = np.random.default_rng(derive_seed(self.world.cfg.federation.seed, round_idx, 11))
+        nbytes = state_nbytes(self.world.initial_state)
+        return sorted(net.select(round_idx, list(candidates), k, rng, self.world.estimated_flops(), nbytes))
+
+    def train(self, round_idx: int, jobs: list[TrainJob]) -> list[Result]:
+        """Run ``jobs`` on the engine, reporting progress per client."""
+        return self.engine.train(
+            jobs, on_done=lambda r: self.reporter.client_done(round_idx, r.client_id, getattr(r, "train_loss", float("nan")))
+        )
+
+    # -- the network clock ---------------------------------------------------------------------------
+    def apply_network(
+        self, round_idx: int, totals: dict[str, float], results: Sequence[Result], record: RoundRecord,
+        bytes_down: int,
+    ) -> list[Result]:
+        """Time a synchronous round on the simulated network; drop late or faded clients.
+
+        Updates ``totals`` (simulated time, bytes, energy) and returns the results that arrived.
+        """
+        net = self.world.network
+        updates = [r for r in results if isinstance(r, Update)]
+        if net is None:
+            totals["bytes_up"] += sum(u.nbytes for u in updates)
+            totals["bytes_down"] += bytes_down * len(results)
+            self._totals_into(record, totals)
+            return list(results)
+        jobs = [ClientJob(u.client_id, u.flops, u.nbytes, bytes_down) for u in updates]
+        rt = net.simulate_round(round_idx, totals["sim_time_s"], jobs)
+        for cid, t in rt.clients.items():
+            record.clients.setdefault(cid, {}).update(
+                sim_compute_s=t.compute_s, sim_upload_s=t.upload_s, sim_download_s=t.download_s,
+                energy_tx_j=t.energy_tx_j, energy_compute_j=t.energy_compute_j, rate_up_bps=t.rate_up_bps,
+                bandwidth_up_hz=t.bandwidth_up_hz, dropped=float(t.dropped),
+            )
+            if t.dropped:
+                record.events.append((cid, "dropped", f"{t.reason} (simulated network)"))
+        summary = summarize_round(rt)
+        record.metrics.update({k: v for k, v in summary.items() if k not in ("bytes_up", "bytes_down")})
+        totals["sim_time_s"] = rt.end_s
+        totals["bytes_up"] += summary["bytes_up"]
+        totals["bytes_down"] += summary["bytes_down"]
+        totals["energy_j"] += summary["energy_tx_j"] + summary["energy_compute_j"]
+        self._totals_into(record, totals)
+        dropped = set(rt.dropped)
+        return [r for r in results if r.client_id not in dropped]
+
+    @staticmethod
+    def _totals_into(record: RoundRecord, totals: dict[str, float]) -> None:
+        record.metrics["sim_time_s"] = totals["sim_time_s"]
+        record.metrics["cum_bytes_up"] = totals["bytes_up"]
+        record.metrics["cum_bytes_down"] = totals["bytes_down"]
+        record.metrics["cum_energy_j"] = totals["energy_j"]
+
+    # -- what arrives --------------------------------------------------------------------------------
     def screen(
-        self, results: Sequence[Update | ClientFailure], reference: AdapterState, record: RoundRecord,
+        self, results: Sequence[Result], reference: AdapterState, record: RoundRecord,
         expected_version: int | None = None,
     ) -> list[Update]:
         """Validate every result; record accepted and rejected clients; return the accepted updates."""
@@ -85,46 +153,67 @@ class Scheme(ABC):
         down = state_nbytes(reference)
         max_norm = self.world.cfg.federation.max_update_norm
         for res in results:
+            row = record.clients.setdefault(res.client_id, {})
             if isinstance(res, ClientFailure):
                 record.events.append((res.client_id, "failed", res.reason))
-                record.clients[res.client_id] = {"accepted": 0.0, "bytes_down": float(down)}
+                row.update(accepted=0.0, bytes_down=float(down))
                 continue
-            row = {
-                "train_loss": res.train_loss, "num_samples": float(res.num_samples), "bytes_up": float(res.nbytes),
-                "bytes_down": float(down), "tokens": float(res.tokens), "flops": res.flops, "steps": float(res.steps),
-            }
+            row.update(
+                train_loss=res.train_loss, num_samples=float(res.num_samples), bytes_up=float(res.nbytes),
+                bytes_down=float(down), tokens=float(res.tokens), flops=res.flops, steps=float(res.steps),
+            )
             try:
                 validate_update(res, reference, max_norm=max_norm, expected_version=expected_version)
             except UpdateRejected as err:
                 log.warning("rejected update: %s", err)
                 record.events.append((res.client_id, "rejected", str(err)))
                 row["accepted"] = 0.0
-                row["train_loss"] = row["train_loss"] if np.isfinite(row["train_loss"]) else float("nan")
             else:
                 row["accepted"] = 1.0
                 accepted.append(res)
-            record.clients[res.client_id] = row
         record.metrics["clients_accepted"] = float(len(accepted))
         record.metrics["clients_rejected"] = float(len(results) - len(accepted))
         if accepted:
             record.metrics["train_loss"] = float(np.mean([u.train_loss for u in accepted]))
         record.metrics["bytes_up"] = float(sum(u.nbytes for u in accepted))
-        record.metrics["bytes_down"] = float(down * len(results))
         return accepted
 
+    def aggregate(self, round_idx: int, updates: Sequence[Update], reference: AdapterState, record: RoundRecord) -> AdapterState:
+        """The aggregator's delta for ``updates``, with its diagnostics recorded."""
+        self.aggregator.set_round(round_idx)
+        delta = self.aggregator.aggregate(updates, reference)
+        record.metrics.update(self.aggregator.last_stats)
+        return delta
+
+    # -- evaluation ----------------------------------------------------------------------------------
     def should_evaluate(self, round_idx: int) -> bool:
         cfg = self.world.cfg
         return round_idx % cfg.eval.every == 0 or round_idx == cfg.federation.rounds
 
-    def evaluate_into(self, record: RoundRecord, state_for_client: dict[int, AdapterState], global_state: AdapterState | None) -> None:
-        """Global, per-domain and per-client evaluation of the current adapter(s)."""
+    def evaluate_into(
+        self, record: RoundRecord, state_for_client: dict[int, AdapterState], global_state: AdapterState | None,
+        domain_states: dict[str, AdapterState] | None = None, prefix: str = "",
+    ) -> None:
+        """Global, per-domain and per-client evaluation of the current adapter(s).
+
+        ``domain_states`` evaluates each domain's held-out set with its own adapter (clustered schemes);
+        ``eval_loss_domain_mean`` averages the per-domain losses so schemes compare on equal terms.
+        """
         w = self.world
         if global_state is not None:
             for k, v in w.evaluate(global_state, w.data.global_eval).items():
-                record.metrics[f"eval_{k}"] = v
-            for dom, data in w.data.domain_eval.items():
-                for k, v in w.evaluate(global_state, data).items():
-                    record.metrics[f"eval_{k}/{dom}"] = v
+                record.metrics[f"{prefix}eval_{k}"] = v
+        dom_losses = []
+        for dom, data in w.data.domain_eval.items():
+            state = (domain_states or {}).get(dom, global_state)
+            if state is None:
+                continue
+            for k, v in w.evaluate(state, data).items():
+                record.metrics[f"{prefix}eval_{k}/{dom}"] = v
+                if k == "loss":
+                    dom_losses.append(v)
+        if dom_losses:
+            record.metrics[f"{prefix}eval_loss_domain_mean"] = float(np.mean(dom_losses))
         if w.cfg.eval.per_client:
             losses, accs = [], []
             for cid, state in state_for_client.items():
@@ -132,11 +221,11 @@ class Scheme(ABC):
                 if len(client.eval) == 0:
                     continue
                 m = w.evaluate(state, client.eval)
-                record.clients.setdefault(cid, {}).update({f"eval_{k}": v for k, v in m.items()})
+                record.clients.setdefault(cid, {}).update({f"{prefix}eval_{k}": v for k, v in m.items()})
                 losses.append(m["loss"])
                 if "accuracy" in m:
                     accs.append(m["accuracy"])
             if losses:
-                record.metrics["client_eval_loss"] = float(np.mean(losses))
+                record.metrics[f"{prefix}client_eval_loss"] = float(np.mean(losses))
             if accs:
-                record.metrics["client_eval_accuracy"] = float(np.mean(accs))
+                record.metrics[f"{prefix}client_eval_accuracy"] = float(np.mean(accs))

@@ -1,38 +1,44 @@
-"""Synchronous federated averaging of adapters (FL-LoRA, FL-P-Tuning, FL-Prompt-Tuning in the paper)."""
+"""Synchronous federated averaging of adapters (FL-LoRA, FL-P-Tuning, FL-Prompt-Tuning in the paper).
+
+McMahan et al., "Communication-Efficient Learning of Deep Networks from Decentralized Data", AISTATS 2017.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fedintel.engines.base import TrainJob
-from fedintel.schemes.base import RoundRecord, Scheme, add_state
+from fedintel.schemes.base import RoundRecord, Scheme, add_state, new_totals
+from fedintel.types import state_nbytes
 
 
 class FedAvgScheme(Scheme):
-    """Each round: sample clients, train them from the global adapter, validate, aggregate, evaluate."""
+    """Each round: select clients, train them from the global adapter, time the round on the network,
+    validate, aggregate, evaluate."""
 
     name = "fedavg"
 
     def initial_state(self) -> dict[str, Any]:
-        return {"global": self.world.initial_state, "version": 0}
+        return {"global": self.world.initial_state, "version": 0, "totals": new_totals()}
 
     def run_round(self, round_idx: int, state: dict[str, Any]) -> tuple[dict[str, Any], RoundRecord]:
         fed = self.world.cfg.federation
         record = RoundRecord()
-        chosen = self.sample_clients(round_idx, range(fed.num_clients), fed.clients_per_round)
-        jobs = [TrainJob(cid, state["global"], state["version"], round_idx) for cid in chosen]
-        results = self.engine.train(
-            jobs, on_done=lambda r: self.reporter.client_done(round_idx, r.client_id, getattr(r, "train_loss", float("nan")))
-        )
-        accepted = self.screen(results, state["global"], record, expected_version=state["version"])
-        new_state = dict(state)
+        state = {**state, "totals": dict(state["totals"])}
+        g = state["global"]
+        chosen = self.choose_clients(round_idx, range(fed.num_clients), fed.clients_per_round)
+        results = self.train(round_idx, [TrainJob(cid, g, state["version"], round_idx) for cid in chosen])
+        arrived = self.apply_network(round_idx, state["totals"], results, record, state_nbytes(g))
+        accepted = self.screen(arrived, g, record, expected_version=state["version"])
+        # flat FL: the aggregation server is in the cloud, so every accepted update travels there
+        state["totals"]["bytes_cloud"] += sum(u.nbytes for u in accepted)
+        record.metrics["cum_bytes_cloud"] = state["totals"]["bytes_cloud"]
         if accepted:
-            delta = self.aggregator.aggregate(accepted, state["global"])
-            new_state["global"] = add_state(state["global"], delta)
-            new_state["version"] = state["version"] + 1
+            state["global"] = add_state(g, self.aggregate(round_idx, accepted, g, record))
+            state["version"] += 1
         else:
             record.events.append((None, "no_updates", "no client update was accepted; the global adapter is unchanged"))
         if self.should_evaluate(round_idx):
-            g = new_state["global"]
+            g = state["global"]
             self.evaluate_into(record, {c.client_id: g for c in self.world.data.clients}, g)
-        return new_state, record
+        return state, record
