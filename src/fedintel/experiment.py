@@ -17,7 +17,10 @@ from fedintel.config import ConfigError, ExperimentConfig, dump_config, load_con
 from fedintel.engines.base import Engine
 from fedintel.engines.local import LocalEngine
 from fedintel.schemes.base import Scheme
+from fedintel.schemes.asynchronous import AsyncScheme
+from fedintel.schemes.clustered import ClusteredScheme
 from fedintel.schemes.fedavg import FedAvgScheme
+from fedintel.schemes.hierarchical import HierarchicalScheme
 from fedintel.tracking.checkpoint import latest_checkpoint, save_checkpoint
 from fedintel.tracking.export import export_adapters
 from fedintel.tracking.progress import NullReporter, Reporter
@@ -27,7 +30,12 @@ from fedintel.world import World, build_world
 
 log = logging.getLogger(__name__)
 
-SCHEMES: dict[str, type[Scheme]] = {"fedavg": FedAvgScheme}
+SCHEMES: dict[str, type[Scheme]] = {
+    "fedavg": FedAvgScheme,
+    "clustered": ClusteredScheme,
+    "hierarchical": HierarchicalScheme,
+    "async": AsyncScheme,
+}
 
 
 class RunFailed(RuntimeError):

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from fedintel.inference.split import SplitPipeline
 from fedintel.inference.speculative import speculative_generate
+from fedintel.inference.split import SplitPipeline
 from fedintel.inference.stage import LocalLM, greedy_generate
 
 PROMPT = [1, 504, 3458, 282, 4649, 314, 2]

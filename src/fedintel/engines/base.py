@@ -17,6 +17,15 @@ class TrainJob:
     state: AdapterState
     version: int
     round_idx: int
+    salt: int = 0
+    """Distinguishes repeated jobs of one client in one round (asynchronous scheme)."""
+
+    def seed(self, run_seed: int) -> int:
+        """The seed of this job's batch order and dropout: a function of (run seed, round, client)."""
+        from fedintel.world import derive_seed
+
+        parts = (run_seed, self.round_idx, self.client_id, 7) + ((self.salt,) if self.salt else ())
+        return derive_seed(*parts)
 
 
 @dataclass

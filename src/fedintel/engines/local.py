@@ -7,7 +7,7 @@ from collections.abc import Callable
 from fedintel.engines.base import ClientFailure, Engine, TrainJob
 from fedintel.training.client import train_local
 from fedintel.types import Update
-from fedintel.world import World, derive_seed
+from fedintel.world import World
 
 UpdateHook = Callable[[Update, TrainJob], Update]
 
@@ -32,7 +32,7 @@ class LocalEngine(Engine):
             update = train_local(
                 w.slot, job.state, client.train, w.local_spec(),
                 client_id=job.client_id, base_version=job.version,
-                seed=derive_seed(w.cfg.federation.seed, job.round_idx, job.client_id, 7),
+                seed=job.seed(w.cfg.federation.seed),
                 pad_id=w.pad_id, task=w.task, shape=w.shape,
             )
             result: Update | ClientFailure = self.update_hook(update, job) if self.update_hook else update

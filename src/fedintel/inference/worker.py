@@ -12,6 +12,7 @@ request, on SIGTERM/SIGINT, and within half a second of its parent dying when ``
 Operations (``op`` of a request):
 
 ``ping``       who am I: role, model, layer slice, counters
+``echo``       the request's tensors back (transport benchmarks)
 ``configure``  ``{"next": "host:port" | null}``: the next stage of a split pipeline
 ``forward``    ``{"session", "pos", "n_logits", "want_logits"}`` + ``input_ids`` or ``hidden``: run the
                slice with the session's KV cache; non-last stages pass the activation to the next stage
@@ -147,6 +148,10 @@ class Worker:
                         first=self.stage.first, last=self.stage.last, hidden=self.stage.hidden_size,
                         vocab=self.stage.vocab_size, max_context=self.stage.max_context, next=self.next_address)
         return Message("ok", info)
+
+    def op_echo(self, msg: Message) -> Message:
+        """Return the tensors as received (transport benchmarks)."""
+        return Message("ok", {}, msg.tensors)
 
     def op_configure(self, msg: Message) -> Message:
         nxt = msg.meta.get("next")

@@ -75,6 +75,8 @@ class Scheme(ABC):
         record = RoundRecord()
         g = self.world.initial_state
         self.evaluate_into(record, {c.client_id: g for c in self.world.data.clients}, g)
+        self._totals_into(record, new_totals())
+        record.metrics["cum_bytes_cloud"] = 0.0
         return record
 
     # -- who trains ----------------------------------------------------------------------------------
@@ -103,11 +105,13 @@ class Scheme(ABC):
     # -- the network clock ---------------------------------------------------------------------------
     def apply_network(
         self, round_idx: int, totals: dict[str, float], results: Sequence[Result], record: RoundRecord,
-        bytes_down: int,
+        bytes_down: int, groups: Sequence[Sequence[int]] | None = None,
     ) -> list[Result]:
         """Time a synchronous round on the simulated network; drop late or faded clients.
 
-        Updates ``totals`` (simulated time, bytes, energy) and returns the results that arrived.
+        ``groups`` splits the clients into cells that each have the whole band (edge servers of the
+        hierarchical scheme); the round ends when the slowest cell is done. Updates ``totals`` (simulated
+        time, bytes, energy) and returns the results that arrived.
         """
         net = self.world.network
         updates = [r for r in results if isinstance(r, Update)]
@@ -116,24 +120,36 @@ class Scheme(ABC):
             totals["bytes_down"] += bytes_down * len(results)
             self._totals_into(record, totals)
             return list(results)
-        jobs = [ClientJob(u.client_id, u.flops, u.nbytes, bytes_down) for u in updates]
-        rt = net.simulate_round(round_idx, totals["sim_time_s"], jobs)
-        for cid, t in rt.clients.items():
-            record.clients.setdefault(cid, {}).update(
-                sim_compute_s=t.compute_s, sim_upload_s=t.upload_s, sim_download_s=t.download_s,
-                energy_tx_j=t.energy_tx_j, energy_compute_j=t.energy_compute_j, rate_up_bps=t.rate_up_bps,
-                bandwidth_up_hz=t.bandwidth_up_hz, dropped=float(t.dropped),
-            )
-            if t.dropped:
-                record.events.append((cid, "dropped", f"{t.reason} (simulated network)"))
-        summary = summarize_round(rt)
-        record.metrics.update({k: v for k, v in summary.items() if k not in ("bytes_up", "bytes_down")})
-        totals["sim_time_s"] = rt.end_s
-        totals["bytes_up"] += summary["bytes_up"]
-        totals["bytes_down"] += summary["bytes_down"]
-        totals["energy_j"] += summary["energy_tx_j"] + summary["energy_compute_j"]
+        start = totals["sim_time_s"]
+        cells = [list(g) for g in groups] if groups is not None else [[u.client_id for u in updates]]
+        end, dropped, summaries = start, set(), []
+        for cell in cells:
+            jobs = [ClientJob(u.client_id, u.flops, u.nbytes, bytes_down) for u in updates if u.client_id in cell]
+            if not jobs:
+                continue
+            rt = net.simulate_round(round_idx, start, jobs)
+            end = max(end, rt.end_s)
+            dropped |= set(rt.dropped)
+            summaries.append(summarize_round(rt))
+            for cid, t in rt.clients.items():
+                record.clients.setdefault(cid, {}).update(
+                    sim_compute_s=t.compute_s, sim_upload_s=t.upload_s, sim_download_s=t.download_s,
+                    energy_tx_j=t.energy_tx_j, energy_compute_j=t.energy_compute_j, rate_up_bps=t.rate_up_bps,
+                    bandwidth_up_hz=t.bandwidth_up_hz, dropped=float(t.dropped),
+                )
+                if t.dropped:
+                    record.events.append((cid, "dropped", f"{t.reason} (simulated network)"))
+        sums = {k: sum(s[k] for s in summaries) for k in summaries[0]} if summaries else {}
+        for key in ("dropped", "dropped_outage", "dropped_deadline", "energy_tx_j", "energy_compute_j"):
+            record.metrics[key] = float(sums.get(key, 0.0))
+        for key in ("max_compute_s", "max_upload_s"):
+            record.metrics[key] = max((s[key] for s in summaries), default=0.0)
+        record.metrics["sim_round_s"] = end - start
+        totals["sim_time_s"] = end
+        totals["bytes_up"] += sums.get("bytes_up", 0.0)
+        totals["bytes_down"] += sums.get("bytes_down", 0.0)
+        totals["energy_j"] += sums.get("energy_tx_j", 0.0) + sums.get("energy_compute_j", 0.0)
         self._totals_into(record, totals)
-        dropped = set(rt.dropped)
         return [r for r in results if r.client_id not in dropped]
 
     @staticmethod

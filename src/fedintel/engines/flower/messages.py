@@ -4,7 +4,8 @@ A training job travels as one Flower ``Message`` of type ``train`` whose :class:
 
 - ``adapter``: the global adapter (:data:`~fedintel.types.AdapterState`) as an ``ArrayRecord``, one
   ``Array`` per tensor (raw little-endian numpy bytes, dtype and shape kept, so the round trip is exact);
-- ``job``: a ``ConfigRecord`` with ``client-id``, ``round``, ``version``, the experiment as JSON
+- ``job``: a ``ConfigRecord`` with ``client-id``, ``round``, ``version``, ``salt``, ``seed`` (the job's
+  training seed, computed by the server exactly as the local engine does), the experiment as JSON
   (``experiment``, a few KB) and ``shard-sha256``, the fingerprint of the client's tokenised training shard
   as the server computed it, so a node whose data does not match the experiment refuses to train.
 
@@ -72,8 +73,8 @@ def shard_fingerprint(input_ids: Sequence[Sequence[int]]) -> str:
     return h.hexdigest()
 
 
-def job_content(job: TrainJob, experiment_json: str, fingerprint: str) -> RecordDict:
-    """The ``RecordDict`` of a training job."""
+def job_content(job: TrainJob, experiment_json: str, fingerprint: str, seed: int) -> RecordDict:
+    """The ``RecordDict`` of a training job; ``seed`` is the job's training seed (``job.seed(run_seed)``)."""
     return RecordDict(
         {
             ADAPTER_KEY: state_to_record(job.state),
@@ -82,6 +83,8 @@ def job_content(job: TrainJob, experiment_json: str, fingerprint: str) -> Record
                     "client-id": int(job.client_id),
                     "round": int(job.round_idx),
                     "version": int(job.version),
+                    "salt": int(getattr(job, "salt", 0)),
+                    "seed": int(seed),
                     "experiment": experiment_json,
                     "shard-sha256": fingerprint,
                 }

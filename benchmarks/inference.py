@@ -1,0 +1,244 @@
+"""Collaborative-inference benchmark: prints tables of measured (loopback, real processes) numbers.
+
+    .venv/bin/python benchmarks/inference.py [--quick]
+
+1. transport: round trip of an authenticated frame to a device process (1x1xhidden and 1x128x768 fp32);
+2. split runtime: SmolLM2-135M tokens/s in one process vs 2 and 3 stage processes; added time per hop;
+3. speculative decoding and the confidence cascade vs always asking the large model (SmolLM2-135M, 30
+   layers, on an edge process; the end device's small model is an early exit of its first layers);
+4. multi-access: success rate and latency with relays dropping requests and a node killed mid-batch.
+
+Every device is its own OS process with one torch thread; the machine has 2 shared cores, so absolute
+numbers move with load: compare the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from fedintel.config import ModelConfig
+from fedintel.inference.cascade import Cascade
+from fedintel.inference.launcher import WorkerGroup
+from fedintel.inference.multiaccess import (
+    AccessPath,
+    AllPathsFailed,
+    FaultyLink,
+    MultiAccessClient,
+    rank_paths,
+    simulate_multiaccess,
+)
+from fedintel.inference.planner import DeviceSpec, LinkSpec
+from fedintel.inference.protocol import new_key
+from fedintel.inference.simulate import ModelCost, cascade_s, remote_generate_s, speculative_s
+from fedintel.inference.speculative import speculative_generate
+from fedintel.inference.split import SplitPipeline
+from fedintel.inference.stage import LocalLM, greedy_generate
+from fedintel.models.loader import load_base_model
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Tell me a joke about computers.",
+    "What is 2 plus 2?",
+    "Who wrote Romeo and Juliet?",
+    "How do I reset my password?",
+    "What is the boiling point of water?",
+    "Name a primary colour.",
+    "What is machine learning?",
+]
+console = Console()
+
+
+def chat_ids(tok, text: str) -> list[int]:
+    out = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+def table(title: str, cols: list[str], rows: list[list[str]]) -> None:
+    t = Table(title=title)
+    for c in cols:
+        t.add_column(c, justify="right" if c != cols[0] else "left")
+    for r in rows:
+        t.add_row(*r)
+    console.print(t)
+
+
+def bench_transport(key: bytes, reps: int) -> None:
+    rows = []
+    with WorkerGroup(key) as group:
+        (w,) = group.start([("echo", ["--model", "tiny-llama"])])
+        c = group.client(w)
+        for name, t in [("1x1x576 fp32 (SmolLM2 hidden)", torch.randn(1, 1, 576)),
+                        ("1x128x768 fp32", torch.randn(1, 128, 768))]:
+            for _ in range(20):
+                c.request("echo", {}, {"x": t})
+            ts = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                c.request("echo", {}, {"x": t})
+                ts.append(time.perf_counter() - t0)
+            rows.append([name, f"{statistics.median(ts) * 1e3:.3f}", f"{sorted(ts)[int(0.9 * len(ts))] * 1e3:.3f}"])
+        c.close()
+    table("transport: authenticated round trip to a device process (HMAC-SHA256, no pickle)",
+          ["payload", "median ms", "p90 ms"], rows)
+
+
+def bench_split(key: bytes, new_tokens: int, reps: int) -> None:
+    lm = load_base_model(ModelConfig(name="smollm2-135m"))
+    ids = chat_ids(lm.tokenizer, PROMPTS[0])
+    local = LocalLM(lm.model)
+    greedy_generate(local, ids, 4)
+
+    def per_token(lmx) -> tuple[float, list[int]]:
+        best = float("inf")
+        toks: list[int] = []
+        for _ in range(reps):
+            r = greedy_generate(lmx, ids, new_tokens)
+            best = min(best, statistics.median(r.decode_s))
+            toks = r.tokens
+        return best, toks
+
+    single, ref = per_token(local)
+    rows = [["1 (this process)", "-", f"{1 / single:.1f}", f"{single * 1e3:.1f}", "-", "-", "1.00", "yes"]]
+    for cuts in ([15], [10, 20]):
+        with SplitPipeline.launch("smollm2-135m", cuts, 30, key=key) as pipe:
+            greedy_generate(pipe, ids, 4)
+            split, toks = per_token(pipe)
+            hops = len(cuts) + 1
+            ovh = statistics.median(pipe.stats.overhead_s()[-new_tokens:]) / hops
+        rows.append([f"{hops} processes", ",".join(map(str, cuts)), f"{1 / split:.1f}", f"{split * 1e3:.1f}",
+                     f"{(split - single) / hops * 1e3:.2f}", f"{ovh * 1e3:.2f}", f"{split / single:.2f}",
+                     "yes" if toks == ref else "NO"])
+    table(f"split runtime: SmolLM2-135M (30 layers, hidden 576), greedy, {new_tokens} tokens, 1 thread per process",
+          ["stages", "cuts", "tokens/s", "ms/token", "added ms/hop vs 1 process", "transport ms/hop",
+           "time ratio", "same tokens"], rows)
+
+
+def bench_vertical(key: bytes, new_tokens: int, draft_layers: list[int]) -> None:
+    big = load_base_model(ModelConfig(name="smollm2-135m"))
+    tok, eos = big.tokenizer, big.tokenizer.eos_token_id
+    prompts = [chat_ids(tok, p) for p in PROMPTS]
+    phone, edge_dev = DeviceSpec("phone", 2e10), DeviceSpec("edge", 2e12)
+    link = LinkSpec(100e6, 0.01)
+    c_big = ModelCost.of(big.model.config)
+    spec_rows, casc_rows = [], []
+    with SplitPipeline.launch("smollm2-135m", [], 30, key=key) as edge:
+        greedy_generate(edge, prompts[0], 4)
+        refs = []
+        for p in prompts:
+            r = greedy_generate(edge, p, new_tokens, eos)
+            refs.append(r)
+        large_s = sum(r.total_s for r in refs)
+        sim_large = sum(remote_generate_s(c_big, edge_dev, link, len(p), len(r.tokens)) for p, r in zip(prompts, refs, strict=True))
+        for nl in draft_layers:
+            small = load_base_model(ModelConfig(name="smollm2-135m", num_layers=nl))
+            draft = LocalLM(small.model)
+            c_small = ModelCost.of(small.model.config)
+            for k in (2, 4):
+                same = 0
+                tot = acc = drafted = rounds = ntok = 0.0
+                sim = 0.0
+                for p, r in zip(prompts, refs, strict=True):
+                    s = speculative_generate(draft, edge, p, new_tokens, k, eos)
+                    same += s.tokens == r.tokens
+                    tot += s.total_s
+                    acc += s.accepted
+                    drafted += s.drafted
+                    rounds += s.rounds
+                    ntok += len(s.tokens)
+                    sim += speculative_s(c_small, c_big, phone, edge_dev, link, len(p), s.accepted_per_round, k)
+                spec_rows.append([f"{nl}/30 layers", str(k), f"{same}/{len(prompts)}", f"{acc / max(1, drafted):.2f}",
+                                  f"{ntok / rounds:.2f}", f"{tot / large_s:.2f}", f"{sim / sim_large:.2f}"])
+            for thr in (0.3, 0.5, 0.7):
+                casc = Cascade(draft, edge, thr, "mean_prob", new_tokens, eos)
+                rep = casc.run(prompts, compare_with_large=False)
+                agree = sum(a.tokens == r.tokens for a, r in zip(rep.answers, refs, strict=True)) / len(prompts)
+                sim_c = sum(cascade_s(c_small, c_big, phone, edge_dev, link, len(p), new_tokens, not a.served_locally)
+                            for p, a in zip(prompts, rep.answers, strict=True))
+                casc_rows.append([f"{nl}/30 layers", f"{thr}", f"{rep.local_fraction:.0%}", f"{agree:.0%}",
+                                  f"{sum(a.total_s for a in rep.answers) / large_s:.2f}", f"{sim_c / sim_large:.2f}"])
+    table(f"speculative decoding vs always-large (edge process), {len(prompts)} chat prompts x {new_tokens} tokens; "
+          "simulated: phone 20 GFLOP/s, edge 2 TFLOP/s, 100 Mbit/s, 10 ms",
+          ["draft (early exit)", "k", "identical", "acceptance", "tokens/call", "measured ratio", "simulated ratio"],
+          spec_rows)
+    table("confidence cascade vs always-large (same setting); quality = answers identical to the large model's",
+          ["small model", "threshold", "served locally", "= large answer", "measured ratio", "simulated ratio"],
+          casc_rows)
+
+
+MA_SPECS = [("cellular-edge", 0.015, 0.95, 100e6, 0.5), ("d2d-neighbour", 0.005, 0.8, 20e6, 0.0),
+            ("rsu", 0.01, 0.9, 50e6, 0.1)]
+
+
+def ma_scenario(key: bytes, scenario: str, requests: int) -> list[str]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    failures = scenario != "no failures"
+    with WorkerGroup(key) as group:
+        workers = group.start([(n, ["--model", "smollm2-135m", "--num-layers", "4"]) for n, *_ in MA_SPECS])
+        links = [FaultyLink(w.address, latency_s=lat, drop_prob=(1 - av) if failures else 0.0, seed=i)
+                 for i, (w, (_, lat, av, _, _)) in enumerate(zip(workers, MA_SPECS, strict=True))]
+        paths = [AccessPath(n, lk.address, rate_bps=rate, latency_s=lat, availability=av if failures else 1.0,
+                            cost_per_mb=cost) for lk, (n, lat, av, rate, cost) in zip(links, MA_SPECS, strict=True)]
+        client = MultiAccessClient(paths, key, "fastest", timeout=10.0, cooldown_s=1.0, max_rounds=4)
+        victim = workers[rank_paths(paths, "fastest", client.request_bytes)[0]]
+        done = [0]
+
+        def killer() -> None:
+            while done[0] < requests // 3:
+                time.sleep(0.005)
+            group.kill(victim)
+
+        if scenario.endswith("killed"):
+            threading.Thread(target=killer, daemon=True).start()
+
+        def one(i: int):
+            try:
+                return client.request("generate", {"prompt": PROMPTS[i % len(PROMPTS)], "max_new_tokens": 8}, index=i)
+            except AllPathsFailed as err:
+                return err
+            finally:
+                done[0] += 1
+
+        with ThreadPoolExecutor(3) as pool:
+            res = list(pool.map(one, range(requests)))
+        client.close()
+        for lk in links:
+            lk.close()
+    ok = [r for r in res if not isinstance(r, AllPathsFailed)]
+    lat = sorted(r.seconds for r in ok)
+    sim = simulate_multiaccess(paths, "fastest", 10_000, client.request_bytes, compute_s=0.0, detect_s=0.01)
+    return [scenario, f"{len(ok)}/{len(res)}", str(sum(r.retried for r in ok)),
+            f"{statistics.mean(lat) * 1e3:.1f}", f"{lat[int(0.95 * (len(lat) - 1))] * 1e3:.1f}",
+            f"{sim.success_rate:.2%}", f"{sim.mean_s * 1e3:.1f} + compute"]
+
+
+def bench_multiaccess(key: bytes, requests: int) -> None:
+    rows = [ma_scenario(key, sc, requests) for sc in ("no failures", "drops (1 - availability)", "drops + node killed")]
+    table(f"multi-access, policy fastest, {requests} requests (8 tokens, SmolLM2 4 layers), 3 in flight",
+          ["scenario", "answered", "retried", "mean ms", "p95 ms", "simulated success", "simulated mean ms"], rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer tokens and repetitions")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    key = new_key()
+    t0 = time.time()
+    bench_transport(key, 200 if args.quick else 500)
+    bench_split(key, 16 if args.quick else 32, 1 if args.quick else 2)
+    bench_vertical(key, 16 if args.quick else 24, [10] if args.quick else [10, 20])
+    bench_multiaccess(key, 18 if args.quick else 30)
+    console.print(f"total {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

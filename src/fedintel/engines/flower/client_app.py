@@ -1,0 +1,187 @@
+"""fedintel's Flower ClientApp: trains one client on the SuperNode that holds its shard.
+
+The SuperNode's node config says where the node's private data lives and which clients it hosts::
+
+    flower-supernode ... --node-config 'data-dir="/data/fedintel" client-ids="0,3" cache-dir="/var/cache/fedintel"'
+
+- ``data-dir`` (required): directory with ``client_<id>.jsonl`` and ``manifest.json`` from
+  ``fedintel deploy partition``;
+- ``client-ids`` (optional): comma-separated ids (or one int) this node hosts; default: every shard in
+  ``data-dir``;
+- ``cache-dir`` (optional): the node's fedintel cache (``FEDINTEL_CACHE``): base models are kept there as
+  fp32 safetensors, so each new ClientApp process loads them from local disk in a fraction of a second;
+- ``threads`` (optional): torch threads of the ClientApp process.
+
+On a ``train`` message the app builds the base model and PEFT wrapper from the experiment carried in the
+message (once per process: Flower starts a fresh process per message, so the cache that matters is the
+on-disk one), loads only the requested client's shard, checks its fingerprint against the server's, runs
+:func:`fedintel.training.client.train_local` with the seed the server computed for the job (as :class:`~fedintel.engines.local.LocalEngine` does)
+and replies with the adapter delta and metrics. The data never leaves the node.
+
+On a ``query`` message (discovery) it answers which clients it hosts, without importing torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from fedintel.engines.flower import messages as m
+
+log = logging.getLogger(__name__)
+
+app = ClientApp()
+
+
+class NodeConfigError(ValueError):
+    """The SuperNode's ``--node-config`` is missing a key or has a bad value."""
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """The fedintel keys of a SuperNode's node config."""
+
+    data_dir: Path
+    client_ids: tuple[int, ...]
+    cache_dir: Path | None = None
+    threads: int | None = None
+
+    @classmethod
+    def from_node_config(cls, node_config: dict[str, Any]) -> NodeSettings:
+        from fedintel.engines.flower.shards import hosted_clients
+
+        if "data-dir" not in node_config:
+            raise NodeConfigError(
+                "this SuperNode has no 'data-dir' in its --node-config; start it with "
+                "--node-config 'data-dir=\"DIR\" client-ids=\"0\"' (see `fedintel deploy supernode --help`)")
+        data_dir = Path(str(node_config["data-dir"])).expanduser()
+        raw = node_config.get("client-ids", node_config.get("client-id"))
+        if raw is None or str(raw).strip() == "":
+            ids = tuple(hosted_clients(data_dir))
+        else:
+            try:
+                ids = tuple(int(x) for x in str(raw).replace(" ", ",").split(",") if x != "")
+            except ValueError:
+                raise NodeConfigError(f"node config client-ids={raw!r}: expected comma-separated integers") from None
+        cache = node_config.get("cache-dir")
+        threads = node_config.get("threads")
+        return cls(data_dir, ids, Path(str(cache)).expanduser() if cache else None, int(threads) if threads else None)
+
+    def apply_env(self) -> None:
+        """Point fedintel's cache at the node's own directory and keep every hub offline."""
+        if self.cache_dir is not None:
+            os.environ["FEDINTEL_CACHE"] = str(self.cache_dir)
+        for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+            os.environ.setdefault(k, "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@dataclass
+class _NodeModel:
+    """The base model with its PEFT wrapper, as one ClientApp process keeps it."""
+
+    key: str
+    slot: Any
+    shape: Any
+    tokenizer: Any
+    pad_id: int
+    shards: dict[int, Any]
+
+
+_MODEL: _NodeModel | None = None
+
+
+def _model_for(cfg: Any, settings: NodeSettings) -> _NodeModel:
+    """Build (or reuse, within this process) the model the experiment asks for."""
+    global _MODEL
+    key = json.dumps([cfg.model.model_dump(mode="json"), cfg.peft.model_dump(mode="json"), cfg.federation.seed])
+    if _MODEL is not None and _MODEL.key == key:
+        return _MODEL
+    from fedintel.models.loader import load_base_model
+    from fedintel.models.peft_builder import AdapterSlot, build_peft_model
+    from fedintel.training.flops import ModelShape
+    from fedintel.world import derive_seed
+
+    base = load_base_model(cfg.model)
+    peft_model = build_peft_model(base.model, cfg.peft, cfg.model.task, seed=derive_seed(cfg.federation.seed, 1))
+    peft_model.eval()
+    slot = AdapterSlot(peft_model)
+    _MODEL = _NodeModel(key, slot, ModelShape.of(peft_model), base.tokenizer, int(base.tokenizer.pad_token_id), {})
+    return _MODEL
+
+
+@app.query()
+def hello(msg: Message, context: Context) -> Message:
+    """Discovery: which clients this node hosts and which partition its data comes from."""
+    from fedintel.engines.flower.shards import Manifest, ShardError
+
+    try:
+        settings = NodeSettings.from_node_config(dict(context.node_config))
+        key = Manifest.read(settings.data_dir).partition_key
+        missing = [c for c in settings.client_ids if not (settings.data_dir / f"client_{c}.jsonl").is_file()]
+        error = f"no shard file for clients {missing} in {settings.data_dir}" if missing else ""
+        if not settings.client_ids:
+            error = f"no client_<id>.jsonl shard in {settings.data_dir}"
+        return Message(m.hello_content([c for c in settings.client_ids if c not in missing], key, error), reply_to=msg)
+    except (NodeConfigError, ShardError) as err:
+        return Message(m.hello_content([], "", str(err)), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the client named in the message on this node's shard; reply with the delta and metrics."""
+    t0 = time.perf_counter()
+    settings = NodeSettings.from_node_config(dict(context.node_config))
+    settings.apply_env()
+    job = m.read_job(msg.content)
+    cid = int(job["client-id"])
+    if cid not in settings.client_ids:
+        raise NodeConfigError(f"this SuperNode hosts clients {list(settings.client_ids)}, not client {cid}")
+
+    import torch
+
+    from fedintel.config import parse_config
+    from fedintel.engines.flower.shards import Manifest, ShardError, load_shard, partition_key
+    from fedintel.training.client import TrainingDiverged, train_local
+    from fedintel.world import World
+
+    cfg = parse_config(json.loads(str(job["experiment"])))
+    threads = settings.threads or cfg.threads
+    if threads:
+        torch.set_num_threads(threads)
+    if Manifest.read(settings.data_dir).partition_key != partition_key(cfg):
+        raise ShardError(f"{settings.data_dir} holds another partition than this experiment's; "
+                         "re-run `fedintel deploy partition` with the experiment file and copy the shards")
+    node = _model_for(cfg, settings)
+    if cid not in node.shards:
+        cache = settings.cache_dir / "datasets" if settings.cache_dir else None
+        node.shards[cid] = load_shard(settings.data_dir, cid, node.tokenizer, cfg.data.max_length, cfg.model.task,
+                                      cache_dir=cache)
+    data = node.shards[cid]
+    if m.shard_fingerprint(data.input_ids) != job["shard-sha256"]:
+        raise ShardError(f"client {cid}: the tokenised shard in {settings.data_dir} differs from the experiment's "
+                         "(other rows, tokenizer or max_length); re-run `fedintel deploy partition`")
+    start = m.record_to_state(msg.content[m.ADAPTER_KEY])
+    t_ready = time.perf_counter()
+    # The recipe exactly as the local engine builds it (World.local_spec reads only ``cfg``).
+    spec = World.local_spec(SimpleNamespace(cfg=cfg))  # type: ignore[arg-type]
+    try:
+        update = train_local(
+            node.slot, start, data, spec, client_id=cid, base_version=int(job["version"]),
+            seed=int(job["seed"]), pad_id=node.pad_id, task=cfg.model.task,
+            shape=node.shape,
+        )
+    except TrainingDiverged as err:
+        return Message(m.diverged_content(cid, str(err)), reply_to=msg)
+    t_done = time.perf_counter()
+    timings = {"node-setup-s": t_ready - t0, "node-train-s": t_done - t_ready}
+    return Message(m.reply_content(update, timings), reply_to=msg)

@@ -1,0 +1,321 @@
+"""The Flower engine: fedintel's schemes drive clients that train on Flower SuperNodes.
+
+:class:`FlowerEngine` is a normal :class:`~fedintel.engines.base.Engine`, built inside the ServerApp from
+the ``Grid`` Flower hands it. A scheme calls :meth:`FlowerEngine.train` exactly as it calls the local
+engine; each job becomes one message to the SuperNode that hosts the job's client, and the replies come
+back as :class:`~fedintel.types.Update` in job order. A node that errors, is reported unavailable by the
+SuperLink, or sends nothing within ``job_timeout`` seconds yields a
+:class:`~fedintel.engines.base.ClientFailure`, and the round goes on without it.
+
+Asynchronous schemes use the lower-level pair instead of :meth:`train`::
+
+    handle = engine.submit(job)                  # returns at once; the job is on its way
+    for handle, result in engine.poll(timeout=1.0):   # results that arrived (or timed out), any order
+        ...                                      # result: Update | ClientFailure; handle.job is the job
+
+``poll(handles, timeout)`` waits up to ``timeout`` seconds for at least one result among ``handles``
+(default: every outstanding handle) and returns all that are ready; ``engine.outstanding`` counts jobs
+still in flight. Replies are pulled from the SuperLink every ``poll_interval`` seconds (50 ms), not
+Flower's default 3 s.
+
+Which node hosts which client is learnt by discovery: the engine sends a ``query`` message to every
+online node and each answers with the client ids in its node config (see
+:mod:`fedintel.engines.flower.client_app`). The first :meth:`train` waits up to ``discovery_timeout``
+seconds for all clients to be hosted; later calls pick up nodes that join (or come back) without waiting.
+A node that timed out is *lost*: its clients fail at once in later rounds instead of waiting again, until
+the node answers a new discovery query (re-sent every ``reprobe_interval`` seconds while it is online).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import Message, RecordDict
+from flwr.common.constant import ErrorCode
+from flwr.serverapp import Grid
+
+from fedintel.engines.base import ClientFailure, Engine, TrainJob
+from fedintel.engines.flower import messages as m
+from fedintel.engines.flower.shards import partition_key
+from fedintel.training.client import TrainingDiverged
+from fedintel.types import Update
+from fedintel.world import World
+
+log = logging.getLogger(__name__)
+
+Result = Update | ClientFailure
+
+
+@dataclass
+class JobHandle:
+    """One submitted job: where it went and until when its reply is awaited."""
+
+    job: TrainJob
+    seq: int
+    node_id: int | None = None
+    message_id: str | None = None
+    submitted_at: float = 0.0
+    deadline: float = float("inf")
+
+
+@dataclass
+class EngineStats:
+    """What crossed the Grid, for benchmarks and logs (payload bytes as Flower counts them)."""
+
+    jobs: int = 0
+    replies: int = 0
+    failures: int = 0
+    bytes_down: int = 0
+    """``ArrayRecord`` bytes of the job messages (adapter tensors as .npy, keys included)."""
+    bytes_up: int = 0
+    """``ArrayRecord`` bytes of the replies (adapter deltas)."""
+    pulls: int = 0
+    node_seconds: list[float] = field(default_factory=list)
+    """Per reply: seconds from push to reply as seen by the server."""
+
+
+class FlowerEngine(Engine):
+    """Run fedintel client jobs on Flower SuperNodes through a ServerApp's ``Grid``.
+
+    ``job_timeout`` (seconds) bounds the wait for one job's reply; ``discovery_timeout`` (seconds) bounds
+    the first wait for nodes to cover every client; ``poll_interval`` (seconds) is the pull period.
+    """
+
+    def __init__(
+        self,
+        grid: Grid,
+        world: World,
+        *,
+        job_timeout: float = 600.0,
+        discovery_timeout: float = 120.0,
+        poll_interval: float = 0.05,
+        reprobe_interval: float = 10.0,
+    ) -> None:
+        self.grid = grid
+        self.world = world
+        self.job_timeout = float(job_timeout)
+        self.discovery_timeout = float(discovery_timeout)
+        self.poll_interval = float(poll_interval)
+        self.reprobe_interval = float(reprobe_interval)
+        self.experiment_json = json.dumps(world.cfg.model_dump(mode="json"))
+        self.partition_key = partition_key(world.cfg)
+        self.stats = EngineStats()
+        self.hosts: dict[int, int] = {}
+        """client id -> node id, from discovery."""
+        self.lost: dict[int, str] = {}
+        """node id -> why it is considered lost."""
+        self.node_errors: dict[int, str] = {}
+        """node id -> why discovery could not use it (no data dir, other partition...)."""
+        self._seq = itertools.count()
+        self._pending: dict[str, JobHandle] = {}
+        self._done: dict[int, tuple[JobHandle, Result]] = {}
+        self._hello: dict[str, int] = {}
+        self._probed: dict[int, float] = {}
+        self._lost_at: dict[int, float] = {}
+        self._fingerprints: dict[int, str] = {}
+        self._last_node_scan = 0.0
+        self._discovered = False
+
+    # -- public API ---------------------------------------------------------------------------------
+    @property
+    def outstanding(self) -> int:
+        """Jobs submitted whose result has not been returned by :meth:`poll` yet."""
+        return len(self._pending) + len(self._done)
+
+    def train(self, jobs: list[TrainJob], on_done: Callable[[Result], None] | None = None) -> list[Result]:
+        """Run ``jobs`` on their clients' nodes and return one result per job, in job order."""
+        handles = self.submit_many(jobs)
+        results: dict[int, Result] = {}
+        while len(results) < len(handles):
+            for h, r in self.poll(handles, timeout=1.0):
+                results[h.seq] = r
+                if on_done:
+                    on_done(r)
+        return [results[h.seq] for h in handles]
+
+    def submit(self, job: TrainJob) -> JobHandle:
+        """Send one job to its client's node and return at once; collect the result with :meth:`poll`."""
+        return self.submit_many([job])[0]
+
+    def submit_many(self, jobs: Iterable[TrainJob]) -> list[JobHandle]:
+        """Send several jobs in one push (the shared global adapter is uploaded to the SuperLink once)."""
+        self.discover(wait=not self._discovered)
+        handles, to_push = [], []
+        now = time.monotonic()
+        for job in jobs:
+            h = JobHandle(job, next(self._seq))
+            handles.append(h)
+            nid = self.hosts.get(job.client_id)
+            if nid is None:
+                why = "; ".join(f"node {n}: {e}" for n, e in self.node_errors.items())
+                self._fail(h, f"no SuperNode hosts client {job.client_id}" + (f" ({why})" if why else ""))
+            elif nid in self.lost:
+                self._fail(h, f"SuperNode {nid} (client {job.client_id}) is lost: {self.lost[nid]}")
+            else:
+                h.node_id = nid
+                seed = job.seed(self.world.cfg.federation.seed)  # the seed LocalEngine trains this job with
+                content = m.job_content(job, self.experiment_json, self._fingerprint(job.client_id), seed)
+                msg = Message(content, nid, m.TRAIN, ttl=self.job_timeout + 60.0, group_id=str(job.round_idx))
+                self.stats.bytes_down += content[m.ADAPTER_KEY].count_bytes()
+                to_push.append((h, msg))
+        if to_push:
+            ids = list(self.grid.push_messages([msg for _, msg in to_push]))
+            for (h, _), mid in itertools.zip_longest(to_push, ids[: len(to_push)]):
+                if mid is None:
+                    self._fail(h, f"the SuperLink refused the job message for client {h.job.client_id}")
+                    continue
+                h.message_id, h.submitted_at, h.deadline = mid, now, now + self.job_timeout
+                self._pending[mid] = h
+                self.stats.jobs += 1
+        return handles
+
+    def poll(self, handles: Iterable[JobHandle] | None = None, timeout: float = 0.0) -> list[tuple[JobHandle, Result]]:
+        """Results of ``handles`` (default: all) that are ready, waiting up to ``timeout`` s for the first."""
+        wanted = None if handles is None else {h.seq for h in handles}
+        end = time.monotonic() + timeout
+        while True:
+            self._collect()
+            ready = [seq for seq in self._done if wanted is None or seq in wanted]
+            if ready or time.monotonic() >= end:
+                return [self._done.pop(seq) for seq in ready]
+            time.sleep(self.poll_interval)
+
+    def discover(self, wait: bool = False) -> dict[int, int]:
+        """Learn which node hosts which client; with ``wait``, until all clients are hosted or the timeout."""
+        clients = set(range(self.world.cfg.federation.num_clients))
+        t0 = time.monotonic()
+        end = t0 + (self.discovery_timeout if wait else 0.0)
+        while True:
+            self._probe_nodes(force=wait)
+            self._collect()
+            if not wait or clients <= self.hosts.keys() or time.monotonic() >= end:
+                break
+            time.sleep(max(self.poll_interval, 0.2))
+        if wait:
+            self._discovered = True
+            missing = sorted(clients - self.hosts.keys())
+            log.info("Flower nodes after %.1f s (client: node): %s", time.monotonic() - t0,
+                     {c: n for c, n in sorted(self.hosts.items())})
+            if missing:
+                log.warning("after %.0f s no SuperNode hosts clients %s; they fail until one joins",
+                            self.discovery_timeout, missing)
+        return dict(self.hosts)
+
+    def close(self) -> None:
+        """Nothing to release: the Grid belongs to Flower. Logs what crossed it."""
+        log.info("Flower engine: %s", {k: v for k, v in vars(self.stats).items() if k != "node_seconds"})
+
+    # -- internals ----------------------------------------------------------------------------------
+    def _fingerprint(self, client_id: int) -> str:
+        if client_id not in self._fingerprints:
+            self._fingerprints[client_id] = m.shard_fingerprint(self.world.data.clients[client_id].train.input_ids)
+        return self._fingerprints[client_id]
+
+    def _fail(self, h: JobHandle, reason: str) -> None:
+        log.warning("client %d: %s", h.job.client_id, reason)
+        self.stats.failures += 1
+        self._done[h.seq] = (h, ClientFailure(h.job.client_id, reason))
+
+    def _probe_nodes(self, force: bool = False) -> None:
+        """Send a discovery query to nodes never asked (and to lost nodes that are online again)."""
+        now = time.monotonic()
+        if not force and now - self._last_node_scan < 1.0:
+            return
+        self._last_node_scan = now
+        online = set(self.grid.get_node_ids())
+        asking = set(self._hello.values())
+        targets = [n for n in online if n not in self._probed and n not in asking]
+        targets += [n for n in online if n in self.lost and n not in asking
+                    and now - max(self._probed.get(n, 0.0), self._lost_at.get(n, 0.0)) > self.reprobe_interval]
+        if not targets:
+            return
+        msgs = [Message(RecordDict(), n, m.HELLO, ttl=max(self.discovery_timeout, 60.0), group_id="discovery")
+                for n in targets]
+        for n, mid in zip(targets, self.grid.push_messages(msgs), strict=False):
+            self._probed[n] = now
+            if mid is not None:
+                self._hello[mid] = n
+
+    def _collect(self) -> None:
+        """Pull every reply that has arrived; resolve timed-out jobs."""
+        ids = list(self._pending) + list(self._hello)
+        if ids:
+            self.stats.pulls += 1
+            for reply in self.grid.pull_messages(ids):
+                rid = reply.metadata.reply_to_message_id
+                if rid in self._hello:
+                    self._on_hello(self._hello.pop(rid), reply)
+                elif rid in self._pending:
+                    self._on_reply(self._pending.pop(rid), reply)
+        now = time.monotonic()
+        for mid, h in list(self._pending.items()):
+            if now >= h.deadline:
+                del self._pending[mid]
+                reason = f"no reply within {self.job_timeout:.0f} s (round {h.job.round_idx})"
+                self._mark_lost(h.node_id, reason)
+                self._fail(h, f"SuperNode {h.node_id}: {reason}")
+
+    def _mark_lost(self, node_id: int | None, reason: str) -> None:
+        if node_id is not None and node_id not in self.lost:
+            self.lost[node_id] = reason
+            self._lost_at[node_id] = time.monotonic()
+            log.warning("SuperNode %d is lost: %s", node_id, reason)
+
+    def _on_hello(self, node_id: int, reply: Message) -> None:
+        if reply.has_error():
+            self.node_errors[node_id] = reply.error.reason
+            return
+        try:
+            ids, key, error = m.read_hello(reply)
+        except m.ProtocolError as err:
+            self.node_errors[node_id] = str(err)
+            return
+        if error:
+            self.node_errors[node_id] = error
+        if ids and key != self.partition_key:
+            self.node_errors[node_id] = (f"holds partition {key}, the experiment needs {self.partition_key}; "
+                                         "re-run `fedintel deploy partition` and copy the shards")
+            return
+        self.lost.pop(node_id, None)
+        for cid in ids:
+            prev = self.hosts.get(cid)
+            if prev is not None and prev != node_id and prev not in self.lost:
+                log.warning("client %d is hosted by nodes %d and %d; keeping %d", cid, prev, node_id, prev)
+                continue
+            self.hosts[cid] = node_id
+
+    def _on_reply(self, h: JobHandle, reply: Message) -> None:
+        cid = h.job.client_id
+        self.stats.replies += 1
+        self.stats.node_seconds.append(time.monotonic() - h.submitted_at)
+        if reply.has_error():
+            if reply.error.code in (ErrorCode.NODE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE):
+                self._mark_lost(h.node_id, reply.error.reason)
+            self._fail(h, f"SuperNode {h.node_id}: {reply.error.reason}")
+            return
+        try:
+            status, reason = m.outcome(reply)
+            if status == "diverged":
+                raise TrainingDiverged(reason)
+            if m.DELTA_KEY in reply.content:
+                self.stats.bytes_up += reply.content[m.DELTA_KEY].count_bytes()
+            update = m.update_from_reply(reply, cid)
+        except m.ProtocolError as err:
+            self._fail(h, f"SuperNode {h.node_id}: {err}")
+            return
+        log.info("client %d on node %d: %.1f s round trip (node: setup %.1f s, train %.1f s)", cid, h.node_id,
+                 self.stats.node_seconds[-1], update.metrics.get("node_setup_s", float("nan")),
+                 update.metrics.get("node_train_s", float("nan")))
+        self._done[h.seq] = (h, update)
+
+
+def engine_options(run_config: dict[str, Any]) -> dict[str, float]:
+    """:class:`FlowerEngine` keyword arguments from a Flower run config (``job-timeout``...)."""
+    keys = {"job-timeout": "job_timeout", "discovery-timeout": "discovery_timeout", "poll-interval": "poll_interval"}
+    return {arg: float(run_config[k]) for k, arg in keys.items() if k in run_config}

@@ -1,0 +1,60 @@
+"""`fedintel infer`: every mode has --help; configs are validated; a split run exits cleanly."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from fedintel.inference.cli import MODES, add_infer_parser, main
+from fedintel.inference.config import InferConfigError, load_infer_config
+from fedintel.inference.launcher import child_pids
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedintel")
+    add_infer_parser(p.add_subparsers(dest="command", required=True))
+    return p
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_has_help(mode, capsys):
+    with pytest.raises(SystemExit) as e:
+        parser().parse_args(["infer", mode, "--help"])
+    assert e.value.code == 0
+    assert "--config" in capsys.readouterr().out
+
+
+def test_examples_validate():
+    for name in ("split", "vertical", "multiaccess"):
+        cfg = load_infer_config(f"examples/infer_{name}.yaml")
+        assert cfg.model == "smollm2-135m"
+
+
+def test_config_errors_name_the_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("devices: [{name: a, flops_per_s: 1e9}, {name: b, flops_per_s: 1e9}]\nlinks: []\n")
+    with pytest.raises(InferConfigError, match="links: 0 links given for 2 devices"):
+        load_infer_config(bad)
+    bad.write_text("modle: x\n")
+    with pytest.raises(InferConfigError, match="modle: unknown key"):
+        load_infer_config(bad)
+    bad.write_text("paths: [{name: a, availability: 1.5}]\n")
+    with pytest.raises(InferConfigError, match="paths.0.availability"):
+        load_infer_config(bad)
+
+
+def test_split_mode_runs_and_leaves_no_process(tmp_path, capsys):
+    cfg = tmp_path / "split.yaml"
+    cfg.write_text(
+        "model: tiny-llama\nmax_new_tokens: 4\nprompt: hello\ncuts: [1]\n"
+        "devices: [{name: a, flops_per_s: 1.0e9}, {name: b, flops_per_s: 1.0e9}]\n"
+        "links: [{rate_bps: 1.0e8, latency_s: 0.001}]\n"
+    )
+    assert main(["infer", "split", "-c", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "identical output" in out and "True" in out
+    assert child_pids() == []
+    assert main(["infer", "split", "-c", str(cfg), "--stages", "127.0.0.1:1"]) == 2
+    assert "unreachable" in capsys.readouterr().out
+    assert main(["infer", "plan", "--model", "tiny-llama", "--cuts", "5"]) == 2
