@@ -25,6 +25,7 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 # Extra sub-command groups register themselves here: fn(subparsers) -> None.
 EXTENSIONS: list[str] = [
     "fedintel.inference.cli:add_infer_parser",
+    "fedintel.engines.flower.cli:add_deploy_parser",
 ]
 
 

@@ -16,6 +16,7 @@ from fedintel.aggregation.factory import build_aggregator
 from fedintel.config import ConfigError, ExperimentConfig, dump_config, load_config
 from fedintel.engines.base import Engine
 from fedintel.engines.local import LocalEngine
+from fedintel.privacy.wiring import epsilon_after, poison_data, update_hook, wrap_aggregator
 from fedintel.schemes.base import Scheme
 from fedintel.schemes.asynchronous import AsyncScheme
 from fedintel.schemes.clustered import ClusteredScheme
@@ -72,8 +73,9 @@ EngineFactory = Callable[[World], Engine]
 def build_scheme(
     cfg: ExperimentConfig, world: World, reporter: Reporter, engine_factory: EngineFactory | None = None
 ) -> Scheme:
-    aggregator = build_aggregator(cfg)
-    engine = engine_factory(world) if engine_factory else LocalEngine(world)
+    aggregator = wrap_aggregator(cfg, build_aggregator(cfg))
+    poison_data(world)
+    engine = engine_factory(world) if engine_factory else LocalEngine(world, update_hook(cfg))
     return SCHEMES[cfg.federation.scheme](world, engine, aggregator, reporter)
 
 
@@ -130,6 +132,9 @@ def run_experiment(
                         f"round {rnd}: {err}. The run stopped; the last good checkpoint is kept in {run_dir}/checkpoints"
                     ) from None
                 record.metrics["wall_s"] = time.perf_counter() - t0
+                eps = epsilon_after(cfg, rnd)
+                if eps is not None:
+                    record.metrics["epsilon"] = eps
                 store.log_round(run_id, rnd, record.metrics, record.clients, record.events)
                 if rnd % cfg.output.checkpoint_every == 0 or rnd == cfg.federation.rounds:
                     save_checkpoint(run_dir, rnd, {"state": state, "scheme": scheme.name})

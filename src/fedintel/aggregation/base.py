@@ -17,6 +17,9 @@ class Aggregator(ABC):
     last_stats: dict[str, float] = {}
     """Diagnostics of the last call (e.g. clipped fraction), recorded as round metrics."""
 
+    round_dropped: list[int] = []
+    """Clients selected this round whose update never arrived (secure aggregation recovers their masks)."""
+
     def set_round(self, round_idx: int) -> None:
         """Tie the next aggregation's randomness (if any) to ``round_idx``, so resumed runs repeat it."""
 

@@ -194,9 +194,13 @@ class Scheme(ABC):
         record.metrics["bytes_up"] = float(sum(u.nbytes for u in accepted))
         return accepted
 
-    def aggregate(self, round_idx: int, updates: Sequence[Update], reference: AdapterState, record: RoundRecord) -> AdapterState:
+    def aggregate(
+        self, round_idx: int, updates: Sequence[Update], reference: AdapterState, record: RoundRecord,
+        dropped: Sequence[int] = (),
+    ) -> AdapterState:
         """The aggregator's delta for ``updates``, with its diagnostics recorded."""
         self.aggregator.set_round(round_idx)
+        self.aggregator.round_dropped = list(dropped)
         delta = self.aggregator.aggregate(updates, reference)
         record.metrics.update(self.aggregator.last_stats)
         return delta

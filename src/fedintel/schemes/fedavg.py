@@ -34,7 +34,8 @@ class FedAvgScheme(Scheme):
         state["totals"]["bytes_cloud"] += sum(u.nbytes for u in accepted)
         record.metrics["cum_bytes_cloud"] = state["totals"]["bytes_cloud"]
         if accepted:
-            state["global"] = add_state(g, self.aggregate(round_idx, accepted, g, record))
+            dropped = sorted(set(chosen) - {u.client_id for u in accepted})
+            state["global"] = add_state(g, self.aggregate(round_idx, accepted, g, record, dropped))
             state["version"] += 1
         else:
             record.events.append((None, "no_updates", "no client update was accepted; the global adapter is unchanged"))

@@ -90,7 +90,7 @@ def write_certs(out: str | Path, hosts: Sequence[str] = DEFAULT_HOSTS, nodes: in
     """Write a CA, a SuperLink certificate for ``hosts`` and ``nodes`` SuperNode key pairs into ``out``."""
     paths = CertPaths(Path(out))
     paths.root.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
+    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
     until = now + datetime.timedelta(days=days)
 
     ca_key = ec.generate_private_key(ec.SECP384R1())

@@ -292,14 +292,15 @@ def register_node(home: Path, public_key: Path, name: str | None = None) -> int:
 
 
 def flwr_run(home: Path, app_dir: Path, run_config: Path, log_path: Path | None = None, timeout: float | None = None,
-             stream: bool = True) -> subprocess.CompletedProcess[str]:
-    """``flwr run APP fedintel --stream --run-config RC``; returns when the run ends (output captured)."""
-    cmd = [flower_bin("flwr"), "run", str(app_dir), CONNECTION, "--run-config", str(run_config)]
-    if stream:
-        cmd.append("--stream")
-    res = subprocess.run(cmd, env=flower_env(home), capture_output=True, text=True, timeout=timeout,
+             capture: bool = True) -> subprocess.CompletedProcess[str]:
+    """``flwr run APP fedintel --stream --run-config RC``; returns when the run ends.
+
+    With ``capture`` the output is returned (and written to ``log_path``); without, it goes to the console.
+    """
+    cmd = [flower_bin("flwr"), "run", str(app_dir), CONNECTION, "--stream", "--run-config", str(run_config)]
+    res = subprocess.run(cmd, env=flower_env(home), capture_output=capture, text=True, timeout=timeout,
                          cwd=str(app_dir))
-    if log_path is not None:
+    if log_path is not None and capture:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text(res.stdout + res.stderr)
     return res
@@ -379,11 +380,12 @@ class LocalCluster:
 
     def run(self, cfg: ExperimentConfig, run_dir: Path, *, job_timeout: float | None = None,
             discovery_timeout: float | None = None, resume: bool = False, timeout: float | None = None,
-            ) -> subprocess.CompletedProcess[str]:
+            capture: bool = True) -> subprocess.CompletedProcess[str]:
         """Run ``cfg`` on the cluster (``flwr run --stream``) and return when it ends."""
         rc = write_run_config(self.root / "runs" / f"{run_dir.name}.toml", cfg, run_dir, resume=resume,
                               job_timeout=job_timeout, discovery_timeout=discovery_timeout)
-        return flwr_run(self.cli_home, self.app_dir, rc, self.root / "runs" / f"{run_dir.name}.log", timeout=timeout)
+        return flwr_run(self.cli_home, self.app_dir, rc, self.root / "runs" / f"{run_dir.name}.log", timeout=timeout,
+                        capture=capture)
 
     def stop(self) -> None:
         """Stop every process this cluster started (SuperNodes first), and any child that outlived them."""

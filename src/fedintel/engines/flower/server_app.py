@@ -47,7 +47,7 @@ def main(grid: Grid, context: Context) -> None:
     flog.setLevel(logging.INFO)
     if not flog.handlers:  # the ServerApp process has no fedintel handler; Flower streams its stderr
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("fedintel %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter("%(asctime)s fedintel %(levelname)s %(name)s: %(message)s"))
         flog.addHandler(handler)
 
     from fedintel.config import ConfigError, load_config, parse_config
