@@ -108,6 +108,11 @@ class FederationConfig(_Section):
     max_update_norm: float | None = Field(
         None, gt=0, description="Reject client updates whose L2 norm exceeds this."
     )
+    exclude_clients: list[int] = Field(
+        default_factory=list,
+        description="Clients that opted out: still drawn by the sampler (so the others' schedule is unchanged) "
+        "but never asked to train. `fedintel forget` sets this.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> FederationConfig:
@@ -116,6 +121,9 @@ class FederationConfig(_Section):
                 f"federation.clients_per_round ({self.clients_per_round}) exceeds "
                 f"federation.num_clients ({self.num_clients})"
             )
+        bad = [c for c in self.exclude_clients if not 0 <= c < self.num_clients]
+        if bad:
+            raise ValueError(f"federation.exclude_clients: {bad} are not client ids 0..{self.num_clients - 1}")
         if self.batch_size % self.micro_batch_size:
             raise ValueError(
                 f"federation.batch_size ({self.batch_size}) must be a multiple of "

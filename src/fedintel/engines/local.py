@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from fedintel.engines.base import ClientFailure, Engine, TrainJob
-from fedintel.training.client import train_local
+from fedintel.training.client import TrainingDiverged, train_local
 from fedintel.types import Update
 from fedintel.world import World
+
+log = logging.getLogger(__name__)
 
 UpdateHook = Callable[[Update, TrainJob], Update]
 
@@ -29,13 +32,20 @@ class LocalEngine(Engine):
         results: list[Update | ClientFailure] = []
         for job in jobs:
             client = w.data.clients[job.client_id]
-            update = train_local(
-                w.slot, job.state, client.train, w.local_spec(),
-                client_id=job.client_id, base_version=job.version,
-                seed=job.seed(w.cfg.federation.seed),
-                pad_id=w.pad_id, task=w.task, shape=w.shape,
-            )
-            result: Update | ClientFailure = self.update_hook(update, job) if self.update_hook else update
+            result: Update | ClientFailure
+            try:
+                update = train_local(
+                    w.slot, job.state, client.train, w.local_spec(),
+                    client_id=job.client_id, base_version=job.version,
+                    seed=job.seed(w.cfg.federation.seed),
+                    pad_id=w.pad_id, task=w.task, shape=w.shape,
+                )
+                result = self.update_hook(update, job) if self.update_hook else update
+            except TrainingDiverged:
+                raise  # a diverging loss stops the run (the last good checkpoint is kept)
+            except Exception as err:  # a crashing client is dropped; the round goes on without it
+                log.warning("client %d failed: %s", job.client_id, err)
+                result = ClientFailure(job.client_id, f"{type(err).__name__}: {err}")
             results.append(result)
             if on_done:
                 on_done(result)

@@ -62,6 +62,7 @@ class AsyncScheme(Scheme):
     # -- dispatching ---------------------------------------------------------------------------------
     def _eligible(self, state: dict[str, Any]) -> list[int]:
         busy = {j["client_id"] for j in state["in_flight"]}
+        busy |= set(self.world.cfg.federation.exclude_clients)
         wait = self.world.cfg.asynchronous.wait_for_new_version
         return [c for c in range(self.world.cfg.federation.num_clients)
                 if c not in busy and not (wait and state["last_version"][c] >= state["version"])]

@@ -88,7 +88,15 @@ class Scheme(ABC):
         return sorted(rng.choice(list(candidates), size=k, replace=False).tolist())
 
     def choose_clients(self, round_idx: int, candidates: Sequence[int], k: int) -> list[int]:
-        """Apply ``network.selection`` (random, fastest_k, deadline); random without a network."""
+        """Apply ``network.selection`` (random, fastest_k, deadline); random without a network.
+
+        Opted-out clients (``federation.exclude_clients``) are removed after sampling, so every other
+        client's schedule is the same as in a run where they took part.
+        """
+        excluded = set(self.world.cfg.federation.exclude_clients)
+        return [c for c in self._select(round_idx, candidates, k) if c not in excluded]
+
+    def _select(self, round_idx: int, candidates: Sequence[int], k: int) -> list[int]:
         net = self.world.network
         if net is None or net.cfg.selection == "random":
             return self.sample_clients(round_idx, candidates, k)
