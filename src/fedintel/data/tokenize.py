@@ -27,6 +27,8 @@ def tokenize(
     texts: list[str], tokenizer: PreTrainedTokenizerBase, max_length: int, labels: list[int] | None = None
 ) -> TokenizedSet:
     """Tokenise ``texts`` with truncation to ``max_length`` tokens (an EOS is appended for causal LMs)."""
+    if not texts:
+        return TokenizedSet([], [] if labels is not None else None)
     enc = tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True)
     ids = [list(x) for x in enc["input_ids"]]
     if labels is None and tokenizer.eos_token_id is not None:

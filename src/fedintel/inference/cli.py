@@ -110,7 +110,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> int:
 
     from fedintel.inference.protocol import ProtocolError, RemoteError
 
-    console = Console()
+    console = Console(width=max(120, Console().width))
     old = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: no orphans
@@ -248,13 +248,21 @@ def mode_split(cfg: InferConfig, args: argparse.Namespace, console: Any) -> int:
     return 0 if args.no_reference or out.tokens == ref.tokens else 1
 
 
-def _draft(cfg: InferConfig) -> tuple[str, int | None]:
+def _draft(cfg: InferConfig) -> tuple[str, Any]:
+    """A description and the loaded small model (early exit, another model and/or int8)."""
+    from fedintel.inference.stage import quantize_int8
+
     name = cfg.draft_model or cfg.model
     layers = cfg.draft_num_layers
-    if layers is None and name == cfg.model:
-        raise InferConfigError("draft_num_layers: set a small model (draft_model) or how many layers the "
-                               "early-exit draft keeps (draft_num_layers)")
-    return name, layers
+    if layers is None and name == cfg.model and not cfg.draft_quantize:
+        raise InferConfigError("draft_model: set a small model (draft_model), an early exit (draft_num_layers) "
+                               "or draft_quantize: true")
+    small = _load(name, layers)
+    desc = name + (f" ({layers} layers)" if layers else "")
+    if cfg.draft_quantize:
+        small.model = quantize_int8(small.model)
+        desc += " int8"
+    return desc, small
 
 
 def mode_speculative(cfg: InferConfig, args: argparse.Namespace, console: Any) -> int:
@@ -268,8 +276,7 @@ def mode_speculative(cfg: InferConfig, args: argparse.Namespace, console: Any) -
 
     torch.set_num_threads(cfg.threads)
     big = _load(cfg.model, cfg.num_layers)
-    dname, dlayers = _draft(cfg)
-    small = _load(dname, dlayers)
+    dname, small = _draft(cfg)
     ids = _ids(big.tokenizer, cfg.prompt, cfg.chat)
     eos = big.tokenizer.eos_token_id
     with SplitPipeline.launch(cfg.model, [], len(big.model.model.layers), cfg.num_layers, key=_key(cfg),
@@ -280,7 +287,8 @@ def mode_speculative(cfg: InferConfig, args: argparse.Namespace, console: Any) -
         spec = speculative_generate(draft, edge, ids, cfg.max_new_tokens, cfg.k, eos)
     devices, links = cfg.device_specs(), cfg.link_specs()
     end, edge_dev, link = devices[0], devices[-1], links[(0, len(devices) - 1)]
-    c_big, c_small = ModelCost.of(big.model.config), ModelCost.of(small.model.config)
+    c_big = ModelCost.of(big.model.config)
+    c_small = ModelCost.of(small.model.config, 1.0 if cfg.draft_quantize else 4.0)
     sim_large = remote_generate_s(c_big, edge_dev, link, len(ids), len(ref.tokens))
     sim_spec = speculative_s(c_small, c_big, end, edge_dev, link, len(ids), spec.accepted_per_round, cfg.k)
     rows = [("identical to large greedy", str(spec.tokens == ref.tokens), ""),
@@ -289,8 +297,7 @@ def mode_speculative(cfg: InferConfig, args: argparse.Namespace, console: Any) -
             ("always-large latency", f"{ref.total_s:.3f} s", f"{sim_large:.3f} s"),
             ("speculative latency", f"{spec.total_s:.3f} s", f"{sim_spec:.3f} s"),
             ("speculative / always-large", f"{spec.total_s / ref.total_s:.2f}x", f"{sim_spec / sim_large:.2f}x")]
-    console.print(_table(f"speculative decoding: draft {dname}"
-                         f"{f' ({dlayers} layers)' if dlayers else ''}, target {cfg.model}, k={cfg.k}", rows))
+    console.print(_table(f"speculative decoding: draft {dname}, target {cfg.model}, k={cfg.k}", rows))
     return 0 if spec.tokens == ref.tokens else 1
 
 
@@ -305,8 +312,7 @@ def mode_cascade(cfg: InferConfig, args: argparse.Namespace, console: Any) -> in
 
     torch.set_num_threads(cfg.threads)
     big = _load(cfg.model, cfg.num_layers)
-    dname, dlayers = _draft(cfg)
-    small = _load(dname, dlayers)
+    dname, small = _draft(cfg)
     prompts = [_ids(big.tokenizer, p, cfg.chat) for p in (cfg.prompts or DEFAULT_PROMPTS)]
     with SplitPipeline.launch(cfg.model, [], len(big.model.model.layers), cfg.num_layers, key=_key(cfg),
                               threads=cfg.threads, timeout=cfg.timeout_s) as edge:
@@ -315,7 +321,8 @@ def mode_cascade(cfg: InferConfig, args: argparse.Namespace, console: Any) -> in
         rep = casc.run(prompts)
     devices, links = cfg.device_specs(), cfg.link_specs()
     end, edge_dev, link = devices[0], devices[-1], links[(0, len(devices) - 1)]
-    c_big, c_small = ModelCost.of(big.model.config), ModelCost.of(small.model.config)
+    c_big = ModelCost.of(big.model.config)
+    c_small = ModelCost.of(small.model.config, 1.0 if cfg.draft_quantize else 4.0)
     sim_c = sum(cascade_s(c_small, c_big, end, edge_dev, link, len(p), cfg.max_new_tokens, not a.served_locally)
                 for p, a in zip(prompts, rep.answers, strict=True))
     sim_l = sum(remote_generate_s(c_big, edge_dev, link, len(p), cfg.max_new_tokens) for p in prompts)

@@ -30,9 +30,11 @@ class DeviceConfig(_S):
     name: str
     flops_per_s: float = Field(gt=0, description="Sustained compute, FLOP/s.")
     memory_bytes: float | None = Field(None, gt=0, description="Memory for weights + KV cache; none = unlimited.")
+    mem_bw_bytes_per_s: float | None = Field(None, gt=0, description="Memory bandwidth, bytes/s; none = unlimited.")
 
     def spec(self) -> DeviceSpec:
-        return DeviceSpec(self.name, self.flops_per_s, self.memory_bytes or float("inf"))
+        return DeviceSpec(self.name, self.flops_per_s, self.memory_bytes or float("inf"),
+                          self.mem_bw_bytes_per_s or float("inf"))
 
 
 class LinkConfig(_S):
@@ -65,6 +67,7 @@ class InferConfig(_S):
     num_layers: int | None = Field(None, ge=1, description="Keep only the first N layers of the model.")
     draft_model: str | None = Field(None, description="Small model for speculative/cascade; default: the model.")
     draft_num_layers: int | None = Field(None, ge=1, description="Layers of the small model (early-exit draft).")
+    draft_quantize: bool = Field(False, description="Run the small model with int8 dynamic quantisation.")
     key: str | None = Field(None, description="Shared HMAC key (hex, >= 16 bytes); default: a random one per run.")
     timeout_s: float = Field(30.0, gt=0, description="Socket timeout for every request, seconds.")
     threads: int = Field(1, ge=1, description="torch threads per device process.")
@@ -109,7 +112,7 @@ class InferConfig(_S):
     def device_specs(self) -> list[DeviceSpec]:
         """Devices (a phone and an edge server if none configured)."""
         if not self.devices:
-            return [DeviceSpec("phone", 2e11, 4e9), DeviceSpec("edge", 5e12, 32e9)]
+            return [DeviceSpec("phone", 5e11, 4e9, 2e10), DeviceSpec("edge", 1e13, 32e9, 2e11)]
         return [d.spec() for d in self.devices]
 
     def link_specs(self) -> dict[tuple[int, int], LinkSpec]:

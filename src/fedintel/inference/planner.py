@@ -43,10 +43,12 @@ class DeviceSpec:
     name: str
     flops_per_s: float
     memory_bytes: float = math.inf
+    mem_bw_bytes_per_s: float = math.inf
 
-    def compute_s(self, flops: float) -> float:
-        """Seconds to compute ``flops`` FLOPs."""
-        return flops / self.flops_per_s
+    def compute_s(self, flops: float, weight_bytes: float = 0.0) -> float:
+        """Seconds for a pass of ``flops`` FLOPs that reads ``weight_bytes`` of weights (roofline: the
+        slower of compute and memory traffic; decoding one token is usually memory-bound)."""
+        return max(flops / self.flops_per_s, weight_bytes / self.mem_bw_bytes_per_s)
 
 
 @dataclass(frozen=True)

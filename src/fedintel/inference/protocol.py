@@ -49,6 +49,10 @@ DEFAULT_MAX_FRAME_BYTES = 64 << 20
 DEFAULT_TIMEOUT_S = 30.0
 ALIGN = 64
 KEY_ENV = "FEDINTEL_INFER_KEY"
+SERVER_IDLE_S = 3600.0
+"""A server closes a connection that sends nothing for this long (seconds)."""
+RECONNECT_IDLE_S = 600.0
+"""A client reconnects before using a connection idle for this long (well under SERVER_IDLE_S)."""
 
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -531,7 +535,7 @@ class FrameServer:
     def __init__(
         self, handler: Handler, key: bytes, host: str = "127.0.0.1", port: int = 0,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, timeout: float = DEFAULT_TIMEOUT_S,
-        idle_timeout: float = 600.0,
+        idle_timeout: float = SERVER_IDLE_S,
     ) -> None:
         self.handler = handler
         self.key = key
@@ -651,10 +655,18 @@ class Client:
         self.max_frame_bytes = max_frame_bytes
         self._ch: Channel | None = None
         self._lock = threading.Lock()
+        self._last_used = 0.0
 
     def channel(self) -> Channel:
-        """The open channel, connecting if needed (caller holds no lock; for tests and tools)."""
-        if self._ch is None or self._ch.closed or self._ch.broken:
+        """The open channel, connecting if needed (caller holds no lock; for tests and tools).
+
+        A connection idle for more than :data:`RECONNECT_IDLE_S` is replaced before use, so a server that
+        dropped it as idle never turns a new request into a spurious failure.
+        """
+        now = time.monotonic()
+        stale = self._ch is not None and now - self._last_used > RECONNECT_IDLE_S
+        self._last_used = now
+        if self._ch is None or self._ch.closed or self._ch.broken or stale:
             if self._ch is not None:
                 self._ch.close()
             self._ch = Channel.client(

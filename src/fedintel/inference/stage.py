@@ -277,3 +277,20 @@ def greedy_generate(
         return res
     finally:
         lm.close_session(sid)
+
+
+def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` with int8 dynamically quantised linear layers: a cheap draft / end-device model.
+
+    Uses PyTorch's eager dynamic quantisation (deprecated upstream in favour of torchao, still shipped);
+    raises a clear error where it is not available.
+    """
+    import warnings
+
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError as err:  # pragma: no cover - depends on the torch build
+        raise StageError(f"int8 dynamic quantisation is not available in this torch build: {err}") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8).eval()

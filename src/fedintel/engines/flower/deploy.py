@@ -192,11 +192,16 @@ def superlink_command(host: str, port: int, certs: CertPaths | None, auth: bool 
 
 def supernode_command(
     superlink: str, runtime_port: int, node_config: dict[str, Any], root_cert: Path | None, private_key: Path | None,
-    *, max_retries: int | None = None, max_wait_time: float | None = None,
+    *, max_retries: int | None = None, max_wait_time: float | None = None, warm: bool = False,
 ) -> list[str]:
-    """``flower-supernode`` arguments; TLS when ``root_cert`` is given, node auth when ``private_key`` is."""
+    """``flower-supernode`` arguments; TLS when ``root_cert`` is given, node auth when ``private_key`` is.
+
+    ``warm``: ``--isolation process``, for :mod:`fedintel.engines.flower.warm` to launch the ClientApps.
+    """
     cmd = [flower_bin("flower-supernode"), "--superlink", superlink, "--port", str(runtime_port),
            "--node-config", node_config_string(node_config)]
+    if warm:
+        cmd += ["--isolation", "process"]
     cmd += ["--root-certificates", str(root_cert)] if root_cert is not None else ["--insecure"]
     if private_key is not None:
         cmd += ["--auth-supernode-private-key", str(private_key)]
@@ -205,6 +210,12 @@ def supernode_command(
     if max_wait_time is not None:
         cmd += ["--max-wait-time", str(max_wait_time)]
     return cmd
+
+
+def warm_command(runtime_port: int, supernode_pid: int | None) -> list[str]:
+    """The warm ClientApp launcher of a ``--isolation process`` SuperNode (see :mod:`.warm`)."""
+    cmd = [sys.executable, "-m", "fedintel.engines.flower.warm", "--runtime-api-address", f"127.0.0.1:{runtime_port}"]
+    return cmd + (["--parent-pid", str(supernode_pid)] if supernode_pid else [])
 
 
 def node_config_string(node_config: dict[str, Any]) -> str:
@@ -354,8 +365,13 @@ class LocalCluster:
         self, name: str, data_dir: Path, client_ids: Sequence[int] | None = None, *, private_key: Path | None = None,
         tls: bool | None = None, cache_dir: Path | None = None, threads: int | None = 1,
         max_retries: int | None = None, max_wait_time: float | None = None, env: dict[str, str] | None = None,
+        warm: bool = False,
     ) -> ManagedProcess:
-        """Start a SuperNode hosting ``client_ids`` from ``data_dir`` (TLS if the cluster has certs)."""
+        """Start a SuperNode hosting ``client_ids`` from ``data_dir`` (TLS if the cluster has certs).
+
+        ``warm``: launch ClientApps by forking a pre-imported process (:mod:`.warm`) instead of Flower's
+        SuperExec; the launcher is the process named ``<name>-warm``.
+        """
         home = self.root / name
         node_config: dict[str, Any] = {"data-dir": str(Path(data_dir).resolve())}
         if client_ids is not None:
@@ -366,11 +382,21 @@ class LocalCluster:
             node_config["threads"] = int(threads)
         use_tls = (self.certs is not None) if tls is None else tls
         root_cert = self.certs.ca_cert if (use_tls and self.certs) else None
-        cmd = supernode_command(self.address, free_port(self.host), node_config, root_cert, private_key,
-                                max_retries=max_retries, max_wait_time=max_wait_time)
+        runtime_port = free_port(self.host)
+        cmd = supernode_command(self.address, runtime_port, node_config, root_cert, private_key,
+                                max_retries=max_retries, max_wait_time=max_wait_time, warm=warm)
         p = start_process(name, cmd, flower_env(home, env), home / "supernode.log", cwd=home)
         self.procs[name] = p
+        if warm:
+            self.procs[f"{name}-warm"] = start_process(
+                f"{name}-warm", warm_command(runtime_port, p.pid), flower_env(home, env), home / "warm.log", cwd=home)
         return p
+
+    def kill_node(self, name: str) -> None:
+        """SIGKILL SuperNode ``name`` and everything it started (as if its machine died)."""
+        for n in (name, f"{name}-warm"):
+            if n in self.procs:
+                self.procs[n].kill()
 
     def register(self, name: str, public_key: Path) -> int:
         """Register ``public_key`` for SuperNode ``name``; return the node id the SuperLink gave it."""

@@ -80,6 +80,83 @@ class EngineStats:
     """Per reply: seconds from push to reply as seen by the server."""
 
 
+class NodeDirectory:
+    """Which SuperNode hosts which client, learnt from ``query`` (discovery) messages.
+
+    Create it as early as possible (the ServerApp does so before building the world) and call
+    :meth:`probe`: the nodes start answering while the server is still loading its model.
+    """
+
+    def __init__(self, grid: Grid, partition_key: str, *, reprobe_interval: float = 10.0,
+                 hello_ttl: float = 120.0) -> None:
+        self.grid = grid
+        self.partition_key = partition_key
+        self.reprobe_interval = float(reprobe_interval)
+        self.hello_ttl = float(hello_ttl)
+        self.hosts: dict[int, int] = {}
+        """client id -> node id."""
+        self.lost: dict[int, str] = {}
+        """node id -> why it is considered lost."""
+        self.errors: dict[int, str] = {}
+        """node id -> why discovery could not use it (no data dir, other partition...)."""
+        self.asking: dict[str, int] = {}
+        """message id of an unanswered query -> node id."""
+        self._probed: dict[int, float] = {}
+        self._lost_at: dict[int, float] = {}
+        self._last_scan = 0.0
+
+    def probe(self, force: bool = False) -> None:
+        """Query nodes never asked (and lost nodes that are online again); at most once a second."""
+        now = time.monotonic()
+        if not force and now - self._last_scan < 1.0:
+            return
+        self._last_scan = now
+        online = set(self.grid.get_node_ids())
+        busy = set(self.asking.values())
+        targets = [n for n in online if n not in self._probed and n not in busy]
+        targets += [n for n in online if n in self.lost and n not in busy
+                    and now - max(self._probed.get(n, 0.0), self._lost_at.get(n, 0.0)) > self.reprobe_interval]
+        if not targets:
+            return
+        msgs = [Message(RecordDict(), n, m.HELLO, ttl=self.hello_ttl, group_id="discovery") for n in targets]
+        for n, mid in zip(targets, self.grid.push_messages(msgs), strict=False):
+            self._probed[n] = now
+            if mid is not None:
+                self.asking[mid] = n
+
+    def mark_lost(self, node_id: int | None, reason: str) -> None:
+        """Stop sending jobs to ``node_id`` until it answers a new query."""
+        if node_id is not None and node_id not in self.lost:
+            self.lost[node_id] = reason
+            self._lost_at[node_id] = time.monotonic()
+            log.warning("SuperNode %d is lost: %s", node_id, reason)
+
+    def on_reply(self, message_id: str, reply: Message) -> None:
+        """Record a node's answer to a query."""
+        node_id = self.asking.pop(message_id)
+        if reply.has_error():
+            self.errors[node_id] = reply.error.reason
+            return
+        try:
+            ids, key, error = m.read_hello(reply)
+        except m.ProtocolError as err:
+            self.errors[node_id] = str(err)
+            return
+        if error:
+            self.errors[node_id] = error
+        if ids and key != self.partition_key:
+            self.errors[node_id] = (f"holds partition {key}, the experiment needs {self.partition_key}; "
+                                    "re-run `fedintel deploy partition` and copy the shards")
+            return
+        self.lost.pop(node_id, None)
+        for cid in ids:
+            prev = self.hosts.get(cid)
+            if prev is not None and prev != node_id and prev not in self.lost:
+                log.warning("client %d is hosted by nodes %d and %d; keeping %d", cid, prev, node_id, prev)
+                continue
+            self.hosts[cid] = node_id
+
+
 class FlowerEngine(Engine):
     """Run fedintel client jobs on Flower SuperNodes through a ServerApp's ``Grid``.
 
@@ -96,31 +173,26 @@ class FlowerEngine(Engine):
         discovery_timeout: float = 120.0,
         poll_interval: float = 0.05,
         reprobe_interval: float = 10.0,
+        directory: NodeDirectory | None = None,
     ) -> None:
         self.grid = grid
         self.world = world
         self.job_timeout = float(job_timeout)
         self.discovery_timeout = float(discovery_timeout)
         self.poll_interval = float(poll_interval)
-        self.reprobe_interval = float(reprobe_interval)
         self.experiment_json = json.dumps(world.cfg.model_dump(mode="json"))
-        self.partition_key = partition_key(world.cfg)
+        self.directory = directory or NodeDirectory(grid, partition_key(world.cfg), reprobe_interval=reprobe_interval)
         self.stats = EngineStats()
-        self.hosts: dict[int, int] = {}
-        """client id -> node id, from discovery."""
-        self.lost: dict[int, str] = {}
-        """node id -> why it is considered lost."""
-        self.node_errors: dict[int, str] = {}
-        """node id -> why discovery could not use it (no data dir, other partition...)."""
         self._seq = itertools.count()
         self._pending: dict[str, JobHandle] = {}
         self._done: dict[int, tuple[JobHandle, Result]] = {}
-        self._hello: dict[str, int] = {}
-        self._probed: dict[int, float] = {}
-        self._lost_at: dict[int, float] = {}
         self._fingerprints: dict[int, str] = {}
-        self._last_node_scan = 0.0
         self._discovered = False
+
+    @property
+    def hosts(self) -> dict[int, int]:
+        """client id -> id of the SuperNode that hosts it."""
+        return self.directory.hosts
 
     # -- public API ---------------------------------------------------------------------------------
     @property
@@ -151,12 +223,13 @@ class FlowerEngine(Engine):
         for job in jobs:
             h = JobHandle(job, next(self._seq))
             handles.append(h)
-            nid = self.hosts.get(job.client_id)
+            d = self.directory
+            nid = d.hosts.get(job.client_id)
             if nid is None:
-                why = "; ".join(f"node {n}: {e}" for n, e in self.node_errors.items())
+                why = "; ".join(f"node {n}: {e}" for n, e in d.errors.items())
                 self._fail(h, f"no SuperNode hosts client {job.client_id}" + (f" ({why})" if why else ""))
-            elif nid in self.lost:
-                self._fail(h, f"SuperNode {nid} (client {job.client_id}) is lost: {self.lost[nid]}")
+            elif nid in d.lost:
+                self._fail(h, f"SuperNode {nid} (client {job.client_id}) is lost: {d.lost[nid]}")
             else:
                 h.node_id = nid
                 seed = job.seed(self.world.cfg.federation.seed)  # the seed LocalEngine trains this job with
@@ -192,7 +265,7 @@ class FlowerEngine(Engine):
         t0 = time.monotonic()
         end = t0 + (self.discovery_timeout if wait else 0.0)
         while True:
-            self._probe_nodes(force=wait)
+            self.directory.probe(force=wait)
             self._collect()
             if not wait or clients <= self.hosts.keys() or time.monotonic() >= end:
                 break
@@ -222,35 +295,15 @@ class FlowerEngine(Engine):
         self.stats.failures += 1
         self._done[h.seq] = (h, ClientFailure(h.job.client_id, reason))
 
-    def _probe_nodes(self, force: bool = False) -> None:
-        """Send a discovery query to nodes never asked (and to lost nodes that are online again)."""
-        now = time.monotonic()
-        if not force and now - self._last_node_scan < 1.0:
-            return
-        self._last_node_scan = now
-        online = set(self.grid.get_node_ids())
-        asking = set(self._hello.values())
-        targets = [n for n in online if n not in self._probed and n not in asking]
-        targets += [n for n in online if n in self.lost and n not in asking
-                    and now - max(self._probed.get(n, 0.0), self._lost_at.get(n, 0.0)) > self.reprobe_interval]
-        if not targets:
-            return
-        msgs = [Message(RecordDict(), n, m.HELLO, ttl=max(self.discovery_timeout, 60.0), group_id="discovery")
-                for n in targets]
-        for n, mid in zip(targets, self.grid.push_messages(msgs), strict=False):
-            self._probed[n] = now
-            if mid is not None:
-                self._hello[mid] = n
-
     def _collect(self) -> None:
         """Pull every reply that has arrived; resolve timed-out jobs."""
-        ids = list(self._pending) + list(self._hello)
+        ids = list(self._pending) + list(self.directory.asking)
         if ids:
             self.stats.pulls += 1
             for reply in self.grid.pull_messages(ids):
                 rid = reply.metadata.reply_to_message_id
-                if rid in self._hello:
-                    self._on_hello(self._hello.pop(rid), reply)
+                if rid in self.directory.asking:
+                    self.directory.on_reply(rid, reply)
                 elif rid in self._pending:
                     self._on_reply(self._pending.pop(rid), reply)
         now = time.monotonic()
@@ -258,37 +311,8 @@ class FlowerEngine(Engine):
             if now >= h.deadline:
                 del self._pending[mid]
                 reason = f"no reply within {self.job_timeout:.0f} s (round {h.job.round_idx})"
-                self._mark_lost(h.node_id, reason)
+                self.directory.mark_lost(h.node_id, reason)
                 self._fail(h, f"SuperNode {h.node_id}: {reason}")
-
-    def _mark_lost(self, node_id: int | None, reason: str) -> None:
-        if node_id is not None and node_id not in self.lost:
-            self.lost[node_id] = reason
-            self._lost_at[node_id] = time.monotonic()
-            log.warning("SuperNode %d is lost: %s", node_id, reason)
-
-    def _on_hello(self, node_id: int, reply: Message) -> None:
-        if reply.has_error():
-            self.node_errors[node_id] = reply.error.reason
-            return
-        try:
-            ids, key, error = m.read_hello(reply)
-        except m.ProtocolError as err:
-            self.node_errors[node_id] = str(err)
-            return
-        if error:
-            self.node_errors[node_id] = error
-        if ids and key != self.partition_key:
-            self.node_errors[node_id] = (f"holds partition {key}, the experiment needs {self.partition_key}; "
-                                         "re-run `fedintel deploy partition` and copy the shards")
-            return
-        self.lost.pop(node_id, None)
-        for cid in ids:
-            prev = self.hosts.get(cid)
-            if prev is not None and prev != node_id and prev not in self.lost:
-                log.warning("client %d is hosted by nodes %d and %d; keeping %d", cid, prev, node_id, prev)
-                continue
-            self.hosts[cid] = node_id
 
     def _on_reply(self, h: JobHandle, reply: Message) -> None:
         cid = h.job.client_id
@@ -296,7 +320,7 @@ class FlowerEngine(Engine):
         self.stats.node_seconds.append(time.monotonic() - h.submitted_at)
         if reply.has_error():
             if reply.error.code in (ErrorCode.NODE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE):
-                self._mark_lost(h.node_id, reply.error.reason)
+                self.directory.mark_lost(h.node_id, reply.error.reason)
             self._fail(h, f"SuperNode {h.node_id}: {reply.error.reason}")
             return
         try:

@@ -51,7 +51,8 @@ def main(grid: Grid, context: Context) -> None:
         flog.addHandler(handler)
 
     from fedintel.config import ConfigError, load_config, parse_config
-    from fedintel.engines.flower.engine import FlowerEngine, engine_options
+    from fedintel.engines.flower.engine import FlowerEngine, NodeDirectory, engine_options
+    from fedintel.engines.flower.shards import partition_key
     from fedintel.experiment import run_experiment
 
     rc = dict(context.run_config)
@@ -66,7 +67,10 @@ def main(grid: Grid, context: Context) -> None:
     resume = bool(rc.get("resume", False)) and run_dir is not None and (run_dir / "metrics.db").exists()
     opts = engine_options(rc)
     log.info("fedintel on Flower: %s, %d rounds, run dir %s", cfg.name, cfg.federation.rounds, run_dir)
+    # Ask the nodes which clients they host now: they answer while the server builds its world.
+    directory = NodeDirectory(grid, partition_key(cfg), hello_ttl=max(opts.get("discovery_timeout", 120.0), 60.0))
+    directory.probe(force=True)
     result = run_experiment(cfg, run_dir, resume=resume,
-                            engine_factory=lambda world: FlowerEngine(grid, world, **opts))
+                            engine_factory=lambda world: FlowerEngine(grid, world, directory=directory, **opts))
     final = {k: round(v, 6) for k, v in result.final.items() if isinstance(v, float)}
     log.info("fedintel run %s finished in %s: %s", result.run_id, result.run_dir, final)
