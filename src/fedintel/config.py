@@ -84,6 +84,21 @@ class PeftConfig(_Section):
         None, description="Modules LoRA adapts; default: the attention query/value projections."
     )
     num_virtual_tokens: int = Field(16, ge=1, description="Virtual tokens for prefix/prompt tuning.")
+    client_ranks: list[int] | None = Field(
+        None,
+        description="Heterogeneous LoRA ranks, assigned to clients in turn (each <= r): weak devices train "
+        "a lower-rank slice of the adapter (use with aggregation.lora: exact).",
+    )
+
+    @model_validator(mode="after")
+    def _ranks(self) -> PeftConfig:
+        if self.client_ranks is not None:
+            if self.method != "lora":
+                raise ValueError("peft.client_ranks applies to peft.method lora only")
+            bad = [x for x in self.client_ranks if not 1 <= x <= self.r]
+            if bad:
+                raise ValueError(f"peft.client_ranks: {bad} must be between 1 and peft.r ({self.r})")
+        return self
 
 
 class FederationConfig(_Section):

@@ -41,11 +41,13 @@ class Update:
     tokens: int
     flops: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
+    wire_bytes: int | None = None
+    """Bytes actually sent when smaller than the dense tensors (e.g. a low-rank client's LoRA factors)."""
 
     @property
     def nbytes(self) -> int:
         """Uplink payload size in bytes."""
-        return state_nbytes(self.delta)
+        return self.wire_bytes if self.wire_bytes is not None else state_nbytes(self.delta)
 
 
 @dataclass

@@ -56,6 +56,11 @@ class World:
             weight_decay=f.weight_decay, max_grad_norm=f.max_grad_norm, epochs=f.local_epochs,
         )
 
+    def client_rank(self, client_id: int) -> int | None:
+        """The LoRA rank client ``client_id`` trains with (``peft.client_ranks``), or None for full rank."""
+        ranks = self.cfg.peft.client_ranks
+        return ranks[client_id % len(ranks)] if ranks else None
+
     def estimated_flops(self) -> float:
         """FLOPs of one client's local training at full-length sequences (for selection policies)."""
         spec = self.local_spec()

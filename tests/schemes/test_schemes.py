@@ -98,3 +98,17 @@ def test_clustered_similarity_and_ifca_run_and_report_purity(tiny_cfg, tmp_path,
     con = sqlite3.connect(tmp_path / method / "metrics.db")
     assigned = con.execute("SELECT COUNT(*) FROM client_metrics WHERE name='cluster' AND round=2").fetchone()[0]
     assert assigned == 4
+
+
+def test_heterogeneous_ranks_with_exact_aggregation(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(peft={"r": 8, "client_ranks": [2, 8]}, aggregation={"lora": "exact"})
+    res = run_experiment(cfg, tmp_path / "het")
+    import sqlite3
+
+    con = sqlite3.connect(tmp_path / "het" / "metrics.db")
+    by_client = dict(con.execute("SELECT client_id, value FROM client_metrics WHERE round=1 AND name='bytes_up'"))
+    full = 3584 * 4
+    # rank-2 clients (even ids) send a quarter of the LoRA factors; rank-8 clients everything
+    assert all(v == (full // 4 if cid % 2 == 0 else full) for cid, v in by_client.items())
+    assert res.rounds[-1]["lora_exact_error"] < 1e-6 or res.rounds[-1]["lora_exact_error"] < res.rounds[-1]["lora_naive_error"]
+    assert res.rounds[-1]["eval_loss"] < res.rounds[0]["eval_loss"]

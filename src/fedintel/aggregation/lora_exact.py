@@ -49,6 +49,19 @@ def truncate_rank(state: AdapterState, rank: int) -> AdapterState:
     return out
 
 
+def lora_wire_bytes(delta: AdapterState, rank: int) -> int:
+    """Bytes a rank-``rank`` client sends: only its slice of each LoRA factor, other tensors whole."""
+    lora = {k for pair in lora_pairs(list(delta)) for k in pair}
+    total = 0
+    for k, t in delta.items():
+        if k in lora:
+            full = t.shape[0] if "lora_A" in k else t.shape[1]
+            total += t.numel() * min(rank, full) // full * t.element_size()
+        else:
+            total += t.numel() * t.element_size()
+    return total
+
+
 def _client_states(updates: Sequence[Update], global_state: AdapterState) -> list[AdapterState]:
     return [{k: global_state[k] + u.delta[k] for k in global_state} for u in updates]
 

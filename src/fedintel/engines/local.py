@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from fedintel.aggregation.lora_exact import lora_wire_bytes, truncate_rank
 from fedintel.engines.base import ClientFailure, Engine, TrainJob
 from fedintel.training.client import TrainingDiverged, train_local
 from fedintel.types import Update
@@ -34,12 +35,17 @@ class LocalEngine(Engine):
             client = w.data.clients[job.client_id]
             result: Update | ClientFailure
             try:
+                rank = w.client_rank(job.client_id)
+                start = truncate_rank(job.state, rank) if rank is not None else job.state
                 update = train_local(
-                    w.slot, job.state, client.train, w.local_spec(),
+                    w.slot, start, client.train, w.local_spec(),
                     client_id=job.client_id, base_version=job.version,
                     seed=job.seed(w.cfg.federation.seed),
                     pad_id=w.pad_id, task=w.task, shape=w.shape,
                 )
+                if rank is not None:  # the delta is relative to the global adapter the client received
+                    update.delta = {k: update.delta[k] + (start[k] - job.state[k]) for k in job.state}
+                    update.wire_bytes = lora_wire_bytes(update.delta, rank)
                 result = self.update_hook(update, job) if self.update_hook else update
             except TrainingDiverged:
                 raise  # a diverging loss stops the run (the last good checkpoint is kept)
