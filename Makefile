@@ -34,3 +34,9 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache runs
+
+paper: install
+	$(VENV)/bin/fedintel reproduce paper
+
+paper-quick: install
+	$(VENV)/bin/fedintel reproduce paper --quick

@@ -24,8 +24,10 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 # Extra sub-command groups register themselves here: fn(subparsers) -> None.
 EXTENSIONS: list[str] = [
+    "fedintel.reproduce.cli:add_reproduce_parser",
     "fedintel.inference.cli:add_infer_parser",
     "fedintel.engines.flower.cli:add_deploy_parser",
+    "fedintel.privacy.cli:add_forget_parser",
 ]
 
 

@@ -164,6 +164,11 @@ class OutputConfig(_Section):
     run_name: str | None = Field(None, description="Run directory name; default: <name>-<timestamp>.")
     checkpoint_every: int = Field(1, ge=1)
     save_adapter: bool = True
+    save_client_updates: bool = Field(
+        False,
+        description="Keep every accepted client delta per round in client_updates/ (needed by "
+        "`fedintel forget --method approximate`; not allowed with privacy.secure_aggregation).",
+    )
 
 
 class ExperimentConfig(_Section):
@@ -201,6 +206,9 @@ class ExperimentConfig(_Section):
             raise ValueError("privacy.dp: differential privacy is calibrated for aggregation.rule fedavg")
         if self.attack.kind == "label_flip" and self.model.task != "classification":
             raise ValueError("attack.kind: label_flip needs model.task classification")
+        if self.output.save_client_updates and self.privacy.secure_aggregation:
+            raise ValueError("output.save_client_updates: under privacy.secure_aggregation the server never "
+                             "sees individual client updates; turn one of them off")
         return self
 
 

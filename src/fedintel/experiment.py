@@ -108,6 +108,8 @@ def run_experiment(
         torch.manual_seed(cfg.federation.seed)
         world = build_world(cfg)
         scheme = build_scheme(cfg, world, reporter, engine_factory)
+        if cfg.output.save_client_updates:  # kept per round for approximate unlearning
+            scheme.contributions = []
         state: dict[str, Any]
         ckpt = latest_checkpoint(run_dir) if resume else None
         if ckpt is not None:
@@ -135,6 +137,11 @@ def run_experiment(
                 eps = epsilon_after(cfg, rnd)
                 if eps is not None:
                     record.metrics["epsilon"] = eps
+                if scheme.contributions is not None:  # output.save_client_updates
+                    from fedintel.privacy.unlearning import save_contributions
+
+                    save_contributions(run_dir, rnd, scheme.contributions)
+                    scheme.contributions = []
                 store.log_round(run_id, rnd, record.metrics, record.clients, record.events)
                 if rnd % cfg.output.checkpoint_every == 0 or rnd == cfg.federation.rounds:
                     save_checkpoint(run_dir, rnd, {"state": state, "scheme": scheme.name})

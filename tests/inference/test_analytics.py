@@ -27,10 +27,10 @@ def test_aggregation_rules():
 
 def test_federated_beats_every_single_device_on_non_iid_data(tmp_path, key):
     rows = domain_corpus(DOMAINS, per_domain=40, seed=1)
-    test, train = rows[:90], rows[90:]
+    test, train = rows[:60], rows[60:]
     specs = []
     for k in range(3):  # device k sees mostly domains 2k and 2k+1
-        mine = [r for r in train if r[1] in (2 * k, 2 * k + 1)][:40]
+        mine = [r for r in train if r[1] in (2 * k, 2 * k + 1)][:30]
         others = [r for r in train if r[1] not in (2 * k, 2 * k + 1)][k::12][:4]
         path = write_labelled(tmp_path / f"device{k}.jsonl", [t for t, _ in mine + others], [y for _, y in mine + others])
         specs.append((f"device{k}", ["--role", "classifier", "--model", "minilm-l6", "--train-data", str(path),

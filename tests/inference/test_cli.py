@@ -47,7 +47,7 @@ def test_config_errors_name_the_field(tmp_path):
 def test_split_mode_runs_and_leaves_no_process(tmp_path, capsys):
     cfg = tmp_path / "split.yaml"
     cfg.write_text(
-        "model: tiny-llama\nmax_new_tokens: 4\nprompt: hello\ncuts: [1]\n"
+        "model: tiny-llama\nmax_new_tokens: 4\nprompt: hello\ncuts: []\n"
         "devices: [{name: a, flops_per_s: 1.0e9}, {name: b, flops_per_s: 1.0e9}]\n"
         "links: [{rate_bps: 1.0e8, latency_s: 0.001}]\n"
     )

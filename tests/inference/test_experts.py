@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from fedintel.inference.embedding import Encoder, domain_corpus
 from fedintel.inference.experts import (
@@ -13,6 +14,7 @@ from fedintel.inference.experts import (
     split_subtasks,
 )
 from fedintel.inference.launcher import WorkerGroup
+from fedintel.inference.stage import LocalLM, greedy_generate
 
 DOMAINS = ("coding", "emotion", "tech_support", "trivia")
 
@@ -42,12 +44,27 @@ def test_embedding_router_beats_chance_by_far(encoder, corpus):
     assert len(texts) > 60 and acc >= 0.6  # chance is 0.25
 
 
-def test_ensemble_routes_subtasks_to_expert_processes(encoder, corpus, model_dirs, key):
+def make_adapter(base_dir, out_dir):
+    """A LoRA adapter with non-zero weights (as a per-cluster fine-tune would leave), saved PEFT-style."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(5)
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"],
+                                                 init_lora_weights=False))
+    peft_model.save_pretrained(out_dir)
+    return peft_model.merge_and_unload().eval()
+
+
+def test_ensemble_routes_subtasks_to_expert_processes(encoder, corpus, model_dirs, key, tmp_path):
     train, _, _ = corpus
     router = EmbeddingRouter(encoder, {"trivia": train["trivia"], "tech_support": train["tech_support"]})
+    merged = make_adapter(model_dirs["large"], tmp_path / "tech_adapter")
     with WorkerGroup(key) as group:
         w = group.start([("trivia", ["--model", str(model_dirs["large"])]),
-                         ("tech_support", ["--model", str(model_dirs["near"])])])
+                         ("tech_support", ["--model", str(model_dirs["large"]), "--adapter",
+                                           str(tmp_path / "tech_adapter")])])
         experts = {"trivia": group.client(w[0]), "tech_support": group.client(w[1])}
         ens = ExpertEnsemble(experts, router, max_new_tokens=5)
         try:
@@ -58,6 +75,15 @@ def test_ensemble_routes_subtasks_to_expert_processes(encoder, corpus, model_dir
                 direct = experts[expert].request("generate", {"prompt": sub, "max_new_tokens": 5}).meta["text"]
                 assert text == direct
             assert ans.text.startswith("[trivia]")
+            # the adapter expert answers as the merged fine-tuned model does, not as the base model
+            from transformers import AutoTokenizer
+
+            sub = ans.parts[1][0]
+            ids = AutoTokenizer.from_pretrained(model_dirs["large"])(sub)["input_ids"]
+            want = greedy_generate(LocalLM(merged), ids, 5).tokens
+            got = experts["tech_support"].request("generate", {"prompt": sub, "max_new_tokens": 5}).tensors["tokens"]
+            base = experts["trivia"].request("generate", {"prompt": sub, "max_new_tokens": 5}).tensors["tokens"]
+            assert got.tolist() == want and base.tolist() != want
             loss_router = LossRouter(experts)
             scores = loss_router.scores(["hello there", "the president"])
             assert scores.shape == (2, 2) and bool((scores < 0).all())

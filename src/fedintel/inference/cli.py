@@ -225,12 +225,13 @@ def mode_split(cfg: InferConfig, args: argparse.Namespace, console: Any) -> int:
         pipe = SplitPipeline.launch(cfg.model, plan.cuts, total, cfg.num_layers, key=key, threads=cfg.threads,
                                     timeout=cfg.timeout_s)
     with pipe:
+        layout = ", ".join(f"{s.address}:{s.start}:{s.end}" for s in pipe.stages)
         greedy_generate(pipe, ids[:4], 2)  # warm-up
         out = greedy_generate(pipe, ids, cfg.max_new_tokens, lm.tokenizer.eos_token_id, keep_logits=not args.no_reference)
         steps = len(out.decode_s)
         overhead = statistics.median(pipe.stats.overhead_s()[-steps:]) if steps else float("nan")
-    hops = len(plan.stages)
-    rows = [("stages", str(hops), ", ".join(f"{cfg.device_specs()[d].name}:{a}:{b}" for d, a, b in plan.stages)),
+    hops = len(pipe.stages)
+    rows = [("stages", layout, ", ".join(f"{cfg.device_specs()[d].name}:{a}:{b}" for d, a, b in plan.stages)),
             ("tokens/s (split)", f"{out.tokens_per_s:.1f}",
              f"{(cfg.max_new_tokens - 1) / max(1e-12, plan.latency_s):.1f} (whole generation)"),
             ("transport overhead per hop", _ms(overhead / hops), _ms(sum(plan.link_s) / max(1, hops) / max(1, cfg.max_new_tokens))),

@@ -535,9 +535,10 @@ class FrameServer:
     def __init__(
         self, handler: Handler, key: bytes, host: str = "127.0.0.1", port: int = 0,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, timeout: float = DEFAULT_TIMEOUT_S,
-        idle_timeout: float = SERVER_IDLE_S,
+        idle_timeout: float = SERVER_IDLE_S, max_connections: int = 256,
     ) -> None:
         self.handler = handler
+        self.max_connections = max_connections
         self.key = key
         self.max_frame_bytes = max_frame_bytes
         self.timeout = timeout
@@ -568,6 +569,12 @@ class FrameServer:
                 continue
             except OSError:
                 break
+            with self._lock:
+                full = len(self._conns) >= self.max_connections
+            if full:
+                log.warning("refusing %s:%s: %d connections open", addr[0], addr[1], self.max_connections)
+                conn.close()
+                continue
             t = threading.Thread(target=self._serve_conn, args=(conn, f"{addr[0]}:{addr[1]}"), daemon=True)
             t.start()
             self._threads = [x for x in self._threads if x.is_alive()] + [t]

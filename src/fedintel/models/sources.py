@@ -41,6 +41,7 @@ def smollm2_dir() -> Path:
     """
     target = cache_dir() / "models" / "smollm2-135m"
     if (target / "model.safetensors").is_file():
+        _drop_quantization_config(target / "config.json")
         return target
     import torch
     from safetensors.torch import save_file
@@ -55,6 +56,7 @@ def smollm2_dir() -> Path:
         tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
         model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
         model.config.save_pretrained(tmp)
+        _drop_quantization_config(tmp / "config.json")
         model.generation_config.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
@@ -70,6 +72,16 @@ def smollm2_dir() -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _drop_quantization_config(path: Path) -> None:
+    """The weights are saved de-quantised (fp32): the GGUF quantization entry would block training."""
+    cfg = json.loads(path.read_text())
+    if "quantization_config" in cfg:
+        del cfg["quantization_config"]
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(cfg, indent=2))
+        os.replace(tmp, path)
 
 
 def minilm_dir() -> Path:

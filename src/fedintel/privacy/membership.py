@@ -7,7 +7,7 @@ threshold; sweeping the threshold gives an ROC curve, and its area (AUC) is the 
 lower loss than every unseen one.
 
 :func:`membership_score` compares a client's training examples with held-out examples from the same
-distribution (the global evaluation set, which no client trains on). After exact unlearning the forgotten
+distribution (the clients' held-out splits, which no client trains on). After exact unlearning the forgotten
 client's examples are unseen data, so their score returns to the unseen level (AUC about 0.5).
 """
 
@@ -34,7 +34,8 @@ class MembershipScore:
 
     ``auc`` is P(loss of a random member < loss of a random non-member) (ties count one half): 0.5 is the
     level of unseen data. ``gap`` is mean non-member loss minus mean member loss (nats; > 0 when the model
-    fits the members better). ``members``/``nonmembers`` are the example counts.
+    fits the members better), ``gap_z`` the same in standard errors (Welch). ``members``/``nonmembers`` are
+    the example counts.
     """
 
     auc: float
@@ -43,6 +44,12 @@ class MembershipScore:
     nonmember_loss: float
     members: int
     nonmembers: int
+    gap_se: float = float("nan")
+
+    @property
+    def gap_z(self) -> float:
+        """``gap / gap_se``: about N(0, 1) for unseen data, large and positive for remembered data."""
+        return self.gap / self.gap_se if self.gap_se > 0 else float("nan")
 
     @property
     def auc_std(self) -> float:
@@ -100,7 +107,26 @@ def score_losses(member_losses: np.ndarray, nonmember_losses: np.ndarray) -> Mem
         nonmember_loss=float(np.mean(nonmember_losses)),
         members=len(member_losses),
         nonmembers=len(nonmember_losses),
+        gap_se=float(np.sqrt(np.var(member_losses, ddof=1) / len(member_losses)
+                             + np.var(nonmember_losses, ddof=1) / len(nonmember_losses)))
+        if len(member_losses) > 1 and len(nonmember_losses) > 1 else float("nan"),
     )
+
+
+def held_out(world: World) -> TokenizedSet:
+    """Every client's held-out split pooled: unseen examples drawn like the training shards.
+
+    No client trains on its eval split, and (for ``iid`` partitions) the splits come from the same
+    distribution as every shard, so they are the right non-members. Falls back to the global held-out set
+    when ``data.eval_fraction`` is 0.
+    """
+    ids: list[list[int]] = []
+    labels: list[int] | None = [] if world.task == "classification" else None
+    for c in world.data.clients:
+        ids += c.eval.input_ids
+        if labels is not None:
+            labels += list(c.eval.labels or [])
+    return TokenizedSet(ids, labels) if ids else world.data.global_eval
 
 
 def membership_score(
@@ -108,8 +134,8 @@ def membership_score(
     max_samples: int | None = None,
 ) -> MembershipScore:
     """Attack the adapter ``state`` in ``world``: ``members`` (e.g. a client's training shard) against
-    ``nonmembers`` (default: the global held-out set, which no client trains on)."""
-    nonmembers = world.data.global_eval if nonmembers is None else nonmembers
+    ``nonmembers`` (default: :func:`held_out`, the clients' pooled eval splits)."""
+    nonmembers = held_out(world) if nonmembers is None else nonmembers
     world.slot.set(state)
     kw = {"task": world.task, "pad_id": world.pad_id, "batch_size": world.cfg.eval.batch_size,
           "max_samples": max_samples}
@@ -118,7 +144,7 @@ def membership_score(
 
 
 def client_membership(world: World, state: AdapterState, client_id: int) -> MembershipScore:
-    """Membership score of ``client_id``'s training examples under ``state`` (vs the global held-out set)."""
+    """Membership score of ``client_id``'s training examples under ``state`` (vs :func:`held_out`)."""
     if not 0 <= client_id < len(world.data.clients):
         raise ValueError(f"client {client_id} is not in this run (ids 0..{len(world.data.clients) - 1})")
     return membership_score(world, state, world.data.clients[client_id].train)

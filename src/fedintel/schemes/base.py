@@ -52,6 +52,10 @@ class Scheme(ABC):
 
     name = "base"
 
+    contributions: list[dict[str, Any]] | None = None
+    """With ``output.save_client_updates`` a list: :meth:`aggregate` appends each aggregation's reference,
+    inputs and result, which the runner saves per round for approximate unlearning (``fedintel forget``)."""
+
     def __init__(self, world: World, engine: Engine, aggregator: Aggregator, reporter: Reporter | None = None):
         self.world = world
         self.engine = engine
@@ -211,6 +215,8 @@ class Scheme(ABC):
         self.aggregator.round_dropped = list(dropped)
         delta = self.aggregator.aggregate(updates, reference)
         record.metrics.update(self.aggregator.last_stats)
+        if self.contributions is not None:  # output.save_client_updates (approximate unlearning)
+            self.contributions.append({"reference": reference, "updates": list(updates), "delta": delta})
         return delta
 
     # -- evaluation ----------------------------------------------------------------------------------

@@ -94,7 +94,8 @@ class _NodeModel:
     shape: Any
     tokenizer: Any
     pad_id: int
-    shards: dict[int, Any]
+    shards: dict[tuple[str, int, int], Any]
+    """Tokenised shards by (file, mtime in ns, size): an edited file is read again."""
 
 
 _MODEL: _NodeModel | None = None
@@ -150,7 +151,7 @@ def train(msg: Message, context: Context) -> Message:
     import torch
 
     from fedintel.config import parse_config
-    from fedintel.engines.flower.shards import Manifest, ShardError, load_shard, partition_key
+    from fedintel.engines.flower.shards import Manifest, ShardError, load_shard, partition_key, shard_path
     from fedintel.training.client import TrainingDiverged, train_local
     from fedintel.world import World
 
@@ -162,11 +163,14 @@ def train(msg: Message, context: Context) -> Message:
         raise ShardError(f"{settings.data_dir} holds another partition than this experiment's; "
                          "re-run `fedintel deploy partition` with the experiment file and copy the shards")
     node = _model_for(cfg, settings)
-    if cid not in node.shards:
+    path = shard_path(settings.data_dir, cid)
+    stat = path.stat() if path.is_file() else None
+    key = (str(path), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
+    if key not in node.shards:
         cache = settings.cache_dir / "datasets" if settings.cache_dir else None
-        node.shards[cid] = load_shard(settings.data_dir, cid, node.tokenizer, cfg.data.max_length, cfg.model.task,
+        node.shards[key] = load_shard(settings.data_dir, cid, node.tokenizer, cfg.data.max_length, cfg.model.task,
                                       cache_dir=cache)
-    data = node.shards[cid]
+    data = node.shards[key]
     if m.shard_fingerprint(data.input_ids) != job["shard-sha256"]:
         raise ShardError(f"client {cid}: the tokenised shard in {settings.data_dir} differs from the experiment's "
                          "(other rows, tokenizer or max_length); re-run `fedintel deploy partition`")

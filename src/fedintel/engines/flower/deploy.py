@@ -365,12 +365,13 @@ class LocalCluster:
         self, name: str, data_dir: Path, client_ids: Sequence[int] | None = None, *, private_key: Path | None = None,
         tls: bool | None = None, cache_dir: Path | None = None, threads: int | None = 1,
         max_retries: int | None = None, max_wait_time: float | None = None, env: dict[str, str] | None = None,
-        warm: bool = False,
+        warm: bool = False, superlink: str | None = None,
     ) -> ManagedProcess:
         """Start a SuperNode hosting ``client_ids`` from ``data_dir`` (TLS if the cluster has certs).
 
         ``warm``: launch ClientApps by forking a pre-imported process (:mod:`.warm`) instead of Flower's
-        SuperExec; the launcher is the process named ``<name>-warm``.
+        SuperExec; the launcher is the process named ``<name>-warm``. ``superlink``: another address to reach
+        the SuperLink by (a relay), default the cluster's.
         """
         home = self.root / name
         node_config: dict[str, Any] = {"data-dir": str(Path(data_dir).resolve())}
@@ -383,7 +384,7 @@ class LocalCluster:
         use_tls = (self.certs is not None) if tls is None else tls
         root_cert = self.certs.ca_cert if (use_tls and self.certs) else None
         runtime_port = free_port(self.host)
-        cmd = supernode_command(self.address, runtime_port, node_config, root_cert, private_key,
+        cmd = supernode_command(superlink or self.address, runtime_port, node_config, root_cert, private_key,
                                 max_retries=max_retries, max_wait_time=max_wait_time, warm=warm)
         p = start_process(name, cmd, flower_env(home, env), home / "supernode.log", cwd=home)
         self.procs[name] = p
@@ -413,10 +414,24 @@ class LocalCluster:
         return flwr_run(self.cli_home, self.app_dir, rc, self.root / "runs" / f"{run_dir.name}.log", timeout=timeout,
                         capture=capture)
 
-    def stop(self) -> None:
-        """Stop every process this cluster started (SuperNodes first), and any child that outlived them."""
-        for name in [n for n in self.procs if n != "superlink"] + (["superlink"] if "superlink" in self.procs else []):
-            self.procs[name].stop()
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop every process this cluster started, and any child that outlived them.
+
+        SIGTERM to every process group at once (SuperNodes first), up to ``grace`` seconds to exit, then SIGKILL.
+        """
+        order = [p for n, p in self.procs.items() if n != "superlink"] + (
+            [self.procs["superlink"]] if "superlink" in self.procs else [])
+        for p in order:
+            if p.alive():
+                p.signal_group(signal.SIGTERM)
+        end = time.monotonic() + grace
+        for p in order:
+            try:
+                p.popen.wait(timeout=max(0.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for p in order:
+            p.stop(grace=0.0)
         for pid in pids_with_env(f"FLWR_HOME={self.root}/"):
             try:
                 os.kill(pid, signal.SIGKILL)

@@ -130,7 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root-certificates", default=None, help="CA of the Runtime API if it serves TLS")
     p.add_argument("--poll-interval", type=float, default=0.05, help="seconds between task polls")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s fedintel-warm %(levelname)s: %(message)s")
+    if not log.handlers:  # own handler: the `fedintel` CLI may have configured the root logger at WARNING
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s fedintel-warm %(levelname)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     t0 = time.perf_counter()
     _preimport()
     log.info("pre-imported torch, transformers, peft, datasets in %.1f s; waiting for tasks on %s",

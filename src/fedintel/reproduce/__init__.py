@@ -1,0 +1,1 @@
+"""One-command reproductions of the paper's simulation results (``fedintel reproduce paper``)."""

@@ -1,0 +1,123 @@
+"""Reproduce the paper's section V (Fig. 5 and Fig. 6) on real models and data that run here.
+
+Every configuration runs with several seeds; each run is an ordinary fedintel run directory (resumable,
+skipped when already finished). The report reads every number from the runs' metrics stores.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedintel.config import ExperimentConfig, load_config
+from fedintel.experiment import resume_experiment, run_experiment
+from fedintel.tracking.store import MetricsStore
+
+log = logging.getLogger(__name__)
+
+FIGURES = {
+    "fig5": ["fig5_lora", "fig5_prefix", "fig5_prompt"],
+    "fig6a": ["fig6a_fl", "fig6a_cfl"],
+    "fig6b": ["fig6b_fl", "fig6b_cfl"],
+}
+LABELS = {
+    "fig5_lora": "FL-LoRA", "fig5_prefix": "FL-P-Tuning", "fig5_prompt": "FL-Prompt-Tuning",
+    "fig6a_fl": "FL-LoRA", "fig6a_cfl": "CFL-LoRA", "fig6b_fl": "FL-LoRA", "fig6b_cfl": "CFL-LoRA",
+}
+# --quick: the same experiments, smaller, so the whole reproduction is a <15-minute smoke check.
+QUICK: dict[str, list[str]] = {
+    "fig5": ["federation.rounds=3", "data.samples_per_client=16", "data.max_length=64", "federation.local_steps=1",
+             "federation.batch_size=8", "eval.max_samples=16", "data.global_eval_samples=16"],
+    "fig6a": ["federation.rounds=3", "data.samples_per_client=12", "data.max_length=64", "federation.local_steps=1",
+              "eval.max_samples=8", "data.global_eval_samples=16"],
+    "fig6b": ["federation.rounds=3", "data.samples_per_client=40", "data.max_length=64", "eval.max_samples=40",
+              "data.global_eval_samples=80"],
+}
+DEFAULT_EXPERIMENTS = Path(__file__).resolve().parents[3] / "benchmarks" / "paper"
+
+
+@dataclass
+class PaperRun:
+    experiment: str
+    seed: int
+    run_dir: Path
+
+
+def experiment_configs(exp_dir: Path, quick: bool, overrides: list[str]) -> dict[str, ExperimentConfig]:
+    """The configs of every experiment, with the quick-mode and user overrides applied."""
+    out = {}
+    for fig, names in FIGURES.items():
+        for name in names:
+            path = exp_dir / f"{name}.yaml"
+            out[name] = load_config(path, (QUICK[fig] if quick else []) + overrides)
+    return out
+
+
+def _finished(run_dir: Path) -> bool:
+    db = run_dir / "metrics.db"
+    if not db.is_file():
+        return False
+    with MetricsStore(db) as store:
+        ids = store.run_ids()
+        return bool(ids) and store.run_info(ids[-1])["status"] == "finished"
+
+
+def run_all(
+    exp_dir: Path, runs_dir: Path, seeds: list[int], quick: bool, overrides: list[str],
+    on_run: Callable[[str, int, str], None] | None = None,
+) -> list[PaperRun]:
+    """Run (or resume, or skip) every experiment x seed; return where each run lives."""
+    configs = experiment_configs(exp_dir, quick, overrides)
+    runs = []
+    for name, cfg in configs.items():
+        for seed in seeds:
+            run_dir = runs_dir / f"{name}-s{seed}"
+            runs.append(PaperRun(name, seed, run_dir))
+            if _finished(run_dir):
+                status = "done already"
+            elif (run_dir / "metrics.db").is_file():
+                resume_experiment(run_dir)
+                status = "resumed"
+            else:
+                seeded = cfg.model_copy(update={"federation": cfg.federation.model_copy(update={"seed": seed})})
+                run_experiment(seeded, run_dir)
+                status = "ran"
+            if on_run:
+                on_run(name, seed, status)
+    return runs
+
+
+# -- reading results ---------------------------------------------------------------------------------
+def load_rounds(run_dir: Path) -> list[dict[str, float]]:
+    with MetricsStore(run_dir / "metrics.db") as store:
+        return store.rounds(store.run_ids()[-1])
+
+
+def series(runs: list[PaperRun], experiment: str, metric: str, x: str = "round") -> tuple[np.ndarray, np.ndarray]:
+    """Per-round values of ``metric`` for every seed: (x values of the first seed, [seeds, rounds])."""
+    rows = [load_rounds(r.run_dir) for r in runs if r.experiment == experiment]
+    values = [[rd[metric] for rd in rs if metric in rd] for rs in rows]
+    n = min(len(v) for v in values)
+    xs = [rd[x] for rd in rows[0] if metric in rd][:n]
+    return np.asarray(xs, dtype=float), np.asarray([v[:n] for v in values], dtype=float)
+
+
+def final(runs: list[PaperRun], experiment: str, metric: str) -> np.ndarray:
+    return series(runs, experiment, metric)[1][:, -1]
+
+
+def fmt(values: np.ndarray, digits: int = 3) -> str:
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.{digits}f}"
+
+
+def rounds_to_reach(runs: list[PaperRun], experiment: str, metric: str, target: float) -> float:
+    """First round where the seed-mean of ``metric`` is at or below ``target`` (inf if never)."""
+    xs, ys = series(runs, experiment, metric)
+    mean = ys.mean(axis=0)
+    hits = [x for x, y in zip(xs, mean, strict=True) if x > 0 and y <= target]
+    return float(hits[0]) if hits else math.inf

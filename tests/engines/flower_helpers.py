@@ -1,0 +1,59 @@
+"""Shared pieces of the real-process Flower tests: the experiment, a cluster fixture body, comparisons."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from fedintel.config import ExperimentConfig
+from fedintel.engines.flower.certs import CertPaths, write_certs
+from fedintel.engines.flower.deploy import LocalCluster
+from fedintel.engines.flower.shards import write_shards
+from fedintel.tracking.store import MetricsStore
+from tests.conftest import tiny_config
+
+NUM_NODES = 3
+
+
+def experiment(tmp_path: Path) -> ExperimentConfig:
+    """2 rounds of FL-LoRA on tiny-llama, 3 clients, all sampled every round (one per SuperNode)."""
+    return tiny_config(tmp_path, federation={"num_clients": NUM_NODES, "clients_per_round": NUM_NODES})
+
+
+@contextmanager
+def cluster(root: Path, cfg: ExperimentConfig, *, secure: bool, warm: bool) -> Iterator[tuple[LocalCluster, CertPaths | None]]:
+    """A SuperLink and one SuperNode per client; every process is stopped afterwards, even on failure."""
+    certs = write_certs(root / "certs", nodes=NUM_NODES + 1) if secure else None
+    shards = write_shards(cfg, root / "shards")
+    cl = LocalCluster(root / "cluster", certs=certs)
+    try:
+        cl.start_superlink()
+        for i in range(NUM_NODES):
+            key = None
+            if certs is not None:
+                cl.register(f"node{i}", certs.node_pub(i))
+                key = certs.node_key(i)
+            cl.start_supernode(f"node{i}", shards, [i], private_key=key, warm=warm)
+        yield cl, certs
+    finally:
+        cl.stop()
+        assert cl.leftovers() == [], "processes of the cluster outlived it"
+
+
+def run_rounds(run_dir: Path) -> tuple[list[dict[str, float]], list[tuple[int, int | None, str, str]], str]:
+    """Per-round metrics, events and status of the run the ServerApp wrote."""
+    with MetricsStore(run_dir / "metrics.db") as store:
+        run_id = store.run_ids()[0]
+        return store.rounds(run_id), store.events(run_id), str(store.run_info(run_id)["status"])
+
+
+def wait_for_log(path: Path, text: str, timeout: float) -> bool:
+    """Poll ``path`` until it contains ``text``."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if path.is_file() and text in path.read_text(errors="replace"):
+            return True
+        time.sleep(0.05)
+    return False

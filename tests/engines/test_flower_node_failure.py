@@ -1,0 +1,43 @@
+"""A SuperNode killed mid-round (SIGKILL of its whole process tree): the round completes with the other
+clients once the job times out, the next round fails the lost node's client at once, the run finishes and
+the failures are recorded. Uses the warm ClientApp launcher (:mod:`fedintel.engines.flower.warm`).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tests.engines.flower_helpers import cluster, experiment, run_rounds, wait_for_log
+
+pytestmark = pytest.mark.timeout(420)
+
+JOB_TIMEOUT_S = 40.0
+
+
+def test_killed_supernode_round_completes_without_it(tmp_path):
+    cfg = experiment(tmp_path)
+    with cluster(tmp_path, cfg, secure=False, warm=True) as (cl, _):
+        victim = cl.procs["node2"]
+        killed = threading.Event()
+
+        def kill_when_training() -> None:  # mid-round: the node has received its round-1 job
+            if wait_for_log(victim.log_path, "Receiving: train message", 300):
+                cl.kill_node("node2")
+                killed.set()
+
+        killer = threading.Thread(target=kill_when_training, daemon=True)
+        killer.start()
+        res = cl.run(cfg, tmp_path / "run", job_timeout=JOB_TIMEOUT_S, discovery_timeout=120, timeout=400)
+        killer.join(timeout=5)
+        assert killed.is_set(), "node2 never received a job"
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        rounds, events, status = run_rounds(tmp_path / "run")
+        assert status == "finished" and len(rounds) == 3
+        assert [r["clients_accepted"] for r in rounds[1:]] == [2.0, 2.0]
+        assert rounds[2]["eval_loss"] < rounds[0]["eval_loss"]  # the two others kept training
+        failed = [e for e in events if e[2] == "failed"]
+        assert [(e[0], e[1]) for e in failed] == [(1, 2), (2, 2)]
+        assert f"no reply within {JOB_TIMEOUT_S:.0f} s" in failed[0][3]
+        assert "is lost" in failed[1][3]  # round 2 did not wait for it again
