@@ -2,11 +2,10 @@ import json
 
 import pytest
 
-from fedintel.config import DataConfig
+from fedintel.config import DataConfig, ModelConfig
 from fedintel.data.corpora import DatasetError, prepared_path
 from fedintel.data.federated import build_federated_data, load_records
 from fedintel.models.loader import load_base_model
-from fedintel.config import ModelConfig
 
 
 @pytest.fixture(scope="module")

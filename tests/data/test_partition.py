@@ -38,7 +38,7 @@ def test_by_domain_assigns_round_robin_and_only_that_domain():
     domains = ["a", "b", "c"] * 40
     shards, assigned = partition.by_domain(pool, domains, 6, 10, np.random.default_rng(0))
     assert assigned == ["a", "b", "c", "a", "b", "c"]
-    for s, d in zip(shards, assigned):
+    for s, d in zip(shards, assigned, strict=True):
         assert {domains[i] for i in s} == {d}
     with pytest.raises(partition.PartitionError, match="domain"):
         partition.by_domain(pool, domains, 6, 30, np.random.default_rng(0))

@@ -32,7 +32,7 @@ def test_clustered_given_equals_independent_fedavg_per_cluster(tiny_cfg):
         members = [c for c, a in enumerate(state["assignment"]) if a == k]
 
         class MembersOnly(FedAvgScheme):
-            def choose_clients(self, round_idx, candidates, n):
+            def choose_clients(self, round_idx, candidates, n, members=members):
                 return members
 
         alone = build_scheme(cfg.model_copy(update={"federation": cfg.federation.model_copy(update={"scheme": "fedavg"})}), world, None)

@@ -20,7 +20,7 @@ class Aggregator(ABC):
     round_dropped: list[int] = []
     """Clients selected this round whose update never arrived (secure aggregation recovers their masks)."""
 
-    def set_round(self, round_idx: int) -> None:
+    def set_round(self, round_idx: int) -> None:  # noqa: B027 - optional hook
         """Tie the next aggregation's randomness (if any) to ``round_idx``, so resumed runs repeat it."""
 
     @abstractmethod

@@ -45,5 +45,5 @@ class Engine(ABC):
     ) -> list[Update | ClientFailure]:
         """Run ``jobs`` and return one result per job."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook
         """Release processes or connections."""

@@ -2,7 +2,7 @@
 
 HierFAVG (Liu et al., "Client-Edge-Cloud Hierarchical Federated Learning", ICC 2020) generalised to any
 depth, the paper's multi-layer form (section III-B): edge servers aggregate their clients every round;
-tier ``l`` aggregates its children every ``tiers[l].period`` rounds; the cloud aggregates the top tier every
+tier ``lvl`` aggregates its children every ``tiers[lvl].period`` rounds; the cloud aggregates the top tier every
 ``cloud_period`` (kappa) rounds and pushes the global adapter back down. Clients attach to the nearest edge
 server of the network topology when ``network.edge_servers`` equals the edge tier's size, else round-robin.
 Client-to-edge is wireless (one cell per edge server); edge-upwards uses the backhaul and cloud links.
@@ -33,13 +33,13 @@ class HierarchicalScheme(Scheme):
             self.client_edge = [int(e) for e in net.client_edge]
         else:
             self.client_edge = [c % edges for c in range(n)]
-        # parent[l][j]: the node of tier l+1 above node j of tier l (the cloud above the top tier)
-        self.parent = [[j % h.tiers[l + 1].nodes for j in range(t.nodes)] for l, t in enumerate(h.tiers[:-1])]
+        # parent[lvl][j]: the node of tier lvl+1 above node j of tier lvl (the cloud above the top tier)
+        self.parent = [[j % h.tiers[lvl + 1].nodes for j in range(t.nodes)] for lvl, t in enumerate(h.tiers[:-1])]
         # weight of every node: clients below it (sample-count proxy, fixed for the run)
         self.weight: list[list[float]] = [[float(self.client_edge.count(j)) for j in range(edges)]]
-        for l in range(1, len(h.tiers)):
+        for lvl in range(1, len(h.tiers)):
             self.weight.append([
-                sum(w for j, w in enumerate(self.weight[l - 1]) if self.parent[l - 1][j] == i) for i in range(h.tiers[l].nodes)
+                sum(w for j, w in enumerate(self.weight[lvl - 1]) if self.parent[lvl - 1][j] == i) for i in range(h.tiers[lvl].nodes)
             ])
 
     def initial_state(self) -> dict[str, Any]:
@@ -69,14 +69,14 @@ class HierarchicalScheme(Scheme):
         state["version"] += 1
         # 2. upper tiers, then the cloud, when their period comes
         link_s = 0.0
-        for l in range(1, len(h.tiers)):
-            if round_idx % h.tiers[l].period == 0:
-                for i in range(h.tiers[l].nodes):
-                    kids = [j for j in range(h.tiers[l - 1].nodes) if self.parent[l - 1][j] == i]
-                    tiers[l][i] = self._merge([tiers[l - 1][j] for j in kids], [self.weight[l - 1][j] for j in kids])
-                self._push_down(tiers, l)
-                link_s += 2 * self._link_time(nbytes, l)  # children up, parent down
-                totals["bytes_up"] += nbytes * h.tiers[l - 1].nodes
+        for lvl in range(1, len(h.tiers)):
+            if round_idx % h.tiers[lvl].period == 0:
+                for i in range(h.tiers[lvl].nodes):
+                    kids = [j for j in range(h.tiers[lvl - 1].nodes) if self.parent[lvl - 1][j] == i]
+                    tiers[lvl][i] = self._merge([tiers[lvl - 1][j] for j in kids], [self.weight[lvl - 1][j] for j in kids])
+                self._push_down(tiers, lvl)
+                link_s += 2 * self._link_time(nbytes, lvl)  # children up, parent down
+                totals["bytes_up"] += nbytes * h.tiers[lvl - 1].nodes
         if round_idx % h.cloud_period == 0:
             top = len(h.tiers) - 1
             state["global"] = self._merge(tiers[top], self.weight[top])
@@ -107,8 +107,8 @@ class HierarchicalScheme(Scheme):
 
     def _push_down(self, tiers: list[list[AdapterState]], level: int) -> None:
         """Children of every node at ``level`` (recursively) take the node's adapter."""
-        for l in range(level, 0, -1):
-            tiers[l - 1] = [tiers[l][self.parent[l - 1][j]] for j in range(len(tiers[l - 1]))]
+        for lvl in range(level, 0, -1):
+            tiers[lvl - 1] = [tiers[lvl][self.parent[lvl - 1][j]] for j in range(len(tiers[lvl - 1]))]
 
     def _evaluate(self, state: dict[str, Any], record: RoundRecord) -> None:
         g = state["global"]
