@@ -401,7 +401,8 @@ def mode_multiaccess(cfg: InferConfig, args: argparse.Namespace, console: Any) -
             link.close()
     ok = [r for r in results if not isinstance(r, AllPathsFailed)]
     lat = sorted(r.seconds for r in ok)
-    sim = simulate_multiaccess(paths, cfg.policy, 10_000, client.request_bytes, detect_s=0.05)
+    compute = statistics.median(float(r.reply.meta.get("compute_s", 0.0)) for r in ok) if ok else 0.0
+    sim = simulate_multiaccess(paths, cfg.policy, 10_000, client.request_bytes, compute_s=compute, detect_s=0.05)
     share = {p.name: sum(r.path == p.name for r in ok) / max(1, len(ok)) for p in paths}
     rows = [("requests answered", f"{len(ok)}/{len(results)}", f"{sim.success_rate:.1%}"),
             ("retried on another path", str(sum(r.retried for r in ok)), ""),

@@ -406,7 +406,6 @@ class Channel:
         if self.sock.fileno() < 0:
             return None
         try:
-            self.closed = False
             reply = self.recv(timeout=0.5)
         except ProtocolError:
             return None

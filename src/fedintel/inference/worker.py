@@ -222,7 +222,15 @@ class Worker:
             self.forwards += 1
         timing = list(m.get("timing", [])) + [compute_s]
         if not self.stage.last:
-            return self._forward_next("forward", {**m, "timing": timing}, tensors)
+            try:
+                return self._forward_next("forward", {**m, "timing": timing}, tensors)
+            except WorkerError:
+                from fedintel.inference.stage import crop_cache
+
+                with self.lock:  # roll back so every stage still agrees on the session's length
+                    if s.cache.get_seq_length() > pos:
+                        crop_cache(s.cache, pos)
+                raise
         return Message("ok", {"timing": timing}, tensors)
 
     def op_truncate(self, msg: Message) -> Message:
@@ -264,8 +272,8 @@ class Worker:
             raise WorkerError(f"the prompt has {ids.shape[1]} tokens; with max_new_tokens={max_new} it exceeds "
                               f"the model's context of {stage.max_context} tokens")
         eos = self.tokenizer.eos_token_id
-        t0 = time.perf_counter()
         with self.lock:
+            t0 = time.perf_counter()  # compute only, not the wait for the lock
             cache = stage.new_cache()
             logits = stage(ids, cache, 1)[0, -1]
             tokens, logps = [], []
@@ -278,11 +286,12 @@ class Worker:
                     break
                 logits = stage(torch.tensor([[t]]), cache, 1)[0, -1]
             self.forwards += len(tokens)
+            compute_s = time.perf_counter() - t0
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         return Message(
             "ok",
             {"text": text, "mean_logprob": sum(logps) / len(logps), "min_prob": float(torch.tensor(logps).exp().min()),
-             "compute_s": time.perf_counter() - t0, "device_pid": os.getpid()},
+             "compute_s": compute_s, "device_pid": os.getpid()},
             {"tokens": torch.tensor(tokens, dtype=torch.int64)},
         )
 
