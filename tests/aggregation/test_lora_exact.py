@@ -1,7 +1,7 @@
 import torch
 
-from fedintel.aggregation.lora_exact import ExactLoRA, MeasuredNaiveLoRA, lora_errors, truncate_rank
 from fedintel.aggregation.fedavg import FedAvg
+from fedintel.aggregation.lora_exact import ExactLoRA, MeasuredNaiveLoRA, lora_errors, truncate_rank
 from fedintel.types import Update
 
 
@@ -43,4 +43,4 @@ def test_heterogeneous_ranks_zero_padding_and_measured_naive():
     g = {k: torch.zeros_like(v) for k, v in s.items()}
     m.aggregate([Update(0, s, 1, 0, 0.0, 1, 1), Update(1, t, 1, 0, 0.0, 1, 1)], g)
     assert m.last_stats["lora_naive_error"] > 0
-    assert lora_errors([s], [1.0])["lora_naive_error"] == 0
+    assert lora_errors([Update(0, s, 1, 0, 0.0, 1, 1)], g, [1.0])["lora_naive_error"] == 0

@@ -62,21 +62,35 @@ def lora_wire_bytes(delta: AdapterState, rank: int) -> int:
     return total
 
 
-def _client_states(updates: Sequence[Update], global_state: AdapterState) -> list[AdapterState]:
-    return [{k: global_state[k] + u.delta[k] for k in global_state} for u in updates]
+def _pair_products(
+    updates: Sequence[Update], global_state: AdapterState, weights: Sequence[float], a: str, b: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For one LoRA pair: the weighted mean of the products B_i A_i, and the weighted means of A and B.
+
+    Client factors are rebuilt one at a time (global + delta), so memory stays at one adapter, not n.
+    """
+    total = float(sum(weights))
+    prod = mean_a = mean_b = None
+    for u, w in zip(updates, weights, strict=True):
+        ai = global_state[a].double() + u.delta[a].double()
+        bi = global_state[b].double() + u.delta[b].double()
+        f = w / total
+        prod = f * (bi @ ai) if prod is None else prod + f * (bi @ ai)
+        mean_a = f * ai if mean_a is None else mean_a + f * ai
+        mean_b = f * bi if mean_b is None else mean_b + f * bi
+    return prod, mean_a, mean_b  # type: ignore[return-value]
 
 
 def lora_errors(
-    states: Sequence[AdapterState], weights: Sequence[float], refactorised: AdapterState | None = None
+    updates: Sequence[Update], global_state: AdapterState, weights: Sequence[float],
+    refactorised: AdapterState | None = None,
 ) -> dict[str, float]:
     """Relative Frobenius errors of naive (and, if given, re-factorised) LoRA aggregation."""
-    total = float(sum(weights))
     naive_num = exact_num = den = 0.0
-    mean_state = weighted_mean(states, weights)
-    for a, b in lora_pairs(list(states[0])):
-        prod = sum((w / total) * (s[b].double() @ s[a].double()) for s, w in zip(states, weights, strict=True))
+    for a, b in lora_pairs(list(global_state)):
+        prod, mean_a, mean_b = _pair_products(updates, global_state, weights, a, b)
         den += float(prod.pow(2).sum())
-        naive_num += float((mean_state[b].double() @ mean_state[a].double() - prod).pow(2).sum())
+        naive_num += float((mean_b @ mean_a - prod).pow(2).sum())
         if refactorised is not None:
             exact_num += float((refactorised[b].double() @ refactorised[a].double() - prod).pow(2).sum())
     out = {"lora_naive_error": (naive_num / den) ** 0.5 if den > 0 else 0.0}
@@ -95,17 +109,16 @@ class ExactLoRA(Aggregator):
 
     def aggregate(self, updates: Sequence[Update], global_state: AdapterState) -> AdapterState:
         weights = [float(u.num_samples) if self.weighted else 1.0 for u in updates]
-        states = _client_states(updates, global_state)
-        new = weighted_mean(states, weights)  # right for non-LoRA tensors; LoRA pairs are replaced below
-        total = float(sum(weights))
+        mean_delta = weighted_mean([u.delta for u in updates], weights)
+        new = {k: global_state[k] + mean_delta[k] for k in global_state}  # non-LoRA tensors: FedAvg
         for a, b in lora_pairs(list(global_state)):
-            prod = sum((w / total) * (s[b].double() @ s[a].double()) for s, w in zip(states, weights, strict=True))
+            prod, _, _ = _pair_products(updates, global_state, weights, a, b)
             rank = global_state[a].shape[0]
             u, sv, vh = torch.linalg.svd(prod, full_matrices=False)
             root = sv[:rank].sqrt()
             new[b] = (u[:, :rank] * root).to(global_state[b].dtype)
             new[a] = (root[:, None] * vh[:rank]).to(global_state[a].dtype)
-        self.last_stats = lora_errors(states, weights, new)
+        self.last_stats = lora_errors(updates, global_state, weights, new)
         return {k: new[k] - global_state[k] for k in global_state}
 
 
@@ -123,5 +136,5 @@ class MeasuredNaiveLoRA(Aggregator):
     def aggregate(self, updates: Sequence[Update], global_state: AdapterState) -> AdapterState:
         delta = self.inner.aggregate(updates, global_state)
         weights = [float(u.num_samples) for u in updates]
-        self.last_stats = {**self.inner.last_stats, **lora_errors(_client_states(updates, global_state), weights)}
+        self.last_stats = {**self.inner.last_stats, **lora_errors(updates, global_state, weights)}
         return delta
