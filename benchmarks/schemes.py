@@ -101,7 +101,7 @@ def async_vs_sync(args: argparse.Namespace, out: Path) -> str:
     rows = [["sync FedAvg", ts, sync[-1]["sim_time_s"], sync[-1]["eval_loss"]],
             ["async FedAsync", ta, asy[-1]["sim_time_s"], asy[-1]["eval_loss"]]]
     ratio = ta / ts if isinstance(ta, float) and isinstance(ts, float) and ts > 0 else float("nan")
-    return (f"### Async vs sync under stragglers (8 clients, same number of client updates)\n\n"
+    return ("### Async vs sync under stragglers (8 clients, same number of client updates)\n\n"
             + _common.table(["scheme", f"sim time to loss {target:.3f} (s)", "total sim time (s)", "final eval loss"], rows)
             + f"\n\nasync / sync time to target: {ratio:.2f}\n")
 

@@ -34,7 +34,6 @@ EXTENSIONS: list[str] = [
 def _cmd_run(args: argparse.Namespace) -> int:
     from fedintel.config import load_config
     from fedintel.experiment import run_experiment
-    from fedintel.summary import print_summary
     from fedintel.tracking.progress import NullReporter, RichReporter
 
     cfg = load_config(args.config, args.set)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,8 @@ from fedintel.config import ConfigError, ExperimentConfig, dump_config, load_con
 from fedintel.engines.base import Engine
 from fedintel.engines.local import LocalEngine
 from fedintel.privacy.wiring import epsilon_after, poison_data, update_hook, wrap_aggregator
-from fedintel.schemes.base import Scheme
 from fedintel.schemes.asynchronous import AsyncScheme
+from fedintel.schemes.base import Scheme
 from fedintel.schemes.clustered import ClusteredScheme
 from fedintel.schemes.fedavg import FedAvgScheme
 from fedintel.schemes.hierarchical import HierarchicalScheme

@@ -102,7 +102,6 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(tiny_cfg, tmp_path):
 
 
 def test_corrupt_client_update_is_rejected_not_averaged(tiny_cfg, tmp_path, monkeypatch):
-    from fedintel import experiment
     from fedintel.engines.local import LocalEngine
 
     def poison(update, job):
@@ -123,7 +122,8 @@ def test_corrupt_client_update_is_rejected_not_averaged(tiny_cfg, tmp_path, monk
 
 
 def test_nan_loss_stops_the_run_and_keeps_last_good_checkpoint(tiny_cfg, tmp_path, monkeypatch):
-    from fedintel import experiment, world as world_mod
+    from fedintel import experiment
+    from fedintel import world as world_mod
 
     def build_world_with_fault(cfg):
         w = world_mod.build_world(cfg)

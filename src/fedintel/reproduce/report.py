@@ -9,7 +9,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
 from fedintel.reproduce.paper import FIGURES, LABELS, PaperRun, final, fmt, rounds_to_reach, series  # noqa: E402
 
