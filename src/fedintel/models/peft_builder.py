@@ -54,8 +54,23 @@ class AdapterSlot:
             raise ValueError("the PEFT model has no trainable parameters")
 
     def get(self) -> AdapterState:
-        """A detached copy of the current adapter."""
-        return {n: p.detach().clone() for n, p in self.params.items()}
+        """A detached copy of the current adapter.
+
+        The copies are views into one contiguous buffer: one allocation per adapter, so holding many
+        clients' adapters does not fragment the heap (peak memory stays at about one adapter per client).
+        """
+        params = list(self.params.items())
+        dtype = params[0][1].dtype
+        if any(p.dtype != dtype for _, p in params):
+            return {n: p.detach().clone() for n, p in params}
+        flat = torch.empty(sum(p.numel() for _, p in params), dtype=dtype)
+        out, offset = {}, 0
+        for n, p in params:
+            view = flat[offset : offset + p.numel()].view(p.shape)
+            view.copy_(p.detach())
+            out[n] = view
+            offset += p.numel()
+        return out
 
     def set(self, state: AdapterState) -> None:
         """Load ``state`` into the model (shapes must match exactly)."""

@@ -94,8 +94,9 @@ def train_local(
             losses.append(step_loss)
     finally:
         model.eval()
-    end = slot.get()
-    delta = {k: end[k] - start[k] for k in start}
+    delta = slot.get()  # one contiguous buffer, turned into the delta in place
+    for k in delta:
+        delta[k].sub_(start[k])
     flops = train_flops(shape, tokens, max_len) if shape is not None else 0.0
     return Update(
         client_id=client_id,
