@@ -15,9 +15,10 @@ Two methods, both writing a new run directory (the original is never modified):
   which calibrates stored updates, and "subtract then recover" baselines (Halimi et al., 2022). It needs the
   run's client updates: ``output.save_client_updates: true``.
 
-A client *took part* in a round when it was asked to train (an ``accepted`` or ``dropped`` row in
-``metrics.db``): even a rejected or dropped update shares the channel with the others on the simulated
-network, so restarting before its first participation is what makes the exact method exact.
+A client *took part* in a round when it was asked to train (a training row such as ``accepted``, ``dropped``
+or ``train_loss`` in ``metrics.db``, or an event naming it): even a rejected or dropped update shares the
+channel with the others on the simulated network, so restarting before its first participation is what makes
+the exact method exact.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ from fedintel.types import AdapterState, Update
 log = logging.getLogger(__name__)
 
 UPDATES_DIR = "client_updates"
+_TRAINED = ("accepted", "dropped", "train_loss", "steps", "staleness")
+"""Per-client metrics only a client that was asked to train has (evaluation rows exist for every client)."""
 _UPDATE_FIELDS = ("client_id", "num_samples", "base_version", "train_loss", "steps", "tokens", "flops")
 
 
@@ -173,13 +176,16 @@ def participation(run_dir: Path, client_id: int) -> tuple[list[int], list[int]]:
     con = sqlite3.connect(Path(run_dir) / "metrics.db")
     try:
         rows = con.execute(
-            "SELECT round, name, value FROM client_metrics WHERE run_id=? AND client_id=? "
-            "AND name IN ('accepted', 'dropped') AND round > 0 ORDER BY round",
-            (run_id, client_id),
+            f"SELECT round, name, value FROM client_metrics WHERE run_id=? AND client_id=? "
+            f"AND name IN ({','.join('?' * len(_TRAINED))}) AND round > 0",
+            (run_id, client_id, *_TRAINED),
+        ).fetchall()
+        events = con.execute(
+            "SELECT DISTINCT round FROM events WHERE run_id=? AND client_id=? AND round > 0", (run_id, client_id)
         ).fetchall()
     finally:
         con.close()
-    took_part = sorted({r for r, _, _ in rows})
+    took_part = sorted({r for r, _, _ in rows} | {r for (r,) in events})
     accepted = sorted({r for r, name, v in rows if name == "accepted" and v == 1.0})
     return took_part, accepted
 

@@ -78,7 +78,7 @@ class ClusteredScheme(Scheme):
                  "clusters": list(state["clusters"]), "versions": list(state["versions"])}
         forming = c.method == "similarity" and min(state["assignment"]) < 0
         if forming:  # every client trains once from the shared start so all can be clustered
-            chosen = list(range(fed.num_clients))
+            chosen = [c for c in range(fed.num_clients) if c not in set(fed.exclude_clients)]
         else:
             chosen = self.choose_clients(round_idx, range(fed.num_clients), fed.clients_per_round)
         if c.method == "ifca":
