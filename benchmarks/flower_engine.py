@@ -14,7 +14,10 @@ HTTP framing included, heartbeats and idle polling too), over the whole ``flwr r
 The payload is what the local engine would move: the adapter down and its delta up, per sampled client.
 
     python benchmarks/flower_engine.py                      # tiny-llama, 3 clients, 3 rounds, TLS + node auth
-    python benchmarks/flower_engine.py --model smollm2-135m --rounds 3
+    python benchmarks/flower_engine.py --model smollm2-135m --clients 2 --rounds 3
+
+Every client trains with ``--threads`` torch threads (default 1) in both engines: the same workload. The
+SuperNodes of one machine train in parallel; the local engine trains clients one after another.
 
 Prints a table (and ``--json`` writes the numbers).
 """
@@ -25,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import socket
 import statistics
 import sys
@@ -87,21 +91,31 @@ class CountingRelay:
         except OSError:
             writer.close()
             return
-        await asyncio.gather(self._pipe(reader, t_writer, True), self._pipe(t_reader, writer, False))
+        try:
+            await asyncio.gather(self._pipe(reader, t_writer, True), self._pipe(t_reader, writer, False))
+        except asyncio.CancelledError:  # the relay is shutting down
+            pass
 
     def snapshot(self) -> int:
         return self.up + self.down
 
+    async def _shutdown(self) -> None:
+        self._server.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def close(self) -> None:
-        self._loop.call_soon_threadsafe(self._server.close)
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
 
 
-def experiment(model: str, rounds: int, clients: int, root: Path) -> ExperimentConfig:
+def experiment(model: str, rounds: int, clients: int, root: Path, threads: int = 1) -> ExperimentConfig:
     steps = {"tiny-llama": (32, 16), "smollm2-135m": (64, 32)}.get(model, (64, 32))
     return parse_config({
-        "name": f"bench-{model}", "engine": "flower", "model": {"name": model},
+        "name": f"bench-{model}", "engine": "flower", "model": {"name": model}, "threads": threads,
         "data": {"dataset": "chatterbot", "max_length": steps[0], "samples_per_client": steps[1], "global_eval_samples": 16},
         "federation": {"rounds": rounds, "num_clients": clients, "clients_per_round": clients, "local_steps": 2,
                        "batch_size": 4, "micro_batch_size": 4, "lr": 2e-3, "seed": 0},
@@ -116,7 +130,7 @@ def per_round(rounds: list[dict[str, float]]) -> tuple[float, float]:
     return walls[0], statistics.mean(walls[1:]) if len(walls) > 1 else walls[0]
 
 
-def run_flower(cfg: ExperimentConfig, root: Path, warm: bool, secure: bool) -> dict[str, float]:
+def run_flower(cfg: ExperimentConfig, root: Path, warm: bool, secure: bool, threads: int) -> dict[str, float]:
     n = cfg.federation.num_clients
     certs = write_certs(root / "certs", nodes=n) if secure else None
     shards = write_shards(cfg, root / "shards")
@@ -130,7 +144,7 @@ def run_flower(cfg: ExperimentConfig, root: Path, warm: bool, secure: bool) -> d
             if certs is not None:
                 cl.register(f"node{i}", certs.node_pub(i))
                 key = certs.node_key(i)
-            cl.start_supernode(f"node{i}", shards, [i], private_key=key, warm=warm,
+            cl.start_supernode(f"node{i}", shards, [i], private_key=key, warm=warm, threads=threads,
                                superlink=f"127.0.0.1:{relay.port}")  # nodes reach the SuperLink through the relay
         time.sleep(8.0)  # nodes connected and idle: measure the background traffic
         idle_t0, idle_b0 = time.monotonic(), relay.snapshot()
@@ -158,11 +172,22 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--clients", type=int, default=3, help="clients = SuperNodes, all sampled every round")
     p.add_argument("--insecure", action="store_true", help="plain HTTP instead of TLS + node auth")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per client, local and on every node "
+                   "(the same workload; 2 threads on a busy 2-core machine slow torch down a lot)")
     p.add_argument("--skip", action="append", default=[], choices=["flower", "flower-warm"])
     p.add_argument("--json", help="also write the numbers to this file")
+    p.add_argument("--keep", action="store_true", help="keep the working directory (logs, runs)")
     args = p.parse_args()
     root = Path(tempfile.mkdtemp(prefix="fedintel-bench-flower-"))
-    cfg = experiment(args.model, args.rounds, args.clients, root)
+    try:
+        return _bench(args, root)
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _bench(args: argparse.Namespace, root: Path) -> int:
+    cfg = experiment(args.model, args.rounds, args.clients, root, args.threads)
 
     t0 = time.monotonic()
     local = run_experiment(cfg, root / "local")
@@ -175,10 +200,11 @@ def main() -> int:
     results: dict[str, dict[str, float]] = {"local": {"first_round_s": first, "round_s": steady, "run_s": local_run_s}}
     for name, warm in (("flower", False), ("flower-warm", True)):
         if name not in args.skip:
-            results[name] = run_flower(cfg, root / name, warm=warm, secure=not args.insecure)
+            results[name] = run_flower(cfg, root / name, warm=warm, secure=not args.insecure, threads=args.threads)
 
     print(f"\nworkload: {args.model}, {args.clients} clients = SuperNodes, {args.rounds} rounds, adapter {adapter} B, "
-          f"{'plain HTTP' if args.insecure else 'TLS + node auth'}, {os.cpu_count()} cores")
+          f"{'plain HTTP' if args.insecure else 'TLS + node auth'}, {args.threads} torch thread(s) per client, "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
     print(f"{'engine':<12} {'s/round':>8} {'x local':>8} {'round 1 s':>10} {'run s':>7} {'wire B/round':>13} "
           f"{'payload B/round':>16} {'wire/payload':>13} {'idle B/s':>9}")
     base = results["local"]["round_s"]

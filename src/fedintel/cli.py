@@ -37,6 +37,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from fedintel.tracking.progress import NullReporter, RichReporter
 
     cfg = load_config(args.config, args.set)
+    if cfg.engine == "flower":
+        err_console.print(
+            f"{args.config} sets engine: flower, which runs on a Flower federation: use "
+            f"`fedintel deploy local {args.config}` (SuperLink + SuperNodes on this machine) or "
+            f"`fedintel deploy run {args.config} --superlink HOST:PORT --certs DIR` (see docs/flower.md)"
+        )
+        return 2
     reporter = NullReporter() if args.quiet else RichReporter()
     result = run_experiment(cfg, Path(args.run_dir) if args.run_dir else None, reporter)
     _finish(result)

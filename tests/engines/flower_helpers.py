@@ -39,7 +39,7 @@ def cluster(root: Path, cfg: ExperimentConfig, *, secure: bool, warm: bool) -> I
         yield cl, certs
     finally:
         cl.stop()
-        assert cl.leftovers() == [], "processes of the cluster outlived it"
+    assert cl.leftovers() == [], "processes of the cluster outlived it"  # checked when the body succeeded
 
 
 def run_rounds(run_dir: Path) -> tuple[list[dict[str, float]], list[tuple[int, int | None, str, str]], str]:
@@ -50,10 +50,11 @@ def run_rounds(run_dir: Path) -> tuple[list[dict[str, float]], list[tuple[int, i
 
 
 def wait_for_log(path: Path, text: str, timeout: float) -> bool:
-    """Poll ``path`` until it contains ``text``."""
+    """Poll ``path`` until it contains ``text`` (checked at least once)."""
     end = time.monotonic() + timeout
-    while time.monotonic() < end:
+    while True:
         if path.is_file() and text in path.read_text(errors="replace"):
             return True
+        if time.monotonic() >= end:
+            return False
         time.sleep(0.05)
-    return False

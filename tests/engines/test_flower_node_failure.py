@@ -13,7 +13,7 @@ from tests.engines.flower_helpers import cluster, experiment, run_rounds, wait_f
 
 pytestmark = pytest.mark.timeout(420)
 
-JOB_TIMEOUT_S = 40.0
+JOB_TIMEOUT_S = 30.0
 
 
 def test_killed_supernode_round_completes_without_it(tmp_path):

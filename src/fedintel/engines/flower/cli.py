@@ -177,11 +177,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _report(returncode: int, run_dir: Path) -> int:
     """Print the run's summary if the ServerApp finished it (the run dir is on this machine)."""
     if (run_dir / "summary.json").is_file():
-        from rich.console import Console
-
+        from fedintel.cli import console
         from fedintel.summary import print_summary
 
-        print_summary(run_dir, Console())
+        print_summary(run_dir, console)
         print(f"run directory: {run_dir}")
         return 0
     print(f"error: the run did not finish (flwr exit code {returncode}); see the output above"

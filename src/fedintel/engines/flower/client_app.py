@@ -77,7 +77,10 @@ class NodeSettings:
         return cls(data_dir, ids, Path(str(cache)).expanduser() if cache else None, int(threads) if threads else None)
 
     def apply_env(self) -> None:
-        """Point fedintel's cache at the node's own directory and keep every hub offline."""
+        """Point fedintel's cache at the node's own directory, keep every hub offline, quiet library warnings."""
+        import warnings
+
+        warnings.filterwarnings("ignore", category=FutureWarning)
         if self.cache_dir is not None:
             os.environ["FEDINTEL_CACHE"] = str(self.cache_dir)
         for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
@@ -151,9 +154,9 @@ def train(msg: Message, context: Context) -> Message:
     import torch
 
     from fedintel.config import parse_config
-    from fedintel.engines.flower.shards import Manifest, ShardError, load_shard, partition_key, shard_path
-    from fedintel.training.client import TrainingDiverged, train_local
-    from fedintel.world import World
+    from fedintel.engines.base import TrainJob
+    from fedintel.engines.flower.shards import Manifest, ShardError, partition_key
+    from fedintel.training.client import TrainingDiverged
 
     cfg = parse_config(json.loads(str(job["experiment"])))
     threads = settings.threads or cfg.threads
@@ -163,6 +166,27 @@ def train(msg: Message, context: Context) -> Message:
         raise ShardError(f"{settings.data_dir} holds another partition than this experiment's; "
                          "re-run `fedintel deploy partition` with the experiment file and copy the shards")
     node = _model_for(cfg, settings)
+    data = _client_data(cfg, settings, node, cid)
+    if m.shard_fingerprint(data.input_ids, data.labels) != job["shard-sha256"]:
+        raise ShardError(f"client {cid}: the tokenised shard in {settings.data_dir} differs from the experiment's "
+                         "(other rows, tokenizer or max_length); re-run `fedintel deploy partition`")
+    train_job = TrainJob(cid, m.record_to_state(msg.content[m.ADAPTER_KEY]), int(job["version"]), int(job["round"]),
+                         int(job.get("salt", 0)))
+    t_ready = time.perf_counter()
+    try:
+        update = run_client_job(cfg, node, data, train_job, seed=int(job["seed"]))
+    except TrainingDiverged as err:
+        return Message(m.diverged_content(cid, str(err)), reply_to=msg)
+    t_done = time.perf_counter()
+    timings = {"node-setup-s": t_ready - t0, "node-train-s": t_done - t_ready}
+    return Message(m.reply_content(update, timings), reply_to=msg)
+
+
+def _client_data(cfg: Any, settings: NodeSettings, node: _NodeModel, cid: int) -> Any:
+    """The client's tokenised training shard (read once per file version), poisoned if the experiment says so."""
+    from fedintel.data.tokenize import TokenizedSet
+    from fedintel.engines.flower.shards import load_shard, shard_path
+
     path = shard_path(settings.data_dir, cid)
     stat = path.stat() if path.is_file() else None
     key = (str(path), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
@@ -171,21 +195,37 @@ def train(msg: Message, context: Context) -> Message:
         node.shards[key] = load_shard(settings.data_dir, cid, node.tokenizer, cfg.data.max_length, cfg.model.task,
                                       cache_dir=cache)
     data = node.shards[key]
-    if m.shard_fingerprint(data.input_ids) != job["shard-sha256"]:
-        raise ShardError(f"client {cid}: the tokenised shard in {settings.data_dir} differs from the experiment's "
-                         "(other rows, tokenizer or max_length); re-run `fedintel deploy partition`")
-    start = m.record_to_state(msg.content[m.ADAPTER_KEY])
-    t_ready = time.perf_counter()
-    # The recipe exactly as the local engine builds it (World.local_spec reads only ``cfg``).
-    spec = World.local_spec(SimpleNamespace(cfg=cfg))  # type: ignore[arg-type]
-    try:
-        update = train_local(
-            node.slot, start, data, spec, client_id=cid, base_version=int(job["version"]),
-            seed=int(job["seed"]), pad_id=node.pad_id, task=cfg.model.task,
-            shape=node.shape,
-        )
-    except TrainingDiverged as err:
-        return Message(m.diverged_content(cid, str(err)), reply_to=msg)
-    t_done = time.perf_counter()
-    timings = {"node-setup-s": t_ready - t0, "node-train-s": t_done - t_ready}
-    return Message(m.reply_content(update, timings), reply_to=msg)
+    atk = cfg.attack
+    if atk.kind == "label_flip" and data.labels is not None:  # a malicious client poisons its own data
+        import torch
+
+        from fedintel.privacy.attacks import flip_labels, malicious_clients
+
+        if cid in malicious_clients(cfg.federation.num_clients, atk.fraction, atk.seed):
+            data = TokenizedSet(data.input_ids, flip_labels(torch.tensor(data.labels), cfg.model.num_labels).tolist())
+    return data
+
+
+def run_client_job(cfg: Any, node: _NodeModel, data: Any, job: Any, seed: int) -> Any:
+    """One client's work for ``job``, exactly as :class:`~fedintel.engines.local.LocalEngine` does it.
+
+    Heterogeneous LoRA ranks (train a rank slice, send the delta against the full global adapter with its
+    rank-sized wire size), then the client-side update transformations (local DP noise, attacks).
+    """
+    from fedintel.aggregation.lora_exact import lora_wire_bytes, truncate_rank
+    from fedintel.privacy.wiring import update_hook
+    from fedintel.training.client import train_local
+    from fedintel.world import World
+
+    # World's helpers read only ``cfg``: the recipe and rank are the local engine's by construction.
+    view = SimpleNamespace(cfg=cfg)
+    spec = World.local_spec(view)  # type: ignore[arg-type]
+    rank = World.client_rank(view, job.client_id)  # type: ignore[arg-type]
+    start = truncate_rank(job.state, rank) if rank is not None else job.state
+    update = train_local(node.slot, start, data, spec, client_id=job.client_id, base_version=job.version, seed=seed,
+                         pad_id=node.pad_id, task=cfg.model.task, shape=node.shape)
+    if rank is not None:  # the delta is relative to the global adapter the client received
+        update.delta = {k: update.delta[k] + (start[k] - job.state[k]) for k in job.state}
+        update.wire_bytes = lora_wire_bytes(update.delta, rank)
+    hook = update_hook(cfg)
+    return hook(update, job) if hook else update

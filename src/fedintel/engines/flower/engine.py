@@ -287,7 +287,8 @@ class FlowerEngine(Engine):
     # -- internals ----------------------------------------------------------------------------------
     def _fingerprint(self, client_id: int) -> str:
         if client_id not in self._fingerprints:
-            self._fingerprints[client_id] = m.shard_fingerprint(self.world.data.clients[client_id].train.input_ids)
+            train = self.world.data.clients[client_id].train  # after the world's own poisoning, if any
+            self._fingerprints[client_id] = m.shard_fingerprint(train.input_ids, train.labels)
         return self._fingerprints[client_id]
 
     def _fail(self, h: JobHandle, reason: str) -> None:
@@ -310,7 +311,7 @@ class FlowerEngine(Engine):
         for mid, h in list(self._pending.items()):
             if now >= h.deadline:
                 del self._pending[mid]
-                reason = f"no reply within {self.job_timeout:.0f} s (round {h.job.round_idx})"
+                reason = f"no reply within {self.job_timeout:g} s (round {h.job.round_idx})"
                 self.directory.mark_lost(h.node_id, reason)
                 self._fail(h, f"SuperNode {h.node_id}: {reason}")
 

@@ -2,21 +2,23 @@
 
 A training job travels as one Flower ``Message`` of type ``train`` whose :class:`~flwr.app.RecordDict` holds
 
-- ``adapter``: the global adapter (:data:`~fedintel.types.AdapterState`) as an ``ArrayRecord``, one
-  ``Array`` per tensor (raw little-endian numpy bytes, dtype and shape kept, so the round trip is exact);
+- ``adapter``: the global adapter (:data:`~fedintel.types.AdapterState`) as an ``ArrayRecord`` holding
+  one flat ``Array`` per dtype and the layout (names, shapes, dtypes), so Flower moves a few objects instead
+  of one per tensor; raw numpy bytes, so the round trip is exact (:func:`state_to_record`);
 - ``job``: a ``ConfigRecord`` with ``client-id``, ``round``, ``version``, ``salt``, ``seed`` (the job's
   training seed, computed by the server exactly as the local engine does), the experiment as JSON
   (``experiment``, a few KB) and ``shard-sha256``, the fingerprint of the client's tokenised training shard
-  as the server computed it, so a node whose data does not match the experiment refuses to train.
+  (token ids and labels) as the server computed it, so a node whose data does not match refuses to train.
 
 The reply holds ``delta`` (the client's adapter minus the start, an ``ArrayRecord``) and ``result`` (a
-``MetricRecord`` with ``num-samples``, ``train-loss``, ``steps``, ``tokens``, ``flops`` and node timings in
-seconds). A client whose training loss diverged replies with ``status`` = ``diverged`` in ``outcome`` (a
+``MetricRecord`` with ``num-samples``, ``train-loss``, ``steps``, ``tokens``, ``flops``, ``wire-bytes`` for
+rank-sliced LoRA uploads, and node timings in seconds). A client whose training loss diverged replies with ``status`` = ``diverged`` in ``outcome`` (a
 ``ConfigRecord``) so the server stops the run exactly as the local engine does.
 
 Discovery uses a ``query`` message: each SuperNode answers with the client ids whose shards it holds.
 
-This module imports torch lazily: the ``query`` path of the ClientApp must start in well under a second.
+This module imports torch lazily (the ``query`` path of the ClientApp needs none of it); note that importing
+any ``fedintel.engines`` module currently runs ``fedintel/engines/__init__.py``, which imports torch.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ DELTA_KEY = "delta"
 RESULT_KEY = "result"
 OUTCOME_KEY = "outcome"
 HOSTS_KEY = "hosts"
+LAYOUT_KEY = "layout"
+PACKED_PREFIX = "packed:"
 
 MESSAGE_TTL_S = 3600.0
 """Time to live of a job message on the SuperLink (seconds); the engine's own timeout is shorter."""
@@ -53,23 +57,62 @@ class ProtocolError(ValueError):
 
 
 def state_to_record(state: AdapterState) -> ArrayRecord:
-    """An adapter as an ``ArrayRecord`` (key order kept; tensors copied to contiguous CPU numpy)."""
-    return ArrayRecord({k: Array(v.detach().cpu().contiguous().numpy()) for k, v in state.items()})
+    """An adapter as an ``ArrayRecord``: one flat ``Array`` per dtype plus a ``layout`` entry.
+
+    Flower moves every ``Array`` of a message as its own object (one HTTP request per object and hop), so a
+    LoRA adapter of 120 tensors would cost ~500 requests per job; packed, it costs a handful. The layout
+    (tensor names, shapes, dtypes, in order) travels as a uint8 ``Array`` of JSON. The round trip is exact.
+    """
+    import numpy as np
+
+    layout = []
+    groups: dict[str, list[Any]] = {}
+    for k, v in state.items():
+        a = v.detach().cpu().contiguous().numpy()
+        layout.append({"name": k, "shape": list(a.shape), "dtype": str(a.dtype)})
+        groups.setdefault(str(a.dtype), []).append(a.reshape(-1))
+    record = ArrayRecord({f"{PACKED_PREFIX}{dt}": Array(np.concatenate(parts)) for dt, parts in groups.items()})
+    record[LAYOUT_KEY] = Array(np.frombuffer(json.dumps(layout).encode(), dtype=np.uint8).copy())
+    return record
 
 
 def record_to_state(record: ArrayRecord) -> AdapterState:
     """The inverse of :func:`state_to_record`: writable CPU tensors, bit-identical to the sender's."""
     import torch
 
-    return {k: torch.from_numpy(arr.numpy().copy()) for k, arr in record.items()}
+    if LAYOUT_KEY not in record:  # one Array per tensor (any Flower peer)
+        return {k: torch.from_numpy(arr.numpy().copy()) for k, arr in record.items()}
+    layout = json.loads(record[LAYOUT_KEY].numpy().tobytes().decode())
+    flat = {k.removeprefix(PACKED_PREFIX): arr.numpy() for k, arr in record.items() if k.startswith(PACKED_PREFIX)}
+    offsets = dict.fromkeys(flat, 0)
+    state: AdapterState = {}
+    for entry in layout:
+        dt, shape = entry["dtype"], tuple(entry["shape"])
+        n = 1
+        for d in shape:
+            n *= d
+        if dt not in flat or offsets[dt] + n > flat[dt].size:
+            raise ProtocolError(f"packed adapter is shorter than its layout says ({entry['name']})")
+        state[entry["name"]] = torch.from_numpy(flat[dt][offsets[dt]: offsets[dt] + n].reshape(shape).copy())
+        offsets[dt] += n
+    if any(offsets[dt] != flat[dt].size for dt in flat):
+        raise ProtocolError("packed adapter is longer than its layout says")
+    return state
 
 
-def shard_fingerprint(input_ids: Sequence[Sequence[int]]) -> str:
-    """SHA-256 of a tokenised shard: equal on server and node iff the node tokenised the same rows."""
+def record_nbytes(record: ArrayRecord) -> int:
+    """Bytes of the tensors in a record (what Flower moves, headers excluded)."""
+    return sum(len(arr.data) for k, arr in record.items() if k != LAYOUT_KEY)
+
+
+def shard_fingerprint(input_ids: Sequence[Sequence[int]], labels: Sequence[int] | None = None) -> str:
+    """SHA-256 of a tokenised shard (and its labels): equal on server and node iff both hold the same data."""
     h = hashlib.sha256()
     for ids in input_ids:
         h.update(json.dumps(list(ids), separators=(",", ":")).encode())
         h.update(b"\n")
+    if labels is not None:
+        h.update(json.dumps([int(x) for x in labels], separators=(",", ":")).encode())
     return h.hexdigest()
 
 
@@ -110,6 +153,8 @@ def reply_content(update: Update, timings: dict[str, float] | None = None) -> Re
         "flops": float(update.flops),
         "base-version": int(update.base_version),
     }
+    if getattr(update, "wire_bytes", None) is not None:
+        result["wire-bytes"] = int(update.wire_bytes)
     result.update({k: float(v) for k, v in (timings or {}).items()})
     return RecordDict(
         {
@@ -145,6 +190,7 @@ def update_from_reply(reply: Message, client_id: int) -> Update:
     if got != client_id:
         raise ProtocolError(f"reply for client {got} arrived for a job of client {client_id}")
     timings = {k.replace("-", "_"): float(v) for k, v in res.items() if k.startswith("node-")}
+    extra = {"wire_bytes": int(res["wire-bytes"])} if "wire-bytes" in res else {}
     return Update(
         client_id=client_id,
         delta=record_to_state(content[DELTA_KEY]),
@@ -155,6 +201,7 @@ def update_from_reply(reply: Message, client_id: int) -> Update:
         tokens=int(res["tokens"]),
         flops=float(res["flops"]),
         metrics=timings,
+        **extra,
     )
 
 

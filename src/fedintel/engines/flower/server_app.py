@@ -39,7 +39,9 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Run the experiment of the run config with clients on this federation's SuperNodes."""
     import os
+    import warnings
 
+    warnings.filterwarnings("ignore", category=FutureWarning)  # as the fedintel CLI does
     for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
         os.environ.setdefault(k, "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

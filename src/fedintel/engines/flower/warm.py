@@ -65,10 +65,11 @@ def serve(runtime_api_address: str, parent_pid: int | None, poll_interval: float
 
     insecure = root_certificates is None
     certs = validate_and_resolve_root_certificates(root_certificates, insecure)
+    invoker = make_simple_http_retry_invoker()
+    invoker.max_time = 5.0  # give up after 5 s so the loop can notice that the SuperNode is gone
     client = RuntimeHttpClient.from_server_address(
         server_address=runtime_api_address, insecure=insecure, root_certificates=certs,
-        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
-        retry_invoker=make_simple_http_retry_invoker())
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")], retry_invoker=invoker)
     children: set[int] = set()
     stop = {"now": False}
 
@@ -83,7 +84,12 @@ def serve(runtime_api_address: str, parent_pid: int | None, poll_interval: float
                 log.info("the SuperNode (pid %d) is gone; exiting", parent_pid)
                 break
             _reap(children)
-            res = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value]))
+            try:
+                res = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value]))
+            except Exception as err:  # the SuperNode restarting or gone: check its pid, then try again
+                log.warning("cannot reach the SuperNode's Runtime API: %s", err)
+                time.sleep(0.5)
+                continue
             if res.HasField("task") and res.token:
                 pid = os.fork()
                 if pid == 0:  # child: Flower's own ClientApp runtime, then exit without returning
