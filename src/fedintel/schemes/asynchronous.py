@@ -127,7 +127,7 @@ class AsyncScheme(Scheme):
             totals["sim_time_s"] = max(totals["sim_time_s"], ev.time_s)
             state["arrivals"] += 1
             cid = job["client_id"]
-            row = record.clients.setdefault(cid, {})
+            record.clients.setdefault(cid, {})
             if job.get("failed") or job.get("dropped"):
                 record.events.append((cid, "dropped", job.get("failed") or f"{job['dropped']} (simulated network)"))
             else:
@@ -135,22 +135,15 @@ class AsyncScheme(Scheme):
                 totals["bytes_up"] += update.nbytes
                 totals["bytes_down"] += job["bytes_down"]
                 totals["energy_j"] += job["energy_j"]
-                s = state["version"] - job["base_version"]
-                row.update(train_loss=update.train_loss, staleness=float(s), bytes_up=float(update.nbytes))
-                if a.max_staleness is not None and s > a.max_staleness:
+                outcome = self.arrive(round_idx, state, job, update, record)
+                if outcome == "stale":
                     stale += 1
-                    record.events.append((cid, "stale", f"staleness {s} > async.max_staleness {a.max_staleness}"))
+                elif outcome == "rejected":
+                    rejected += 1
                 else:
-                    try:
-                        validate_update(update, state["global"], max_norm=cfg.federation.max_update_norm)
-                    except UpdateRejected as err:
-                        rejected += 1
-                        record.events.append((cid, "rejected", str(err)))
-                    else:
-                        accepted += 1
-                        staleness_seen.append(s)
-                        losses.append(update.train_loss)
-                        self._apply(round_idx, state, job, update, s, record)
+                    accepted += 1
+                    staleness_seen.append(int(record.clients[cid]["staleness"]))
+                    losses.append(update.train_loss)
             self._fill(state, totals["sim_time_s"], record)
         m = record.metrics
         m.update(clients_accepted=float(accepted), clients_rejected=float(rejected), dropped_stale=float(stale),
@@ -164,6 +157,27 @@ class AsyncScheme(Scheme):
             g = state["global"]
             self.evaluate_into(record, {c.client_id: g for c in self.world.data.clients}, g)
         return state, record
+
+    def arrive(self, round_idx: int, state: dict[str, Any], job: dict[str, Any], update: Update,
+               record: RoundRecord) -> str:
+        """Handle one arrival: drop it if too stale, validate it, then mix or buffer it.
+
+        Returns ``"stale"``, ``"rejected"`` or ``"accepted"``; the events and the client's row are recorded.
+        """
+        a, cid = self.world.cfg.asynchronous, job["client_id"]
+        s = state["version"] - job["base_version"]
+        record.clients.setdefault(cid, {}).update(
+            train_loss=update.train_loss, staleness=float(s), bytes_up=float(update.nbytes))
+        if a.max_staleness is not None and s > a.max_staleness:
+            record.events.append((cid, "stale", f"staleness {s} > async.max_staleness {a.max_staleness}"))
+            return "stale"
+        try:
+            validate_update(update, state["global"], max_norm=self.world.cfg.federation.max_update_norm)
+        except UpdateRejected as err:
+            record.events.append((cid, "rejected", str(err)))
+            return "rejected"
+        self._apply(round_idx, state, job, update, s, record)
+        return "accepted"
 
     def _apply(self, round_idx: int, state: dict[str, Any], job: dict[str, Any], update: Update, s: int,
                record: RoundRecord) -> None:

@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from fedintel.aggregation.validate import UpdateRejected, validate_update
 from fedintel.engines.base import ClientFailure, TrainJob
 from fedintel.schemes.asynchronous import AsyncScheme
 from fedintel.schemes.base import RoundRecord
@@ -93,24 +92,16 @@ class WallClockAsyncScheme(AsyncScheme):
             if isinstance(result, ClientFailure):
                 record.events.append((cid, "failed", result.reason))
             else:
-                s = state["version"] - job["base_version"]
                 update: Update = result
-                record.clients.setdefault(cid, {}).update(train_loss=update.train_loss, staleness=float(s),
-                                                          bytes_up=float(update.nbytes))
-                if a.max_staleness is not None and s > a.max_staleness:
+                outcome = self.arrive(round_idx, state, job, update, record)
+                if outcome == "stale":
                     stale += 1
-                    record.events.append((cid, "stale", f"staleness {s} > async.max_staleness {a.max_staleness}"))
+                elif outcome == "rejected":
+                    rejected += 1
                 else:
-                    try:
-                        validate_update(update, state["global"], max_norm=cfg.federation.max_update_norm)
-                    except UpdateRejected as err:
-                        rejected += 1
-                        record.events.append((cid, "rejected", str(err)))
-                    else:
-                        accepted += 1
-                        staleness_seen.append(s)
-                        losses.append(update.train_loss)
-                        self._apply(round_idx, state, job, update, s, record)
+                    accepted += 1
+                    staleness_seen.append(int(record.clients[cid]["staleness"]))
+                    losses.append(update.train_loss)
             self._fill_now(state)
         m = record.metrics
         m.update(clients_accepted=float(accepted), clients_rejected=float(rejected), dropped_stale=float(stale),
