@@ -69,3 +69,17 @@ def test_shipped_examples_validate():
         if ex.name.startswith("infer_"):
             continue
         load_config(ex)
+
+
+def test_async_wall_clock_needs_the_flower_engine(tmp_path):
+    from tests.conftest import tiny_config
+
+    with pytest.raises(ConfigError, match="async.clock: wall .* engine: flower"):
+        tiny_config(tmp_path, federation={"scheme": "async"}, **{"async": {"clock": "wall"}})
+    with pytest.raises(ConfigError, match="async.clock: wall applies to federation.scheme async"):
+        tiny_config(tmp_path, engine="flower", **{"async": {"clock": "wall"}})
+    with pytest.raises(ConfigError, match="async.clock"):
+        tiny_config(tmp_path, federation={"scheme": "async"}, **{"async": {"clock": "sundial"}})
+    cfg = tiny_config(tmp_path, engine="flower", federation={"scheme": "async"}, network={"enabled": False},
+                      **{"async": {"clock": "wall"}})
+    assert cfg.asynchronous.clock == "wall"

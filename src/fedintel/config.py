@@ -198,8 +198,15 @@ class ExperimentConfig(_Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentConfig:
         f = self.federation
-        if f.scheme == "async" and not self.network.enabled:
-            raise ValueError("federation.scheme async needs the simulated clock: set network.enabled: true")
+        wall = self.asynchronous.clock == "wall"
+        if f.scheme == "async" and not wall and not self.network.enabled:
+            raise ValueError("federation.scheme async needs the simulated clock: set network.enabled: true "
+                             "(or async.clock: wall on engine: flower)")
+        if wall and self.engine != "flower":
+            raise ValueError("async.clock: wall merges replies as they arrive from Flower SuperNodes; it needs "
+                             "engine: flower (use clock: simulated on the local engine)")
+        if wall and f.scheme != "async":
+            raise ValueError("async.clock: wall applies to federation.scheme async only")
         if self.aggregation.lora == "exact" and self.peft.method != "lora":
             raise ValueError("aggregation.lora: exact applies to peft.method lora only")
         if self.privacy.dp != "none" and self.aggregation.rule not in ("fedavg",):

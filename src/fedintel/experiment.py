@@ -76,7 +76,16 @@ def build_scheme(
     aggregator = wrap_aggregator(cfg, build_aggregator(cfg))
     poison_data(world)
     engine = engine_factory(world) if engine_factory else LocalEngine(world, update_hook(cfg))
-    return SCHEMES[cfg.federation.scheme](world, engine, aggregator, reporter)
+    return scheme_class(cfg)(world, engine, aggregator, reporter)
+
+
+def scheme_class(cfg: ExperimentConfig) -> type[Scheme]:
+    """The scheme ``cfg`` asks for; async on the wall clock is the Flower push/pull variant."""
+    if cfg.federation.scheme == "async" and cfg.asynchronous.clock == "wall":
+        from fedintel.engines.flower.wallclock import WallClockAsyncScheme  # needs flwr: imported on demand
+
+        return WallClockAsyncScheme
+    return SCHEMES[cfg.federation.scheme]
 
 
 def run_experiment(

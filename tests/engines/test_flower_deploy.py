@@ -17,6 +17,7 @@ import pytest
 from fedintel.config import dump_config
 from fedintel.engines.flower.deploy import DeployError, flower_env, register_node
 from fedintel.experiment import run_experiment
+from tests.conftest import tiny_config
 from tests.engines.flower_helpers import NUM_NODES, cluster, experiment, run_rounds, wait_for_log
 
 pytestmark = pytest.mark.timeout(420)
@@ -87,3 +88,29 @@ def test_unregistered_key_and_plain_http_nodes_are_refused(secure):
     write_flwr_config(stranger_home, cl.address, root_cert=None)
     with pytest.raises(DeployError):
         register_node(stranger_home, certs.node_pub(NUM_NODES))
+
+
+def test_hierarchical_and_wall_clock_async_run_on_real_supernodes(secure):
+    """The other schemes on the same SuperLink: hierarchical equals the local engine; async on the wall
+    clock merges the nodes' replies as they arrive (not bit-reproducible, so checked by its invariants)."""
+    cl, _, _, root = secure
+    three = {"num_clients": NUM_NODES, "clients_per_round": NUM_NODES}  # same shards as the fixture's experiment
+    hier = tiny_config(root, federation={**three, "scheme": "hierarchical"},
+                       hierarchy={"tiers": [{"nodes": 2, "period": 1}], "cloud_period": 2})
+    res = cl.run(hier, root / "hier-flower", job_timeout=300, discovery_timeout=120, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    flower, events, status = run_rounds(root / "hier-flower")
+    local = run_experiment(hier, root / "hier-local").rounds
+    assert status == "finished" and events == [] and len(flower) == len(local) == 3
+    for key in ("eval_loss", "cum_bytes_cloud", "sim_time_s"):
+        assert flower[-1][key] == pytest.approx(local[-1][key], rel=1e-5), key
+
+    wall = tiny_config(root, engine="flower", federation={**three, "scheme": "async"}, network={"enabled": False},
+                       **{"async": {"clock": "wall", "concurrency": 2, "alpha": 0.6}})
+    res = cl.run(wall, root / "async-flower", job_timeout=300, discovery_timeout=120, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rounds, events, status = run_rounds(root / "async-flower")
+    assert status == "finished" and len(rounds) == 3
+    assert rounds[-1]["version"] == 2 * NUM_NODES  # every arrival merged, none lost
+    assert rounds[-1]["wall_clock_s"] > 0 and rounds[-1]["max_staleness"] >= 1  # two jobs overlapped
+    assert rounds[-1]["eval_loss"] < rounds[0]["eval_loss"]

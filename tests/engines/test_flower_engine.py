@@ -273,3 +273,22 @@ def test_wall_clock_async_merges_replies_as_they_arrive(tiny_cfg, tmp_path):
         from fedintel.engines.local import LocalEngine
 
         WallClockAsyncScheme(world, LocalEngine(world), build_aggregator(cfg))
+
+
+def test_async_clock_wall_in_the_experiment_file_runs_the_wall_clock_scheme(tiny_cfg, tmp_path):
+    """``engine: flower`` + ``async.clock: wall`` is reachable from a config, without a network model."""
+    from fedintel.engines.flower.wallclock import WallClockAsyncScheme
+    from fedintel.experiment import scheme_class
+
+    cfg = tiny_cfg(engine="flower", federation={"scheme": "async", "num_clients": 3, "clients_per_round": 3,
+                                                "exclude_clients": [2]},
+                   eval={"max_samples": 8, "per_client": False}, data={"domains": ["tech_support", "trivia"]},
+                   network={"enabled": False}, **{"async": {"clock": "wall", "concurrency": 2}})
+    assert scheme_class(cfg) is WallClockAsyncScheme
+    grid = FakeGrid(_nodes(write_shards(cfg, tmp_path / "shards")))
+    res = run_experiment(cfg, tmp_path / "run", engine_factory=lambda w: FlowerEngine(grid, w, poll_interval=0.0))
+    assert res.status == "finished" and len(res.rounds) == 3
+    assert res.rounds[-1]["version"] == 6.0 and res.rounds[-1]["wall_clock_s"] > 0
+    assert res.rounds[-1]["eval_loss"] < res.rounds[0]["eval_loss"]
+    trained = {int(msg.content[m.JOB_KEY]["client-id"]) for msg in grid.sent if msg.metadata.message_type == m.TRAIN}
+    assert trained == {0, 1}  # the excluded client is never asked to train

@@ -60,8 +60,9 @@ class AsyncScheme(Scheme):
         }
 
     # -- dispatching ---------------------------------------------------------------------------------
-    def _eligible(self, state: dict[str, Any]) -> list[int]:
-        busy = {j["client_id"] for j in state["in_flight"]}
+    def _eligible(self, state: dict[str, Any], training: set[int] | None = None) -> list[int]:
+        """Clients free to start now: not ``training`` (default: in flight on the clock), not excluded."""
+        busy = {j["client_id"] for j in state["in_flight"]} if training is None else set(training)
         busy |= set(self.world.cfg.federation.exclude_clients)
         wait = self.world.cfg.asynchronous.wait_for_new_version
         return [c for c in range(self.world.cfg.federation.num_clients)

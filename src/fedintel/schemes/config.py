@@ -84,9 +84,15 @@ class HierarchyConfig(_Section):
 
 
 class AsyncConfig(_Section):
-    """Asynchronous federated fine-tuning (FedAsync / FedBuff) on the simulated clock."""
+    """Asynchronous federated fine-tuning (FedAsync / FedBuff) on the simulated or the wall clock."""
 
     mode: Literal["fedasync", "fedbuff"] = "fedasync"
+    clock: Literal["simulated", "wall"] = Field(
+        "simulated",
+        description="simulated: arrivals ordered by the network model (deterministic, any engine); wall: "
+        "replies merged in the order they really arrive from Flower SuperNodes (engine flower only; not "
+        "bit-reproducible, no simulated time or energy).",
+    )
     concurrency: int | None = Field(None, ge=1, description="Clients training at once (default clients_per_round).")
     alpha: float = Field(0.6, gt=0, le=1, description="FedAsync mixing weight at zero staleness.")
     staleness: Literal["constant", "polynomial", "hinge"] = "polynomial"

@@ -14,9 +14,8 @@ What differs from the simulated-clock scheme, by design:
   ``wall_clock_s`` is reported instead;
 - jobs in flight at a checkpoint are not saved: a resumed run re-dispatches them.
 
-To use it in a run, register it under a scheme name (``experiment.SCHEMES["async-wallclock"] =
-WallClockAsyncScheme``, with that value allowed in ``federation.scheme``), or build it directly with a
-:class:`FlowerEngine` as the tests do.
+Select it in the experiment file with ``engine: flower``, ``federation.scheme: async`` and
+``async.clock: wall`` (:func:`fedintel.experiment.scheme_class`).
 """
 
 from __future__ import annotations
@@ -46,15 +45,9 @@ class WallClockAsyncScheme(AsyncScheme):
         self._arrived: list[tuple[Any, Any]] = []  # polled but not merged yet (the round's quota was reached)
         self._t0 = time.monotonic()
 
-    def _eligible_now(self, state: dict[str, Any]) -> list[int]:
-        busy = {j["client_id"] for j in self._flying.values()}
-        wait = self.world.cfg.asynchronous.wait_for_new_version
-        return [c for c in range(self.world.cfg.federation.num_clients)
-                if c not in busy and not (wait and state["last_version"][c] >= state["version"])]
-
     def _fill_now(self, state: dict[str, Any]) -> None:
         while len(self._flying) < self.concurrency:
-            eligible = self._eligible_now(state)
+            eligible = self._eligible(state, {j["client_id"] for j in self._flying.values()})
             if not eligible:
                 return
             rng = np.random.default_rng(derive_seed(self.world.cfg.federation.seed, state["dispatches"], 23))
