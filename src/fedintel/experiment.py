@@ -68,15 +68,18 @@ def new_run_dir(cfg: ExperimentConfig) -> Path:
 
 
 EngineFactory = Callable[[World], Engine]
+SchemeFactory = Callable[..., Scheme]
+"""Called as ``factory(world, engine, aggregator, reporter)`` instead of the config's scheme class."""
 
 
 def build_scheme(
-    cfg: ExperimentConfig, world: World, reporter: Reporter, engine_factory: EngineFactory | None = None
+    cfg: ExperimentConfig, world: World, reporter: Reporter, engine_factory: EngineFactory | None = None,
+    scheme_factory: SchemeFactory | None = None,
 ) -> Scheme:
     aggregator = wrap_aggregator(cfg, build_aggregator(cfg))
     poison_data(world)
     engine = engine_factory(world) if engine_factory else LocalEngine(world, update_hook(cfg))
-    return scheme_class(cfg)(world, engine, aggregator, reporter)
+    return (scheme_factory or scheme_class(cfg))(world, engine, aggregator, reporter)
 
 
 def scheme_class(cfg: ExperimentConfig) -> type[Scheme]:
@@ -96,10 +99,12 @@ def run_experiment(
     resume: bool = False,
     stop_after_round: int | None = None,
     engine_factory: EngineFactory | None = None,
+    scheme_factory: SchemeFactory | None = None,
 ) -> RunResult:
     """Run ``cfg`` to the end (or resume it in ``run_dir``) and return its per-round metrics.
 
     ``engine_factory`` chooses where clients train (default: :class:`LocalEngine`, in this process).
+    ``scheme_factory`` replaces the config's scheme class (per-cluster unlearning replays clusters with it).
     ``stop_after_round`` ends the process's work early (as if killed) for testing resumption.
     """
     reporter = reporter or NullReporter()
@@ -116,7 +121,7 @@ def run_experiment(
         store.start_run(run_id, cfg.name, config_yaml)
         torch.manual_seed(cfg.federation.seed)
         world = build_world(cfg)
-        scheme = build_scheme(cfg, world, reporter, engine_factory)
+        scheme = build_scheme(cfg, world, reporter, engine_factory, scheme_factory)
         if cfg.output.save_client_updates:  # kept per round for approximate unlearning
             scheme.contributions = []
         state: dict[str, Any]
@@ -169,10 +174,12 @@ def run_experiment(
         store.close()
 
 
-def resume_experiment(run_dir: Path, reporter: Reporter | None = None) -> RunResult:
+def resume_experiment(
+    run_dir: Path, reporter: Reporter | None = None, scheme_factory: SchemeFactory | None = None
+) -> RunResult:
     """Continue the run in ``run_dir`` from its last checkpoint with the config it was started with."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a fedintel run directory (no config.yaml)")
     cfg = load_config(run_dir / "config.yaml")
-    return run_experiment(cfg, run_dir, reporter, resume=True)
+    return run_experiment(cfg, run_dir, reporter, resume=True, scheme_factory=scheme_factory)

@@ -144,3 +144,48 @@ def test_nothing_to_forget_and_user_errors(runs, capsys):
     with pytest.raises(ConfigError, match="already exists"):
         forget_exact(runs["orig"], FORGET, out_dir=forgotten)
     assert main(["forget", str(runs["tmp"] / "nope"), "--client", "0"]) == 2
+
+
+CLUSTERED = {
+    "data": {"domains": ["tech_support", "trivia"], "partition": {"method": "by_domain"}},
+    "federation": {"scheme": "clustered", "rounds": 3, "num_clients": 4, "clients_per_round": 3},
+    "clustering": {"method": "given", "num_clusters": 2},
+    "eval": {"per_client": True},
+    "threads": 1,
+}
+
+
+def test_per_cluster_exact_unlearning_retrains_one_cluster_and_equals_full_retraining(tmp_path, capsys):
+    cfg = tiny_config(tmp_path, **CLUSTERED)
+    run_experiment(cfg, tmp_path / "orig")
+    forget_id = 2
+    took_part, _ = participation(tmp_path / "orig", forget_id)
+    assert took_part, "the planted client must have trained"
+    per_cluster = forget_exact(tmp_path / "orig", forget_id, out_dir=tmp_path / "cluster")
+    everyone = forget_exact(tmp_path / "orig", forget_id, out_dir=tmp_path / "run", scope="run")
+    assert per_cluster.scope == "cluster" and everyone.scope == "run"
+    assert per_cluster.retrained_cluster == 0  # clients 0 and 2 hold the first domain
+    # every cluster adapter, at every checkpoint, bit for bit the same as retraining every client
+    mine, theirs = list_checkpoints(per_cluster.run_dir), list_checkpoints(everyone.run_dir)
+    assert [r for r, _ in mine] == [r for r, _ in theirs]
+    for (_, a), (_, b) in zip(mine, theirs, strict=True):
+        ca, cb = load_checkpoint(a)["state"]["clusters"], load_checkpoint(b)["state"]["clusters"]
+        for x, y in zip(ca, cb, strict=True):
+            assert all(torch.equal(x[k], y[k]) for k in y)
+    # the same evaluations (the other cluster's adapter was replayed, not retrained)
+    evals = "round, name, value"
+    def ev(run):
+        return [r for r in _rows(run, "round_metrics", evals) if r[1].startswith("eval_")]
+    assert ev(per_cluster.run_dir) == ev(everyone.run_dir)
+    # for less work: only cluster 0's members (client 0, once 2 is gone) trained
+    assert 0 < per_cluster.client_steps < everyone.client_steps
+    trained = {c for _, c, n in _rows(per_cluster.run_dir, "client_metrics", "round, client_id, name")
+               if n == "steps" and _ > per_cluster.restart_round}
+    assert trained == {0}
+    # forcing the scope where it would not be exact is refused with the reason
+    sim = tiny_config(tmp_path, **{**CLUSTERED, "clustering": {"method": "similarity", "num_clusters": 2}})
+    run_experiment(sim, tmp_path / "sim")
+    with pytest.raises(ConfigError, match="--scope cluster: .*similarity"):
+        forget_exact(tmp_path / "sim", forget_id, out_dir=tmp_path / "sim-cluster", scope="cluster")
+    assert main(["forget", str(tmp_path / "orig"), "--client", str(forget_id), "--out", str(tmp_path / "cli"), "-q"]) == 0
+    assert "cluster 0 only" in capsys.readouterr().out

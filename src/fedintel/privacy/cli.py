@@ -19,6 +19,8 @@ def _cmd_forget(args: argparse.Namespace) -> int:
     kwargs: dict[str, Any] = {"out_dir": Path(args.out) if args.out else None, "reporter": reporter}
     if args.method == "approximate":
         kwargs["recovery_rounds"] = args.recovery_rounds
+    else:
+        kwargs["scope"] = args.scope
     result = forget(run_dir, args.client, args.method, **kwargs)
     if result.method == "none":
         console.print(f"client {args.client} never took part in {run_dir}: nothing to forget, nothing written")
@@ -33,6 +35,10 @@ def _cmd_forget(args: argparse.Namespace) -> int:
     if result.method == "exact":
         table.add_row("restarted after round", str(result.restart_round))
         table.add_row("rounds recomputed", f"{result.rounds_recomputed} of {result.rounds_total}")
+        if result.scope == "cluster":
+            table.add_row("retrained", f"cluster {result.retrained_cluster} only (others replayed)")
+        else:
+            table.add_row("retrained", "every client" + (f" ({result.scope_note})" if result.scope_note else ""))
     else:
         table.add_row("recovery rounds", str(result.rounds_recomputed))
     table.add_row("client steps (full retraining)", f"{result.client_steps} ({result.full_retrain_steps})")
@@ -61,12 +67,15 @@ def add_forget_parser(subparsers: Any) -> argparse.ArgumentParser:
         "forget", help="remove a client's influence from a run (unlearning on opt-out)",
         description="Write a copy of RUN_DIR without the client's influence. exact: retrain from the last "
         "checkpoint before the client's first round with the client opted out (the same adapter as a run that "
-        "never had it). approximate: subtract the client's stored updates from the final adapter, then train a "
+        "never had it; in a clustered run with fixed clusters only the client's cluster is retrained). approximate: subtract the client's stored updates from the final adapter, then train a "
         "few recovery rounds without it (needs output.save_client_updates: true).",
     )
     p.add_argument("run_dir", help="a run directory (holding config.yaml, metrics.db, checkpoints/)")
     p.add_argument("--client", type=int, required=True, metavar="ID", help="the client to forget")
     p.add_argument("--method", choices=["exact", "approximate"], default="exact", help="default: exact")
+    p.add_argument("--scope", choices=["auto", "run", "cluster"], default="auto",
+                   help="exact: retrain every client (run) or only the client's cluster of a clustered run, "
+                   "replaying the others (cluster); auto (default) picks cluster whenever that is exact")
     p.add_argument("--recovery-rounds", type=int, default=2, metavar="N",
                    help="approximate: rounds trained without the client after the subtraction (default 2)")
     p.add_argument("--out", metavar="DIR",

@@ -132,6 +132,12 @@ class ForgetResult:
     """Rounds whose aggregate included the client's update."""
     restart_round: int | None = None
     """Exact: the checkpoint the retraining started from (rounds after it were recomputed)."""
+    scope: str = "run"
+    """Exact: ``run`` (every client retrained) or ``cluster`` (only the client's cluster; the others replayed)."""
+    retrained_cluster: int | None = None
+    """Exact with scope ``cluster``: the cluster that was retrained."""
+    scope_note: str = ""
+    """Why scope ``auto`` retrained the whole run (empty when it did not have to)."""
     rounds_recomputed: int = 0
     """Exact: ``R - restart_round``; approximate: the recovery rounds."""
     client_steps: int = 0
@@ -263,17 +269,18 @@ def _forget_config(cfg: ExperimentConfig, client_id: int, rounds: int | None = N
     return ExperimentConfig.model_validate({**cfg.model_dump(by_alias=True), "federation": fed.model_dump()})
 
 
-def _resume(out: Path, reporter: Reporter | None) -> tuple[dict[str, float], float]:
+def _resume(out: Path, reporter: Reporter | None, scheme_factory: Any = None) -> tuple[dict[str, float], float]:
     from fedintel.experiment import resume_experiment  # late: the runner imports this module to save updates
 
     t0 = time.perf_counter()
-    result = resume_experiment(out, reporter)
+    result = resume_experiment(out, reporter, scheme_factory)
     return result.final, time.perf_counter() - t0
 
 
 # -- the two methods -------------------------------------------------------------------------------
 def forget_exact(
-    run_dir: Path, client_id: int, out_dir: Path | None = None, reporter: Reporter | None = None
+    run_dir: Path, client_id: int, out_dir: Path | None = None, reporter: Reporter | None = None,
+    scope: str = "auto",
 ) -> ForgetResult:
     """Retrain ``run_dir`` without ``client_id`` from the last checkpoint before its first round.
 
@@ -283,7 +290,13 @@ def forget_exact(
     run that never had the client (same seed). If the client never took part, nothing is written
     (``method == "none"``). The asynchronous scheme retrains from round 0 (its dispatch order depends on
     which clients are eligible, so opting out changes it from the start).
+
+    ``scope``: ``run`` retrains every client; ``cluster`` retrains only the client's cluster of a clustered
+    run and replays the others from the source's checkpoints (:mod:`fedintel.privacy.cluster_replay`; an error
+    says why when that would not be exact); ``auto`` (default) uses ``cluster`` whenever it is exact.
     """
+    if scope not in ("auto", "run", "cluster"):
+        raise ConfigError(f"--scope: {scope!r} is not one of auto, run, cluster")
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
     cfg, run_id = _source(run_dir)
@@ -301,6 +314,18 @@ def forget_exact(
     if not ckpts:
         raise FileNotFoundError(f"{run_dir}/checkpoints has no checkpoint before round {first} to restart from")
     restart = ckpts[-1][0]
+    factory, note = None, ""
+    if scope != "run":
+        from fedintel.privacy.cluster_replay import ReplayClusteredScheme, per_cluster_blocker
+
+        note = per_cluster_blocker(cfg, run_dir, run_id, restart + 1) or ""
+        if note and scope == "cluster":
+            raise ConfigError(f"--scope cluster: retraining only the client's cluster would not be exact here: {note}")
+        if not note:
+            def factory(*args: Any) -> ReplayClusteredScheme:
+                return ReplayClusteredScheme(*args, source_dir=run_dir, client_id=client_id)
+        else:
+            log.info("retraining every cluster: %s", note)
     out = _new_dir(run_dir, client_id, out_dir, "forget")
     new_cfg = _forget_config(cfg, client_id)
     config_yaml = dump_config(new_cfg)
@@ -312,11 +337,17 @@ def forget_exact(
         if src.is_file():
             _copy_file(src, contributions_path(out, r))
     _copy_metrics(run_dir, run_id, out, restart, config_yaml, new_cfg.name)
-    final, _ = _resume(out, reporter)
+    final, _ = _resume(out, reporter, factory)
     db = out / "metrics.db"
+    cluster = None
+    if factory is not None:
+        from fedintel.privacy.cluster_replay import cluster_of
+
+        cluster = cluster_of(out, client_id)
     return ForgetResult(
         "exact", client_id, run_dir, out, rounds_total, first_round=took_part[0], contributed_rounds=accepted,
         restart_round=restart, rounds_recomputed=rounds_total - restart,
+        scope="cluster" if factory is not None else "run", retrained_cluster=cluster, scope_note=note,
         client_steps=_steps(db, out.name, after=restart), full_retrain_steps=full_steps,
         wall_s=_wall(db, out.name, after=restart), full_retrain_wall_s=full_wall,
         elapsed_s=time.perf_counter() - t_start, final=final,
@@ -425,5 +456,6 @@ def forget(run_dir: Path, client_id: int, method: str = "exact", **kwargs: Any) 
         kwargs.pop("recovery_rounds", None)
         return forget_exact(run_dir, client_id, **kwargs)
     if method == "approximate":
+        kwargs.pop("scope", None)
         return forget_approximate(run_dir, client_id, **kwargs)
     raise ConfigError(f"--method: {method!r} is not one of exact, approximate")
