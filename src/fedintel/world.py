@@ -18,6 +18,7 @@ from fedintel.network.simulator import WirelessNetwork
 from fedintel.training.client import LocalTrainSpec
 from fedintel.training.evaluate import evaluate
 from fedintel.training.flops import ModelShape, train_flops
+from fedintel.training.job import client_rank, local_spec
 from fedintel.types import AdapterState
 
 log = logging.getLogger(__name__)
@@ -50,16 +51,11 @@ class World:
         return int(self.base.tokenizer.pad_token_id)
 
     def local_spec(self) -> LocalTrainSpec:
-        f = self.cfg.federation
-        return LocalTrainSpec(
-            steps=f.local_steps, batch_size=f.batch_size, micro_batch_size=f.micro_batch_size, lr=f.lr,
-            weight_decay=f.weight_decay, max_grad_norm=f.max_grad_norm, epochs=f.local_epochs,
-        )
+        return local_spec(self.cfg)
 
     def client_rank(self, client_id: int) -> int | None:
         """The LoRA rank client ``client_id`` trains with (``peft.client_ranks``), or None for full rank."""
-        ranks = self.cfg.peft.client_ranks
-        return ranks[client_id % len(ranks)] if ranks else None
+        return client_rank(self.cfg, client_id)
 
     def estimated_flops(self) -> float:
         """FLOPs of one client's local training at full-length sequences (for selection policies)."""

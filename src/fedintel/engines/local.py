@@ -5,15 +5,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from fedintel.aggregation.lora_exact import lora_wire_bytes, truncate_rank
 from fedintel.engines.base import ClientFailure, Engine, TrainJob
-from fedintel.training.client import TrainingDiverged, train_local
+from fedintel.training.client import TrainingDiverged
+from fedintel.training.job import UpdateHook, run_train_job
 from fedintel.types import Update
 from fedintel.world import World
 
 log = logging.getLogger(__name__)
 
-UpdateHook = Callable[[Update, TrainJob], Update]
+__all__ = ["LocalEngine", "UpdateHook"]
 
 
 class LocalEngine(Engine):
@@ -35,18 +35,8 @@ class LocalEngine(Engine):
             client = w.data.clients[job.client_id]
             result: Update | ClientFailure
             try:
-                rank = w.client_rank(job.client_id)
-                start = truncate_rank(job.state, rank) if rank is not None else job.state
-                update = train_local(
-                    w.slot, start, client.train, w.local_spec(),
-                    client_id=job.client_id, base_version=job.version,
-                    seed=job.seed(w.cfg.federation.seed),
-                    pad_id=w.pad_id, task=w.task, shape=w.shape,
-                )
-                if rank is not None:  # the delta is relative to the global adapter the client received
-                    update.delta = {k: update.delta[k] + (start[k] - job.state[k]) for k in job.state}
-                    update.wire_bytes = lora_wire_bytes(update.delta, rank)
-                result = self.update_hook(update, job) if self.update_hook else update
+                result = run_train_job(w.cfg, w.slot, client.train, job, seed=job.seed(w.cfg.federation.seed),
+                                       pad_id=w.pad_id, shape=w.shape, update_hook=self.update_hook)
             except TrainingDiverged:
                 raise  # a diverging loss stops the run (the last good checkpoint is kept)
             except Exception as err:  # a crashing client is dropped; the round goes on without it

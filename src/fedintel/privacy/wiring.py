@@ -21,6 +21,7 @@ import torch
 
 from fedintel.aggregation.base import Aggregator
 from fedintel.config import ExperimentConfig
+from fedintel.data.tokenize import TokenizedSet
 from fedintel.engines.base import TrainJob
 from fedintel.privacy.attacks import apply_attack, flip_labels, malicious_clients
 from fedintel.privacy.dp import DPAggregator, clip_delta, privatize_local, privatize_sum, round_generator
@@ -122,7 +123,15 @@ def poison_data(world: World) -> set[int]:
         return set()
     bad = malicious_clients(world.cfg.federation.num_clients, atk.fraction, atk.seed)
     for cid in bad:
-        train = world.data.clients[cid].train
-        flipped = flip_labels(torch.tensor(train.labels), world.cfg.model.num_labels)
-        train.labels = flipped.tolist()
+        world.data.clients[cid].train = poisoned(world.cfg, cid, world.data.clients[cid].train)
     return bad
+
+
+def poisoned(cfg: ExperimentConfig, client_id: int, data: TokenizedSet) -> TokenizedSet:
+    """``data`` as client ``client_id`` trains on it: labels flipped if it is a label-flipping attacker."""
+    atk = cfg.attack
+    if atk.kind != "label_flip" or data.labels is None:
+        return data
+    if client_id not in malicious_clients(cfg.federation.num_clients, atk.fraction, atk.seed):
+        return data
+    return TokenizedSet(data.input_ids, flip_labels(torch.tensor(data.labels), cfg.model.num_labels).tolist())

@@ -29,7 +29,6 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from flwr.app import Context, Message
@@ -184,7 +183,6 @@ def train(msg: Message, context: Context) -> Message:
 
 def _client_data(cfg: Any, settings: NodeSettings, node: _NodeModel, cid: int) -> Any:
     """The client's tokenised training shard (read once per file version), poisoned if the experiment says so."""
-    from fedintel.data.tokenize import TokenizedSet
     from fedintel.engines.flower.shards import load_shard, shard_path
 
     path = shard_path(settings.data_dir, cid)
@@ -194,38 +192,15 @@ def _client_data(cfg: Any, settings: NodeSettings, node: _NodeModel, cid: int) -
         cache = settings.cache_dir / "datasets" if settings.cache_dir else None
         node.shards[key] = load_shard(settings.data_dir, cid, node.tokenizer, cfg.data.max_length, cfg.model.task,
                                       cache_dir=cache)
-    data = node.shards[key]
-    atk = cfg.attack
-    if atk.kind == "label_flip" and data.labels is not None:  # a malicious client poisons its own data
-        import torch
+    from fedintel.privacy.wiring import poisoned
 
-        from fedintel.privacy.attacks import flip_labels, malicious_clients
-
-        if cid in malicious_clients(cfg.federation.num_clients, atk.fraction, atk.seed):
-            data = TokenizedSet(data.input_ids, flip_labels(torch.tensor(data.labels), cfg.model.num_labels).tolist())
-    return data
+    return poisoned(cfg, cid, node.shards[key])  # a malicious client poisons its own data
 
 
 def run_client_job(cfg: Any, node: _NodeModel, data: Any, job: Any, seed: int) -> Any:
-    """One client's work for ``job``, exactly as :class:`~fedintel.engines.local.LocalEngine` does it.
-
-    Heterogeneous LoRA ranks (train a rank slice, send the delta against the full global adapter with its
-    rank-sized wire size), then the client-side update transformations (local DP noise, attacks).
-    """
-    from fedintel.aggregation.lora_exact import lora_wire_bytes, truncate_rank
+    """One client's work for ``job``: :func:`fedintel.training.job.run_train_job`, as the local engine does it."""
     from fedintel.privacy.wiring import update_hook
-    from fedintel.training.client import train_local
-    from fedintel.world import World
+    from fedintel.training.job import run_train_job
 
-    # World's helpers read only ``cfg``: the recipe and rank are the local engine's by construction.
-    view = SimpleNamespace(cfg=cfg)
-    spec = World.local_spec(view)  # type: ignore[arg-type]
-    rank = World.client_rank(view, job.client_id)  # type: ignore[arg-type]
-    start = truncate_rank(job.state, rank) if rank is not None else job.state
-    update = train_local(node.slot, start, data, spec, client_id=job.client_id, base_version=job.version, seed=seed,
-                         pad_id=node.pad_id, task=cfg.model.task, shape=node.shape)
-    if rank is not None:  # the delta is relative to the global adapter the client received
-        update.delta = {k: update.delta[k] + (start[k] - job.state[k]) for k in job.state}
-        update.wire_bytes = lora_wire_bytes(update.delta, rank)
-    hook = update_hook(cfg)
-    return hook(update, job) if hook else update
+    return run_train_job(cfg, node.slot, data, job, seed=seed, pad_id=node.pad_id, shape=node.shape,
+                         update_hook=update_hook(cfg))

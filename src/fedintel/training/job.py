@@ -1,0 +1,52 @@
+"""One client's work for a training job, shared by every engine (local and Flower).
+
+The steps around :func:`~fedintel.training.client.train_local` that decide what a client sends: the LoRA
+rank slice it trains (``peft.client_ranks``, heterogeneous devices), the delta against the full global
+adapter it received with a rank-sized wire size, then the client-side transformations (local DP noise,
+attacks). Both engines call :func:`run_train_job`, so they do the same work by construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fedintel.aggregation.lora_exact import lora_wire_bytes, truncate_rank
+from fedintel.config import ExperimentConfig
+from fedintel.data.tokenize import TokenizedSet
+from fedintel.engines.base import TrainJob
+from fedintel.models.peft_builder import AdapterSlot
+from fedintel.training.client import LocalTrainSpec, train_local
+from fedintel.training.flops import ModelShape
+from fedintel.types import Update
+
+UpdateHook = Callable[[Update, TrainJob], Update]
+
+
+def local_spec(cfg: ExperimentConfig) -> LocalTrainSpec:
+    """The local-training recipe of ``cfg.federation``."""
+    f = cfg.federation
+    return LocalTrainSpec(
+        steps=f.local_steps, batch_size=f.batch_size, micro_batch_size=f.micro_batch_size, lr=f.lr,
+        weight_decay=f.weight_decay, max_grad_norm=f.max_grad_norm, epochs=f.local_epochs,
+    )
+
+
+def client_rank(cfg: ExperimentConfig, client_id: int) -> int | None:
+    """The LoRA rank client ``client_id`` trains with (``peft.client_ranks``), or None for full rank."""
+    ranks = cfg.peft.client_ranks
+    return ranks[client_id % len(ranks)] if ranks else None
+
+
+def run_train_job(
+    cfg: ExperimentConfig, slot: AdapterSlot, data: TokenizedSet, job: TrainJob, *, seed: int, pad_id: int,
+    shape: ModelShape, update_hook: UpdateHook | None = None,
+) -> Update:
+    """Train ``job``'s client on ``data`` and return the update it would send."""
+    rank = client_rank(cfg, job.client_id)
+    start = truncate_rank(job.state, rank) if rank is not None else job.state
+    update = train_local(slot, start, data, local_spec(cfg), client_id=job.client_id, base_version=job.version,
+                         seed=seed, pad_id=pad_id, task=cfg.model.task, shape=shape)
+    if rank is not None:  # the delta is relative to the global adapter the client received
+        update.delta = {k: update.delta[k] + (start[k] - job.state[k]) for k in job.state}
+        update.wire_bytes = lora_wire_bytes(update.delta, rank)
+    return update_hook(update, job) if update_hook else update
