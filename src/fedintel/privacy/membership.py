@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fedintel.data.tokenize import TokenizedSet, collate
+from fedintel.training.evaluate import example_loss_sums
 from fedintel.types import AdapterState
 
 if TYPE_CHECKING:
@@ -70,19 +70,8 @@ def example_losses(
     out: list[float] = []
     for start in range(0, n, batch_size):
         idx = list(range(start, min(n, start + batch_size)))
-        batch = collate(data, idx, pad_id, task)
-        labels = batch.pop("labels")
-        logits = model(**batch).logits.float()
-        if task == "causal_lm":
-            logits = logits[:, -labels.shape[1] :, :]
-            shift_logits, shift_labels = logits[:, :-1, :], labels[:, 1:]
-            tok = F.cross_entropy(
-                shift_logits.transpose(1, 2), shift_labels, ignore_index=-100, reduction="none"
-            )  # (batch, seq)
-            count = (shift_labels != -100).sum(dim=1).clamp(min=1)
-            out.extend((tok.sum(dim=1) / count).tolist())
-        else:
-            out.extend(F.cross_entropy(logits, labels, reduction="none").tolist())
+        sums, counts, _ = example_loss_sums(model, collate(data, idx, pad_id, task), task)
+        out.extend((sums / counts.clamp(min=1)).tolist())
     return np.asarray(out, dtype=np.float64)
 
 

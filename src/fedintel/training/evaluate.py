@@ -10,6 +10,27 @@ import torch.nn.functional as F
 from fedintel.data.tokenize import TokenizedSet, collate
 
 
+def example_loss_sums(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], task: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per example of ``batch``: summed loss (nats), predicted-token count, and predicted label.
+
+    Causal LM: next-token cross-entropy over the example's real tokens, and their number (no label).
+    Classification: the label's cross-entropy, a count of 1, and the argmax label.
+    """
+    batch = dict(batch)
+    labels = batch.pop("labels")
+    logits = model(**batch).logits.float()
+    if task == "causal_lm":
+        # PEFT prompt/prefix methods may prepend virtual tokens to the logits: keep the last positions.
+        logits = logits[:, -labels.shape[1] :, :]
+        shift_logits, shift_labels = logits[:, :-1, :], labels[:, 1:]
+        tok = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=-100, reduction="none")
+        return tok.sum(dim=1), (shift_labels != -100).sum(dim=1), None
+    losses = F.cross_entropy(logits, labels, reduction="none")
+    return losses, torch.ones_like(labels), logits.argmax(-1) == labels
+
+
 @torch.inference_mode()
 def evaluate(
     model: torch.nn.Module,
@@ -32,22 +53,11 @@ def evaluate(
     total_loss, total_count, correct = 0.0, 0, 0
     for start in range(0, n, batch_size):
         idx = list(range(start, min(n, start + batch_size)))
-        batch = collate(data, idx, pad_id, task)
-        labels = batch.pop("labels")
-        logits = model(**batch).logits.float()
-        if task == "causal_lm":
-            # PEFT prompt/prefix methods may prepend virtual tokens to the logits: keep the last positions.
-            logits = logits[:, -labels.shape[1] :, :]
-            shift_logits, shift_labels = logits[:, :-1, :], labels[:, 1:]
-            total_loss += F.cross_entropy(
-                shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-                ignore_index=-100, reduction="sum",
-            ).item()
-            total_count += int((shift_labels != -100).sum())
-        else:
-            total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
-            correct += int((logits.argmax(-1) == labels).sum())
-            total_count += len(idx)
+        sums, counts, hits = example_loss_sums(model, collate(data, idx, pad_id, task), task)
+        total_loss += float(sums.sum())
+        total_count += int(counts.sum())
+        if hits is not None:
+            correct += int(hits.sum())
     loss = total_loss / max(total_count, 1)
     if task == "causal_lm":
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
