@@ -175,7 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
         mod_name, fn_name = ext.split(":")
         try:
             module = __import__(mod_name, fromlist=[fn_name])
-        except ImportError:
+        except ModuleNotFoundError as err:
+            # a missing third-party package disables one command, loudly; a broken fedintel module is a bug
+            if (err.name or "").split(".")[0] == "fedintel":
+                raise
+            err_console.print(f"[yellow]warning:[/] {mod_name} is unavailable (missing package {err.name!r}); "
+                              "re-run `make install`")
             continue
         adder: Callable[[argparse._SubParsersAction], None] = getattr(module, fn_name)
         adder(sub)
