@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 import warnings
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest workers on the 2 cores: one torch thread each, so they do not
+    # oversubscribe the CPU (two 2-thread OpenMP pools on 2 cores run several times slower).
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -39,3 +44,25 @@ def tiny_config(tmp_path, **sections) -> ExperimentConfig:
 @pytest.fixture
 def tiny_cfg(tmp_path):
     return lambda **sections: tiny_config(tmp_path, **sections)
+
+
+# The longest modules first: with `-n 2 --dist loadfile` each module runs on one worker in collection order,
+# so starting the long ones early keeps one worker from finishing minutes before the other.
+LONGEST_FIRST = [
+    "engines/test_flower_deploy.py",
+    "privacy/test_unlearning.py",
+    "engines/test_flower_node_failure.py",
+    "inference/test_analytics.py",
+    "e2e/test_fault_tolerance.py",
+    "reproduce/test_paper.py",
+    "e2e/test_run.py",
+    "engines/test_flower_cli.py",
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        path = item.nodeid.split("::", 1)[0].removeprefix("tests/")
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order inside a module and among the rest is kept

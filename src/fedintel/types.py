@@ -7,10 +7,12 @@ long it takes*; they meet only in these values.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # annotations only: light commands (the CLI's --help, Flower lookups) skip importing torch
+    import torch
 
-AdapterState = dict[str, torch.Tensor]
+AdapterState = dict[str, "torch.Tensor"]
 """The trainable tensors of a PEFT adapter, keyed as in PEFT's own saved state dict."""
 
 

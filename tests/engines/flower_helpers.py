@@ -39,7 +39,8 @@ def cluster(root: Path, cfg: ExperimentConfig, *, secure: bool, warm: bool) -> I
         yield cl, certs
     finally:
         cl.stop()
-    assert cl.leftovers() == [], "processes of the cluster outlived it"  # checked when the body succeeded
+    left = cl.leftovers()
+    assert left == [], f"processes of the cluster outlived it: {left}"  # checked when the body succeeded
 
 
 def run_rounds(run_dir: Path) -> tuple[list[dict[str, float]], list[tuple[int, int | None, str, str]], str]:

@@ -16,9 +16,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fedintel.inference.config import InferConfig, InferConfigError, default_paths, load_infer_config
+if TYPE_CHECKING:  # the config pulls in torch: load it only when a mode runs, so --help stays fast
+    from fedintel.inference.config import InferConfig
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,8 @@ def _apply_overrides(cfg: InferConfig, args: argparse.Namespace) -> InferConfig:
         upd["cuts"] = [int(x) for x in args.cuts.split(",") if x.strip()]
     if getattr(args, "stages", None):
         upd["stages"] = [x.strip() for x in args.stages.split(",") if x.strip()]
+    from fedintel.inference.config import InferConfig, InferConfigError
+
     try:
         return InferConfig.model_validate({**cfg.model_dump(), **upd})
     except Exception as err:
@@ -108,6 +111,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> int:
     """Run one mode; returns the exit code (2 on a user-fixable error)."""
     from rich.console import Console
 
+    from fedintel.inference.config import load_infer_config
     from fedintel.inference.protocol import ProtocolError, RemoteError
 
     console = Console(width=max(120, Console().width))
@@ -173,6 +177,7 @@ def _table(title: str, rows: list[tuple[str, str, str]]) -> Any:
 
 # ----------------------------------------------------------------------------- modes
 def _plan(cfg: InferConfig, console: Any, prompt_len: int, model_config: Any) -> Any:
+    from fedintel.inference.config import InferConfigError
     from fedintel.inference.planner import evaluate_plan, plan_split, problem_from_config
 
     problem = problem_from_config(model_config, prompt_len, cfg.max_new_tokens)
@@ -251,6 +256,7 @@ def mode_split(cfg: InferConfig, args: argparse.Namespace, console: Any) -> int:
 
 def _draft(cfg: InferConfig) -> tuple[str, Any]:
     """A description and the loaded small model (early exit, another model and/or int8)."""
+    from fedintel.inference.config import InferConfigError
     from fedintel.inference.stage import quantize_int8
 
     name = cfg.draft_model or cfg.model
@@ -337,6 +343,7 @@ def mode_cascade(cfg: InferConfig, args: argparse.Namespace, console: Any) -> in
 
 def mode_multiaccess(cfg: InferConfig, args: argparse.Namespace, console: Any) -> int:
     """Requests over several paths with injected failures."""
+    from fedintel.inference.config import default_paths
     from fedintel.inference.launcher import WorkerGroup
     from fedintel.inference.multiaccess import (
         AllPathsFailed,

@@ -22,11 +22,12 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from fedintel.inference.protocol import Client, Message, ProtocolError, RemoteError, parse_address
+
+if TYPE_CHECKING:  # torch only in annotations: the CLI's --help stays fast
+    import torch
 
 log = logging.getLogger(__name__)
 

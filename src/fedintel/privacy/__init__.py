@@ -6,8 +6,7 @@ Importing :mod:`fedintel.privacy.dp` registers the ``dp_fedavg`` aggregator.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fedintel.lazy import lazy_getattr
 
 _EXPORTS = {
     "PrivacyAccountant": "accountant",
@@ -31,9 +30,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"fedintel.privacy.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'fedintel.privacy' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

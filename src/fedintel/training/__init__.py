@@ -1,6 +1,18 @@
-"""One client's local training loop and evaluation."""
+"""One client's local training loop and evaluation.
 
-from fedintel.training.client import LocalTrainSpec, TrainingDiverged, train_local
-from fedintel.training.evaluate import evaluate
+The names load lazily so that light modules (``fedintel.training.flops``) import without torch.
+"""
 
-__all__ = ["LocalTrainSpec", "TrainingDiverged", "evaluate", "train_local"]
+from __future__ import annotations
+
+from fedintel.lazy import lazy_getattr
+
+_EXPORTS = {
+    "LocalTrainSpec": "client",
+    "TrainingDiverged": "client",
+    "train_local": "client",
+    "evaluate": "evaluate",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

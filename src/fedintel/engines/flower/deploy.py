@@ -432,20 +432,34 @@ class LocalCluster:
                 pass
         for p in order:
             p.stop(grace=0.0)
-        for pid in pids_with_env(f"FLWR_HOME={self.root}/"):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        # Children that escaped their process group (ClientApps forked by a launcher), swept until none is
+        # left: a dying launcher may still fork one more.
+        for _ in range(10):
+            strays = pids_with_env(f"FLWR_HOME={self.root}/")
+            if not strays:
+                break
+            for pid in strays:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            time.sleep(0.2)
 
-    def leftovers(self) -> list[int]:
-        """PIDs of processes started for this cluster that are still running (should be empty after stop)."""
-        alive = []
-        for pid in pids_with_env(f"FLWR_HOME={self.root}/"):
-            try:
-                state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-            except OSError:
-                continue
-            if state != "Z":
-                alive.append(pid)
-        return alive
+    def leftovers(self, settle: float = 15.0) -> list[str]:
+        """Processes started for this cluster that still run ``settle`` seconds after :meth:`stop` (should be
+        none), as ``"pid: command line"``. The wait matters on a loaded machine: a SIGKILLed process that maps
+        a model takes a moment to be torn down."""
+        end = time.monotonic() + settle
+        while True:
+            alive = []
+            for pid in pids_with_env(f"FLWR_HOME={self.root}/"):
+                try:
+                    state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:
+                    continue
+                if state != "Z":
+                    alive.append(f"{pid}: {cmdline.strip()[:200]}")
+            if not alive or time.monotonic() >= end:
+                return alive
+            time.sleep(0.2)
