@@ -165,7 +165,8 @@ def run_experiment(
         finally:
             reporter.stop()
             scheme.engine.close()
-        adapters = export_adapters(world, scheme.final_adapters(state), run_dir) if cfg.output.save_adapter else {}
+        adapters = (export_adapters(world, scheme.final_adapters(state), run_dir, scheme.client_adapters(state))
+                    if cfg.output.save_adapter else {})
         rounds = store.rounds(run_id)
         (run_dir / "summary.json").write_text(json.dumps({"run_id": run_id, "final": rounds[-1] if rounds else {}}, indent=2))
         store.set_status(run_id, "finished")

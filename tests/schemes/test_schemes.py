@@ -112,3 +112,28 @@ def test_heterogeneous_ranks_with_exact_aggregation(tiny_cfg, tmp_path):
     assert all(v == (full // 4 if cid % 2 == 0 else full) for cid, v in by_client.items())
     assert res.rounds[-1]["lora_exact_error"] < 1e-6 or res.rounds[-1]["lora_exact_error"] < res.rounds[-1]["lora_naive_error"]
     assert res.rounds[-1]["eval_loss"] < res.rounds[0]["eval_loss"]
+
+
+def test_each_client_serves_with_its_cluster_adapter(tiny_cfg, tmp_path):
+    """clients.json maps every client to its cluster's PEFT adapter, which loads with PeftModel and holds
+    exactly that cluster's weights."""
+    from peft import PeftModel
+
+    from fedintel.models.loader import load_base_model
+    from fedintel.tracking.checkpoint import latest_checkpoint
+    from fedintel.tracking.export import adapter_for_client
+
+    cfg = tiny_cfg(data=DOMAINS, federation={"scheme": "clustered", "clients_per_round": 4, "rounds": 1},
+                   clustering={"method": "given", "num_clusters": 2}, eval={"per_client": False})
+    run = run_experiment(cfg, tmp_path / "cfl")
+    state = latest_checkpoint(run.run_dir)["state"]
+    assert sorted(run.adapters) == ["cluster_0", "cluster_1"]
+    for cid, k in enumerate(state["assignment"]):
+        path = adapter_for_client(run.run_dir, cid)
+        assert path == run.adapters[f"cluster_{k}"]
+        model = PeftModel.from_pretrained(load_base_model(cfg.model).model, str(path))
+        loaded = dict(model.named_parameters())
+        for key, t in state["clusters"][k].items():  # keyed by the PEFT model's own parameter names
+            torch.testing.assert_close(loaded[key], t, rtol=0, atol=0)
+    with pytest.raises(KeyError, match="client 99"):
+        adapter_for_client(run.run_dir, 99)

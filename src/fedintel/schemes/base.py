@@ -74,6 +74,10 @@ class Scheme(ABC):
         """Adapters to export at the end, by name (``global``, ``cluster_0``...)."""
         return {"global": state["global"]}
 
+    def client_adapters(self, state: dict[str, Any]) -> dict[int, str]:
+        """The exported adapter each client serves with at inference (a name of :meth:`final_adapters`)."""
+        return {c.client_id: "global" for c in self.world.data.clients}
+
     def initial_record(self, state: dict[str, Any]) -> RoundRecord:
         """Round 0: the untrained adapter evaluated like any round, the baseline of every curve."""
         record = RoundRecord()

@@ -192,3 +192,7 @@ class ClusteredScheme(Scheme):
 
     def final_adapters(self, state: dict[str, Any]) -> dict[str, AdapterState]:
         return {f"cluster_{k}": s for k, s in enumerate(state["clusters"])}
+
+    def client_adapters(self, state: dict[str, Any]) -> dict[int, str]:
+        # A client not yet assigned (-1: opted out before clustering) serves with cluster 0, as it is evaluated.
+        return {cid: f"cluster_{max(k, 0)}" for cid, k in enumerate(state["assignment"])}

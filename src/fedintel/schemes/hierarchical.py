@@ -125,3 +125,7 @@ class HierarchicalScheme(Scheme):
         out = {"global": state["global"]}
         out.update({f"edge_{e}": s for e, s in enumerate(state["tiers"][0])})
         return out
+
+    def client_adapters(self, state: dict[str, Any]) -> dict[int, str]:
+        # The personalised adapter of the client's edge server (``global`` is exported beside it).
+        return {c.client_id: f"edge_{self.client_edge[c.client_id]}" for c in self.world.data.clients}
