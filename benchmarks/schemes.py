@@ -6,13 +6,20 @@
 * Hierarchical (2 edge servers, cloud every 2 rounds) vs flat: bytes reaching the cloud, time to target.
 * Exact vs naive LoRA aggregation: aggregation error and final loss.
 
-    python benchmarks/schemes.py [--layers 6] [--rounds 5]     # --layers N keeps SmolLM2's first N layers
+    python benchmarks/schemes.py [--rounds 4] [--layers N]     # --layers N keeps SmolLM2's first N layers
+
+Runs with the same config are made once and shared (FL-LoRA on the generation domains is also the naive-LoRA
+run; sync FedAvg under stragglers is also the flat baseline of the hierarchical comparison).
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
+import hashlib
+import json
+import shutil
+import sys
+import time
 from pathlib import Path
 
 import _common
@@ -20,27 +27,47 @@ import _common
 from fedintel.config import parse_config
 from fedintel.experiment import run_experiment
 from fedintel.tracking.plots import plot_compare
+from fedintel.tracking.store import MetricsStore
 
 
 def base(args: argparse.Namespace, **sections: dict) -> dict:
     raw = {
         "model": {"name": "smollm2-135m", "num_layers": args.layers},
-        "data": {"dataset": "generation4", "max_length": 64, "samples_per_client": 48, "global_eval_samples": 64,
+        "data": {"dataset": "generation4", "max_length": 64, "samples_per_client": 48, "global_eval_samples": 32,
                  "partition": {"method": "by_domain"}},
         "federation": {"rounds": args.rounds, "num_clients": 8, "clients_per_round": 8, "local_steps": 2,
                        "batch_size": 8, "micro_batch_size": 8, "lr": 3e-3, "seed": 0},
-        "eval": {"max_samples": 32},
+        "eval": {"max_samples": 16},
+        "aggregation": {"lora": "naive"},
         "network": {"devices": {"distribution": "lognormal", "mean_flops": 5e10, "spread": 0.5}},
-        "output": {"dir": tempfile.mkdtemp(), "save_adapter": False},
+        "output": {"dir": OUT_RUNS, "save_adapter": False},
     }
     for k, v in sections.items():
         raw[k] = {**raw.get(k, {}), **v} if isinstance(v, dict) else v
     return raw
 
 
+OUT_RUNS = str(_common.OUT / "schemes" / "runs")
+
+
 def run(raw: dict, name: str) -> list[dict]:
-    raw = {**raw, "name": name}
-    return run_experiment(parse_config(raw)).rounds
+    """Per-round metrics of ``raw``. Each config runs once: a finished run of the same config (same hash,
+    in this process or an earlier one) is read back from its metrics store, so an interrupted benchmark
+    picks up where it stopped."""
+    digest = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:12]
+    same = sorted(Path(OUT_RUNS).glob(f"*-{digest}"))  # the same config under another name (e.g. fl-lora, lora-naive)
+    run_dir = same[0] if same else Path(OUT_RUNS) / f"{name}-{digest}"
+    db = run_dir / "metrics.db"
+    if db.is_file():
+        with MetricsStore(db) as store:
+            run_id = store.run_ids()[-1]
+            if store.run_info(run_id)["status"] == "finished":
+                return store.rounds(run_id)
+        shutil.rmtree(run_dir)  # an interrupted run: start it again
+    t0 = time.perf_counter()
+    rounds = run_experiment(parse_config({**raw, "name": name}), run_dir).rounds
+    print(f"  ran {name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    return rounds
 
 
 def first_round_reaching(rounds: list[dict], key: str, target: float) -> int | str:
@@ -63,12 +90,13 @@ def cfl_vs_fl(args: argparse.Namespace, out: Path) -> str:
         ("generation (SmolLM2, 4 text domains)", {}),
         ("classification (MiniLM, VADER 4 domains)", {
             "model": {"name": "minilm-l6", "task": "classification", "num_labels": 2, "num_layers": None},
-            "data": {"dataset": "vader", "samples_per_client": 96}, "federation": {"local_steps": 4},
+            "data": {"dataset": "vader", "samples_per_client": 96},
+            "federation": {"local_steps": 4, "rounds": args.cls_rounds},
         }),
     ]:
         fl = run(base(args, **extra), "fl-lora")
-        cfl = run(base(args, **extra, federation={"scheme": "clustered"},
-                       clustering={"method": "similarity", "num_clusters": 4}), "cfl-lora")
+        clustered = {**extra, "federation": {**extra.get("federation", {}), "scheme": "clustered"}}
+        cfl = run(base(args, **clustered, clustering={"method": "similarity", "num_clusters": 4}), "cfl-lora")
         key = "client_eval_loss"
         doms = sorted(k.split("/", 1)[1] for k in fl[-1] if k.startswith("eval_loss/"))
         rows = [[d, fl[-1][f"eval_loss/{d}"], cfl[-1][f"eval_loss/{d}"]] for d in doms]
@@ -77,9 +105,10 @@ def cfl_vs_fl(args: argparse.Namespace, out: Path) -> str:
         if "eval_accuracy" in fl[-1]:
             rows.append(["accuracy (mean over domains)", fl[-1]["eval_accuracy"], cfl[-1]["eval_accuracy"]])
         reach = first_round_reaching(cfl, "eval_loss_domain_mean", fl[-1]["eval_loss_domain_mean"])
-        lines.append(f"### CFL-LoRA vs FL-LoRA, {task}, {args.rounds} rounds\n")
+        rounds = len(fl) - 1
+        lines.append(f"### CFL-LoRA vs FL-LoRA, {task}, {rounds} rounds\n")
         lines.append(_common.table(["final eval loss on", "FL-LoRA", "CFL-LoRA"], rows))
-        lines.append(f"\nCFL-LoRA reaches FL-LoRA's final domain-mean loss at round {reach} of {args.rounds}; "
+        lines.append(f"\nCFL-LoRA reaches FL-LoRA's final domain-mean loss at round {reach} of {rounds}; "
                      f"cluster purity {cfl[-1].get('cluster_purity', float('nan')):.2f}.\n")
         plot_compare({"FL-LoRA": [(r["round"], r["eval_loss_domain_mean"]) for r in fl],
                       "CFL-LoRA": [(r["round"], r["eval_loss_domain_mean"]) for r in cfl]},
@@ -87,9 +116,12 @@ def cfl_vs_fl(args: argparse.Namespace, out: Path) -> str:
     return "\n".join(lines)
 
 
+STRAGGLERS = {"devices": {"distribution": "lognormal", "mean_flops": 5e10, "spread": 1.2}}
+IID = {"dataset": "chatterbot", "partition": {"method": "iid"}}
+
+
 def async_vs_sync(args: argparse.Namespace, out: Path) -> str:
-    strag = {"devices": {"distribution": "lognormal", "mean_flops": 5e10, "spread": 1.2}}
-    iid = {"dataset": "chatterbot", "partition": {"method": "iid"}}
+    strag, iid = STRAGGLERS, IID
     sync = run(base(args, data=iid, network=strag), "sync")
     asy = run(base(args, data=iid, network=strag, federation={"scheme": "async"},
                    **{"async": {"mode": "fedasync", "concurrency": 8, "alpha": 0.6, "staleness": "polynomial"}}), "async")
@@ -107,9 +139,8 @@ def async_vs_sync(args: argparse.Namespace, out: Path) -> str:
 
 
 def hier_vs_flat(args: argparse.Namespace, out: Path) -> str:
-    iid = {"dataset": "chatterbot", "partition": {"method": "iid"}}
-    flat = run(base(args, data=iid), "flat")
-    hier = run(base(args, data=iid, federation={"scheme": "hierarchical"}, network={"edge_servers": 2},
+    flat = run(base(args, data=IID, network=STRAGGLERS), "sync")
+    hier = run(base(args, data=IID, federation={"scheme": "hierarchical"}, network={**STRAGGLERS, "edge_servers": 2},
                     hierarchy={"tiers": [{"nodes": 2, "period": 1}], "cloud_period": 2}), "hier")
     target = max(min(r["eval_loss"] for r in flat), min(r["eval_loss"] for r in hier))
     rows = [[name, rs[-1]["cum_bytes_cloud"] / 2**20, time_to(rs, "eval_loss", target), rs[-1]["eval_loss"]]
@@ -134,15 +165,18 @@ def exact_vs_naive(args: argparse.Namespace, out: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layers", type=int, default=6, help="SmolLM2 layers kept (30 = the whole model)")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--layers", type=int, default=None,
+                    help="keep only SmolLM2's first N layers (default: the whole model; a truncated model starts "
+                         "far from its pretrained quality)")
+    ap.add_argument("--rounds", type=int, default=4, help="rounds of the SmolLM2 runs (default 4)")
+    ap.add_argument("--cls-rounds", type=int, default=12, help="rounds of the (cheaper) MiniLM classification runs")
     ap.add_argument("--only", choices=["cfl", "async", "hier", "lora"], nargs="*")
     args = ap.parse_args()
     out = _common.OUT / "schemes"
     out.mkdir(parents=True, exist_ok=True)
     parts = {"cfl": cfl_vs_fl, "async": async_vs_sync, "hier": hier_vs_flat, "lora": exact_vs_naive}
-    print(f"SmolLM2-135M first {args.layers} layers (real pretrained weights), LoRA r=8, 8 clients, "
-          f"2 local steps of 8 x 64 tokens, {args.rounds} rounds; plots in {out}\n")
+    model = f"SmolLM2-135M first {args.layers} layers" if args.layers else "SmolLM2-135M-Instruct (whole model)"
+    print(f"{model}, LoRA r=8, 8 clients, 2 local steps of 8 x 64 tokens, {args.rounds} rounds; plots in {out}\n")
     for name in args.only or parts:
         print(parts[name](args, out), flush=True)
 

@@ -75,7 +75,17 @@ def config(tmp: Path, pretrained: bool, classification: bool = False, **sections
 
 
 def _run(cfg: ExperimentConfig, run_dir: Path) -> dict[str, float]:
-    """The final round's metrics, plus ``loss0``: the untrained adapter's eval loss (round 0)."""
+    """The final round's metrics, plus ``loss0``: the untrained adapter's eval loss (round 0).
+
+    A finished run already in ``run_dir`` (``--keep DIR`` of an earlier, interrupted benchmark) is read back."""
+    db = run_dir / "metrics.db"
+    if db.is_file():
+        with MetricsStore(db) as store:
+            run_id = store.run_ids()[-1]
+            if store.run_info(run_id)["status"] == "finished":
+                rounds = store.rounds(run_id)
+                return {**rounds[-1], "loss0": rounds[0]["eval_loss"]}
+        shutil.rmtree(run_dir)
     res = run_experiment(cfg, run_dir)
     return {**res.final, "loss0": res.rounds[0]["eval_loss"]}
 
@@ -356,7 +366,8 @@ def main() -> None:
     ap.add_argument("--pretrained", action="store_true", help="smollm2-135m / minilm-l6 instead of tiny models")
     ap.add_argument("--rounds", type=int, default=4, help="rounds per run (default 4)")
     ap.add_argument("--fraction", type=float, default=0.25, help="share of malicious clients (default 0.25)")
-    ap.add_argument("--keep", help="keep the runs in this directory (default: a temporary one)")
+    ap.add_argument("--keep", help="keep the runs in this directory (default: a temporary one); finished runs "
+                    "found there are reused, so a rerun with the same --keep resumes an interrupted benchmark")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fedintel-trust-"))
