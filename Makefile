@@ -20,9 +20,10 @@ quickstart: install
 	$(VENV)/bin/fedintel run examples/quickstart.yaml
 
 # Two workers: many tests wait on processes and sockets (Flower's polling, device workers), so the
-# suite's wall time nearly halves on 2 cores; each file stays on one worker (module fixtures are shared).
+# suite's wall time nearly halves on 2 cores. Each file stays on one worker (module fixtures are shared),
+# in collection order: tests/conftest.py puts the longest modules first.
 test: install
-	$(VENV)/bin/python -m pytest -m "not slow" -n 2 --dist loadfile
+	$(VENV)/bin/python -m pytest -m "not slow" -n 2 --dist loadfile --no-loadscope-reorder
 
 test-all: install
 	$(VENV)/bin/python -m pytest

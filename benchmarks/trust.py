@@ -200,7 +200,7 @@ def bench_label_flip(tmp: Path, rounds: int, fraction: float) -> str:
     attacks = ["none", "label_flip"]
 
     def make(agg: dict, atk: dict) -> ExperimentConfig:
-        return config(tmp, True, classification=True, threads=1, data={"max_length": 32, "global_eval_samples": 128},
+        return config(tmp, True, classification=True, threads=2, data={"max_length": 32, "global_eval_samples": 128},
                       eval={"max_samples": 128}, federation={"rounds": rounds, "lr": 3e-3, "local_steps": 8,
                                                              "batch_size": 8, "micro_batch_size": 8},
                       aggregation=agg, attack=atk)

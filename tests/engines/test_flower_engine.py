@@ -237,11 +237,14 @@ def test_divergence_on_a_node_stops_the_run_like_locally(tiny_cfg, tmp_path):
 @pytest.mark.parametrize("scheme", [
     {"federation": {"scheme": "hierarchical"}, "hierarchy": {"tiers": [{"nodes": 2, "period": 1}], "cloud_period": 2}},
     {"federation": {"scheme": "async"}, "async": {"mode": "fedasync", "concurrency": 2, "alpha": 0.6}},
-], ids=["hierarchical", "async"])
-def test_hierarchical_and_async_schemes_run_on_the_flower_engine(tiny_cfg, tmp_path, scheme):
-    fed = scheme.pop("federation")
+    {"federation": {"scheme": "clustered"}, "clustering": {"method": "given", "num_clusters": 2},
+     "data": {"partition": {"method": "by_domain"}}},
+    {"federation": {"scheme": "clustered"}, "clustering": {"method": "similarity", "num_clusters": 2}},
+], ids=["hierarchical", "async", "clustered-given", "clustered-similarity"])
+def test_every_scheme_gives_the_local_metrics_on_the_flower_engine(tiny_cfg, tmp_path, scheme):
+    fed, data = scheme.pop("federation"), scheme.pop("data", {})
     cfg = tiny_cfg(federation={"num_clients": 3, "clients_per_round": 3, **fed}, eval={"max_samples": 8, "per_client": False},
-                   data={"domains": ["tech_support", "trivia"]}, **scheme)
+                   data={"domains": ["tech_support", "trivia"], **data}, **scheme)
     local = run_experiment(cfg, tmp_path / "local")
     shards = write_shards(cfg, tmp_path / "shards")
     grid = FakeGrid(_nodes(shards))
