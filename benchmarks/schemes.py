@@ -27,7 +27,7 @@ import _common
 from fedintel.config import parse_config
 from fedintel.experiment import run_experiment
 from fedintel.tracking.plots import plot_compare
-from fedintel.tracking.store import MetricsStore
+from fedintel.tracking.store import finished_rounds
 
 
 def base(args: argparse.Namespace, **sections: dict) -> dict:
@@ -57,13 +57,10 @@ def run(raw: dict, name: str) -> list[dict]:
     digest = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:12]
     same = sorted(Path(OUT_RUNS).glob(f"*-{digest}"))  # the same config under another name (e.g. fl-lora, lora-naive)
     run_dir = same[0] if same else Path(OUT_RUNS) / f"{name}-{digest}"
-    db = run_dir / "metrics.db"
-    if db.is_file():
-        with MetricsStore(db) as store:
-            run_id = store.run_ids()[-1]
-            if store.run_info(run_id)["status"] == "finished":
-                return store.rounds(run_id)
-        shutil.rmtree(run_dir)  # an interrupted run: start it again
+    done = finished_rounds(run_dir)
+    if done is not None:
+        return done
+    shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run: start it again
     t0 = time.perf_counter()
     rounds = run_experiment(parse_config({**raw, "name": name}), run_dir).rounds
     print(f"  ran {name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
@@ -121,9 +118,8 @@ IID = {"dataset": "chatterbot", "partition": {"method": "iid"}}
 
 
 def async_vs_sync(args: argparse.Namespace, out: Path) -> str:
-    strag, iid = STRAGGLERS, IID
-    sync = run(base(args, data=iid, network=strag), "sync")
-    asy = run(base(args, data=iid, network=strag, federation={"scheme": "async"},
+    sync = run(base(args, data=IID, network=STRAGGLERS), "sync")
+    asy = run(base(args, data=IID, network=STRAGGLERS, federation={"scheme": "async"},
                    **{"async": {"mode": "fedasync", "concurrency": 8, "alpha": 0.6, "staleness": "polynomial"}}), "async")
     target = max(min(r["eval_loss"] for r in sync), min(r["eval_loss"] for r in asy))
     ts, ta = time_to(sync, "eval_loss", target), time_to(asy, "eval_loss", target)

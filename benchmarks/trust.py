@@ -47,7 +47,7 @@ from fedintel.privacy.membership import run_membership  # noqa: E402
 from fedintel.privacy.secagg import SecAggClient, SecAggServer, default_threshold  # noqa: E402
 from fedintel.privacy.unlearning import forget_approximate, forget_exact, participation  # noqa: E402
 from fedintel.tracking.checkpoint import latest_checkpoint  # noqa: E402
-from fedintel.tracking.store import MetricsStore  # noqa: E402
+from fedintel.tracking.store import MetricsStore, finished_rounds  # noqa: E402
 from fedintel.types import Update  # noqa: E402
 from fedintel.world import build_world  # noqa: E402
 
@@ -78,16 +78,11 @@ def _run(cfg: ExperimentConfig, run_dir: Path) -> dict[str, float]:
     """The final round's metrics, plus ``loss0``: the untrained adapter's eval loss (round 0).
 
     A finished run already in ``run_dir`` (``--keep DIR`` of an earlier, interrupted benchmark) is read back."""
-    db = run_dir / "metrics.db"
-    if db.is_file():
-        with MetricsStore(db) as store:
-            run_id = store.run_ids()[-1]
-            if store.run_info(run_id)["status"] == "finished":
-                rounds = store.rounds(run_id)
-                return {**rounds[-1], "loss0": rounds[0]["eval_loss"]}
-        shutil.rmtree(run_dir)
-    res = run_experiment(cfg, run_dir)
-    return {**res.final, "loss0": res.rounds[0]["eval_loss"]}
+    rounds = finished_rounds(run_dir)
+    if rounds is None:
+        shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run: start it again
+        rounds = run_experiment(cfg, run_dir).rounds
+    return {**rounds[-1], "loss0": rounds[0]["eval_loss"]}
 
 
 # -- 1. loss vs epsilon ----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import numpy as np
 
 from fedintel.config import ExperimentConfig, load_config
 from fedintel.experiment import resume_experiment, run_experiment
-from fedintel.tracking.store import MetricsStore
+from fedintel.tracking.store import MetricsStore, finished_rounds
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +58,6 @@ def experiment_configs(exp_dir: Path, quick: bool, overrides: list[str]) -> dict
     return out
 
 
-def _finished(run_dir: Path) -> bool:
-    db = run_dir / "metrics.db"
-    if not db.is_file():
-        return False
-    with MetricsStore(db) as store:
-        ids = store.run_ids()
-        return bool(ids) and store.run_info(ids[-1])["status"] == "finished"
-
-
 def run_all(
     exp_dir: Path, runs_dir: Path, seeds: list[int], quick: bool, overrides: list[str],
     on_run: Callable[[str, int, str], None] | None = None,
@@ -78,7 +69,7 @@ def run_all(
         for seed in seeds:
             run_dir = runs_dir / f"{name}-s{seed}"
             runs.append(PaperRun(name, seed, run_dir))
-            if _finished(run_dir):
+            if finished_rounds(run_dir) is not None:
                 status = "done already"
             elif (run_dir / "metrics.db").is_file():
                 resume_experiment(run_dir)

@@ -154,3 +154,16 @@ class MetricsStore:
             q += " AND kind=?"
             args += (kind,)
         return list(self.conn.execute(q + " ORDER BY round", args))
+
+
+def finished_rounds(run_dir: Path) -> list[dict[str, float]] | None:
+    """Per-round metrics of the newest run in ``run_dir/metrics.db`` if it finished; ``None`` when there is
+    no store or the run was interrupted (what resumable drivers and benchmarks check before running)."""
+    db = Path(run_dir) / "metrics.db"
+    if not db.is_file():
+        return None
+    with MetricsStore(db) as store:
+        ids = store.run_ids()
+        if not ids or store.run_info(ids[-1])["status"] != "finished":
+            return None
+        return store.rounds(ids[-1])
