@@ -27,7 +27,22 @@ def test_quick_reproduction_writes_a_full_report_from_the_store(tmp_path, capsys
         assert "nan" not in cells[2] and re.search(r"\d", cells[2]), row
         assert cells[3] in ("**holds**", "**does not hold**")
     plots = tmp_path / "results_plots"
-    assert len(list(plots.glob("*.png"))) == 7
+    assert len(list(plots.glob("*.png"))) == 10
+    # the setup table's "here" rows and the cost table come from the runs, one row per experiment
+    n_exp = sum(len(v) for v in FIGURES.values())
+    setup = text.split("Each experiment as it ran", 1)[1].split("## Claims", 1)[0]
+    assert sum(ln.startswith("| FL-") or ln.startswith("| CFL-") for ln in setup.splitlines()) == n_exp
+    assert "| FL-LoRA (fig5) | tiny-llama | chatterbot (iid) | lora r=8 | fedavg | 8 x 10 | 2 | 1 |" in setup
+    costs = text.split("## Cost on the simulated edge network", 1)[1].split("## Curves", 1)[0]
+    cost_rows = [ln for ln in costs.splitlines() if ln.startswith("| fig")]
+    assert len(cost_rows) == n_exp and all("nan" not in r for r in cost_rows)
+    # the report links small published copies of each store (no checkpoints) and can be rebuilt from them alone
+    published = tmp_path / "results_runs"
+    assert sorted(p.name for p in (published / "fig6b_cfl-s1").iterdir()) == ["config.yaml", "metrics.db"]
+    assert "`results_runs/fig5_lora-s0`" in text
+    out.unlink()
+    assert main(["reproduce", "paper", "--quick", "--seeds", "2", "--report-only", "--out", str(out)]) == 0
+    assert out.read_text() == text
 
     # the numbers come from the metrics stores: change one value, regenerate, and the report follows
     db = tmp_path / "runs" / "fig5_lora-s0" / "metrics.db"

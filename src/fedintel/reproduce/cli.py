@@ -16,8 +16,8 @@ SETUP = {
     "Fig. 6b data": ("SST-2, QNLI, QQP, Amazon polarity", "VADER human-rated sentiment: tweets, movie reviews "
                      "(Pang & Lee, SST-2's source), Amazon reviews, NYT editorials"),
     "users, clusters": ("8 (Fig. 5); 16 users in 4 clusters (Fig. 6)", "same; clusters found from update similarity"),
-    "samples, batch, lr, tokens": ("1600 per user, 80, 2e-4, 128", "see each YAML in benchmarks/paper/: fewer samples "
-                                   "and smaller batches so the runs fit 2 CPU cores; lr 2e-4 (Fig. 5), 128 tokens"),
+    "samples, batch, lr, tokens": ("1600 per user, 80, 2e-4, 128 (Fig. 5)", "the table below, from each run's config: "
+                                   "fewer samples, rounds and smaller batches so 21 runs of a 135M model fit 2 CPU cores"),
     "network": ("100 m cell, 20 MHz, 23 dBm, -80 dBm noise", "same (fedintel's defaults), plus Rayleigh fading, "
                 "log-normal shadowing and heterogeneous device speeds for the simulated clock"),
 }
@@ -35,6 +35,9 @@ def add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--experiments", default=None, help="directory of the experiment YAMLs (default: benchmarks/paper)")
     q.add_argument("--runs-dir", default=None, help="where runs go (default: runs/paper or runs/paper-quick)")
     q.add_argument("--out", default="docs/results.md", help="report path (default: docs/results.md)")
+    q.add_argument("--report-only", action="store_true",
+                   help="run nothing: rebuild the report from finished runs (default: the stores published beside "
+                        "the report, e.g. docs/results_runs/)")
     q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value in every experiment (e.g. --set federation.rounds=5)")
     q.set_defaults(func=_cmd_paper)
@@ -44,7 +47,7 @@ def _cmd_paper(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from fedintel.reproduce.paper import DEFAULT_EXPERIMENTS, FIGURES, run_all
+    from fedintel.reproduce.paper import DEFAULT_EXPERIMENTS, FIGURES, existing_runs, publish, run_all
     from fedintel.reproduce.report import write_report
 
     console = Console()
@@ -52,6 +55,13 @@ def _cmd_paper(args: argparse.Namespace) -> int:
     exp_dir = Path(args.experiments) if args.experiments else DEFAULT_EXPERIMENTS
     if not exp_dir.is_dir():
         raise FileNotFoundError(f"--experiments: {exp_dir} is not a directory of experiment YAMLs")
+    out = Path(args.out)
+    published = out.parent / f"{out.stem}_runs"
+    if args.report_only:
+        runs = existing_runs(Path(args.runs_dir) if args.runs_dir else published, seeds)
+        write_report(runs, out, SETUP, args.quick)
+        console.print(f"report: [bold]{out}[/] rebuilt from {len(runs)} finished runs")
+        return 0
     runs_dir = Path(args.runs_dir or ("runs/paper-quick" if args.quick else "runs/paper"))
     total = sum(len(v) for v in FIGURES.values()) * len(seeds)
     with Progress(TextColumn("[bold]paper runs"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
@@ -59,6 +69,8 @@ def _cmd_paper(args: argparse.Namespace) -> int:
         task = progress.add_task("runs", total=total, info="")
         runs = run_all(exp_dir, runs_dir, seeds, args.quick, args.set,
                        on_run=lambda name, seed, status: progress.update(task, advance=1, info=f"{name} seed {seed}: {status}"))
-    out = write_report(runs, Path(args.out), SETUP, args.quick)
-    console.print(f"report: [bold]{out}[/] (plots in {out.parent / (out.stem + '_plots')})")
+    # the report reads (and links) small copies of each store, so it can be rebuilt and committed without checkpoints
+    runs = publish(runs, published)
+    write_report(runs, out, SETUP, args.quick)
+    console.print(f"report: [bold]{out}[/] (plots in {out.parent / (out.stem + '_plots')}, stores in {published})")
     return 0

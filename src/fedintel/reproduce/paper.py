@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +32,12 @@ LABELS = {
 }
 # --quick: the same experiments, smaller, so the whole reproduction is a <15-minute smoke check.
 QUICK: dict[str, list[str]] = {
-    "fig5": ["federation.rounds=3", "data.samples_per_client=16", "data.max_length=64", "federation.local_steps=1",
-             "federation.batch_size=8", "eval.max_samples=16", "data.global_eval_samples=16"],
-    "fig6a": ["federation.rounds=3", "data.samples_per_client=12", "data.max_length=64", "federation.local_steps=1",
-              "eval.max_samples=8", "data.global_eval_samples=16"],
-    "fig6b": ["federation.rounds=3", "data.samples_per_client=40", "data.max_length=64", "eval.max_samples=40",
-              "data.global_eval_samples=80"],
+    "fig5": ["federation.rounds=2", "data.samples_per_client=16", "data.max_length=32", "federation.local_steps=1",
+             "federation.batch_size=8", "eval.max_samples=8", "data.global_eval_samples=8"],
+    "fig6a": ["federation.rounds=2", "data.samples_per_client=10", "data.max_length=32", "federation.local_steps=1",
+              "eval.max_samples=4", "data.global_eval_samples=8"],
+    "fig6b": ["federation.rounds=2", "data.samples_per_client=20", "data.max_length=32", "federation.local_steps=2",
+              "eval.max_samples=8", "data.global_eval_samples=32"],
 }
 DEFAULT_EXPERIMENTS = Path(__file__).resolve().parents[3] / "benchmarks" / "paper"
 
@@ -96,6 +97,46 @@ def series(runs: list[PaperRun], experiment: str, metric: str, x: str = "round")
     n = min(len(v) for v in values)
     xs = [rd[x] for rd in rows[0] if metric in rd][:n]
     return np.asarray(xs, dtype=float), np.asarray([v[:n] for v in values], dtype=float)
+
+
+def run_totals(run: PaperRun) -> dict[str, float]:
+    """Whole-run costs from the last round: simulated time, uplink/downlink bytes, device energy, host wall time."""
+    rows = load_rounds(run.run_dir)
+    last = rows[-1]
+    return {
+        "sim_time_s": last.get("sim_time_s", math.nan), "cum_bytes_up": last.get("cum_bytes_up", math.nan),
+        "cum_bytes_down": last.get("cum_bytes_down", math.nan), "cum_energy_j": last.get("cum_energy_j", math.nan),
+        "wall_s": float(sum(r.get("wall_s", 0.0) for r in rows)),
+    }
+
+
+def publish(runs: list[PaperRun], dest: Path) -> list[PaperRun]:
+    """Copy each run's metrics store and config to ``dest/<run name>/`` (small files a report can be rebuilt from,
+    without the checkpoints); return the runs pointing at the copies."""
+    out = []
+    for r in runs:
+        target = dest / r.run_dir.name
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("metrics.db", "config.yaml"):
+            if (r.run_dir / name).is_file() and (r.run_dir / name).resolve() != (target / name).resolve():
+                shutil.copy2(r.run_dir / name, target / name)
+        out.append(PaperRun(r.experiment, r.seed, target))
+    return out
+
+
+def existing_runs(runs_dir: Path, seeds: list[int]) -> list[PaperRun]:
+    """The finished runs already in ``runs_dir`` (for rebuilding a report without running anything)."""
+    runs, missing = [], []
+    for names in FIGURES.values():
+        for name in names:
+            for seed in seeds:
+                run = PaperRun(name, seed, runs_dir / f"{name}-s{seed}")
+                (runs if finished_rounds(run.run_dir) is not None else missing).append(run)
+    if missing:
+        raise FileNotFoundError(
+            f"--report-only: {len(missing)} runs are not finished in {runs_dir} (e.g. {missing[0].run_dir.name}); "
+            "run without --report-only to run or resume them")
+    return runs
 
 
 def final(runs: list[PaperRun], experiment: str, metric: str) -> np.ndarray:
