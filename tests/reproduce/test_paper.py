@@ -5,7 +5,7 @@ import sqlite3
 
 from fedintel.cli import main
 from fedintel.reproduce.cli import SETUP
-from fedintel.reproduce.paper import FIGURES, PaperRun
+from fedintel.reproduce.paper import FIGURES, paper_runs
 from fedintel.reproduce.report import write_report
 
 TINY = ["--set", "model.name=tiny-llama", "--set", "model.num_layers=null", "--set", "data.max_length=16",
@@ -50,7 +50,7 @@ def test_quick_reproduction_writes_a_full_report_from_the_store(tmp_path, capsys
     con.execute("UPDATE round_metrics SET value=987.654 WHERE name='train_loss' AND round=(SELECT MAX(round) FROM round_metrics)")
     con.commit()
     con.close()
-    runs = [PaperRun(n, s, tmp_path / "runs" / f"{n}-s{s}") for names in FIGURES.values() for n in names for s in (0, 1)]
+    runs = paper_runs(tmp_path / "runs", [0, 1])
     write_report(runs, out, SETUP, quick=True)
     row = next(ln for ln in out.read_text().splitlines() if ln.startswith("| Fig. 5a"))
     con1 = sqlite3.connect(tmp_path / "runs" / "fig5_lora-s1" / "metrics.db")

@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import sqlite3
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,23 +67,27 @@ def run_all(
 ) -> list[PaperRun]:
     """Run (or resume, or skip) every experiment x seed; return where each run lives."""
     configs = experiment_configs(exp_dir, quick, overrides)
-    runs = []
-    for name, cfg in configs.items():
-        for seed in seeds:
-            run_dir = runs_dir / f"{name}-s{seed}"
-            runs.append(PaperRun(name, seed, run_dir))
-            if finished_rounds(run_dir) is not None:
-                status = "done already"
-            elif (run_dir / "metrics.db").is_file():
-                resume_experiment(run_dir)
-                status = "resumed"
-            else:
-                seeded = cfg.model_copy(update={"federation": cfg.federation.model_copy(update={"seed": seed})})
-                run_experiment(seeded, run_dir)
-                status = "ran"
-            if on_run:
-                on_run(name, seed, status)
+    runs = paper_runs(runs_dir, seeds)
+    for run in runs:
+        if finished_rounds(run.run_dir) is not None:
+            status = "done already"
+        elif (run.run_dir / "metrics.db").is_file():
+            resume_experiment(run.run_dir)
+            status = "resumed"
+        else:
+            cfg = configs[run.experiment]
+            seeded = cfg.model_copy(update={"federation": cfg.federation.model_copy(update={"seed": run.seed})})
+            run_experiment(seeded, run.run_dir)
+            status = "ran"
+        if on_run:
+            on_run(run.experiment, run.seed, status)
     return runs
+
+
+def paper_runs(runs_dir: Path, seeds: list[int]) -> list[PaperRun]:
+    """Every experiment x seed and the directory its run lives in (``<runs_dir>/<experiment>-s<seed>``)."""
+    return [PaperRun(name, seed, runs_dir / f"{name}-s{seed}")
+            for names in FIGURES.values() for name in names for seed in seeds]
 
 
 # -- reading results ---------------------------------------------------------------------------------
@@ -117,21 +123,21 @@ def publish(runs: list[PaperRun], dest: Path) -> list[PaperRun]:
     for r in runs:
         target = dest / r.run_dir.name
         target.mkdir(parents=True, exist_ok=True)
-        for name in ("metrics.db", "config.yaml"):
-            if (r.run_dir / name).is_file() and (r.run_dir / name).resolve() != (target / name).resolve():
-                shutil.copy2(r.run_dir / name, target / name)
+        if r.run_dir.resolve() != target.resolve():
+            shutil.copy2(r.run_dir / "config.yaml", target / "config.yaml")
+            # SQLite's backup API, not a file copy: the store runs in WAL mode, so the .db file alone may lag
+            (target / "metrics.db").unlink(missing_ok=True)
+            with closing(sqlite3.connect(r.run_dir / "metrics.db")) as src, \
+                    closing(sqlite3.connect(target / "metrics.db")) as dst:
+                src.backup(dst)
         out.append(PaperRun(r.experiment, r.seed, target))
     return out
 
 
 def existing_runs(runs_dir: Path, seeds: list[int]) -> list[PaperRun]:
     """The finished runs already in ``runs_dir`` (for rebuilding a report without running anything)."""
-    runs, missing = [], []
-    for names in FIGURES.values():
-        for name in names:
-            for seed in seeds:
-                run = PaperRun(name, seed, runs_dir / f"{name}-s{seed}")
-                (runs if finished_rounds(run.run_dir) is not None else missing).append(run)
+    runs = paper_runs(runs_dir, seeds)
+    missing = [r for r in runs if finished_rounds(r.run_dir) is None]
     if missing:
         raise FileNotFoundError(
             f"--report-only: {len(missing)} runs are not finished in {runs_dir} (e.g. {missing[0].run_dir.name}); "
