@@ -10,9 +10,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Built-in models and datasets never touch a hub; HF_HUB_OFFLINE is the user's to set (Hugging Face ids
+# and hf: datasets download through the standard cache unless it is 1).
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
@@ -66,7 +65,8 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     from fedintel.experiment import resume_experiment
     from fedintel.tracking.progress import NullReporter, RichReporter
 
-    result = resume_experiment(Path(args.run_dir), NullReporter() if args.quiet else RichReporter())
+    result = resume_experiment(Path(args.run_dir), NullReporter() if args.quiet else RichReporter(),
+                               runtime_overrides=args.set)
     _finish(result)
     return 0
 
@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="continue a killed run from its last checkpoint",
                        description="Continue a run from its last checkpoint; it reaches the same result as an uninterrupted run.")
     p.add_argument("run_dir")
+    p.add_argument("--set", action="append", default=[], metavar="runtime.KEY=VALUE",
+                   help="continue on other hardware, e.g. --set runtime.device=cpu (runtime.* keys only)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_resume)
 
@@ -195,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*gradient checkpointing.*")
-    for noisy in ("transformers", "datasets", "peft", "httpx"):
+    for noisy in ("transformers", "datasets", "peft", "httpx", "bitsandbytes"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     from fedintel.config import ConfigError
     from fedintel.data.corpora import DatasetError

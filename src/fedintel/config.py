@@ -6,11 +6,12 @@ for choices, the allowed values.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedintel.network.config import NetworkConfig
 from fedintel.privacy.attacks import AttackConfig
@@ -26,13 +27,48 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class RuntimeConfig(_Section):
+    """Where tensors live and in which precision (the hardware a run uses)."""
+
+    device: str = Field(
+        "auto",
+        description="auto (an accelerator when one is visible, else cpu) | cpu | cuda | cuda:N | mps.",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="Precision of the frozen base model's compute. Adapter weights and optimizer state stay "
+        "float32 (master weights); float16 uses a gradient scaler.",
+    )
+    threads: int | None = Field(None, ge=1, description="torch threads of this process; default: all cores.")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not DEVICE_PATTERN.match(v):
+            raise ValueError(f"{v!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+        return v
+
+
 class ModelConfig(_Section):
     """The pretrained base model."""
 
     name: str = Field(
         "smollm2-135m",
-        description="A built-in offline model (smollm2-135m, minilm-l6, tiny-llama, tiny-bert) "
-        "or a local directory holding a Hugging Face model and tokenizer.",
+        description="A built-in offline model (smollm2-135m, minilm-l6, tiny-llama, tiny-bert), a local "
+        "directory holding a Hugging Face model and tokenizer, or a Hugging Face id (org/name) loaded "
+        "through the standard cache ($HF_HOME; honours HF_HUB_OFFLINE).",
+    )
+    revision: str | None = Field(None, description="Branch, tag or commit of a Hugging Face id.")
+    quantization: Literal["none", "8bit", "4bit"] = Field(
+        "none",
+        description="Load the frozen base quantized with bitsandbytes (4bit: NF4 with double quantization, "
+        "QLoRA); the compute dtype is runtime.dtype. Needs `pip install fedintel[gpu]`.",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, about 30 % more compute."
     )
     task: Literal["causal_lm", "classification"] = "causal_lm"
     num_labels: int = Field(2, ge=2, description="Classes, for task=classification.")
@@ -53,10 +89,19 @@ class DataConfig(_Section):
 
     dataset: str = Field(
         "chatterbot",
-        description="A built-in offline corpus (see `fedintel datasets`) or 'json' with data_files.",
+        description="A built-in offline corpus (see `fedintel datasets`), 'json' with data_files, or "
+        "'hf:<id or local dir>' read with datasets.load_dataset (honours HF_DATASETS_OFFLINE).",
     )
     data_files: list[str] | None = Field(None, description="JSON/JSONL files, for dataset=json.")
+    subset: str | None = Field(None, description="Configuration name of an hf: dataset (e.g. 'sst2' of glue).")
+    split: str = Field("train", description="Split of an hf: dataset to read (e.g. 'train', 'train[:10%]').")
     text_field: str = "text"
+    prompt_field: str | None = Field(
+        None, description="Instruction data: the prompt column. With response_field, examples are formatted with "
+        "the tokenizer's chat template and the loss covers the response tokens only.",
+    )
+    response_field: str | None = Field(None, description="Instruction data: the response column.")
+    system_field: str | None = Field(None, description="Instruction data: an optional system-message column.")
     label_field: str = "label"
     domain_field: str = "domain"
     domains: list[str] | None = Field(None, description="Use only these domains of the corpus.")
@@ -70,7 +115,18 @@ class DataConfig(_Section):
     def _json_needs_files(self) -> DataConfig:
         if self.dataset == "json" and not self.data_files:
             raise ValueError("data.data_files is required when data.dataset is 'json'")
+        if self.dataset.startswith("hf:") and not self.dataset[3:].strip():
+            raise ValueError("data.dataset: 'hf:' needs a dataset id or directory, e.g. hf:stanfordnlp/sst2")
+        if (self.prompt_field is None) != (self.response_field is None):
+            raise ValueError("data.prompt_field and data.response_field: set both for instruction data, or neither")
+        if self.system_field is not None and self.prompt_field is None:
+            raise ValueError("data.system_field needs data.prompt_field and data.response_field")
         return self
+
+    @property
+    def instruction(self) -> bool:
+        """Whether examples are prompt/response pairs (loss on the response only)."""
+        return self.prompt_field is not None
 
 
 class PeftConfig(_Section):
@@ -180,7 +236,7 @@ class ExperimentConfig(_Section):
     engine: Literal["local", "flower"] = Field(
         "local", description="local: clients train in this process; flower: on Flower SuperNodes over gRPC."
     )
-    threads: int | None = Field(None, ge=1, description="torch threads; default: all cores.")
+    runtime: RuntimeConfig = RuntimeConfig()
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     peft: PeftConfig = PeftConfig()
@@ -194,6 +250,21 @@ class ExperimentConfig(_Section):
     network: NetworkConfig = NetworkConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     attack: AttackConfig = AttackConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_threads(cls, data: Any) -> Any:
+        # `threads` moved into `runtime`; old experiment files (and published runs) keep working.
+        if isinstance(data, dict) and "threads" in data:
+            data = dict(data)
+            threads = data.pop("threads")
+            runtime = dict(data.get("runtime") or {})
+            if runtime.get("threads") not in (None, threads):
+                raise ValueError("threads: the top-level key moved to runtime.threads; set only runtime.threads")
+            if threads is not None:
+                runtime["threads"] = threads
+            data["runtime"] = runtime
+        return data
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentConfig:
@@ -211,6 +282,11 @@ class ExperimentConfig(_Section):
             raise ValueError("aggregation.lora: exact applies to peft.method lora only")
         if self.privacy.dp != "none" and self.aggregation.rule not in ("fedavg",):
             raise ValueError("privacy.dp: differential privacy is calibrated for aggregation.rule fedavg")
+        if self.data.instruction and self.engine == "flower":
+            raise ValueError("data.prompt_field: instruction data is not supported on engine: flower yet (its shards "
+                             "hold plain text); use engine: local")
+        if self.data.instruction and self.model.task != "causal_lm":
+            raise ValueError("data.prompt_field: instruction data (prompt/response) needs model.task causal_lm")
         if self.attack.kind == "label_flip" and self.model.task != "classification":
             raise ValueError("attack.kind: label_flip needs model.task classification")
         if self.output.save_client_updates and self.privacy.secure_aggregation:

@@ -109,18 +109,19 @@ def run_experiment(
     """
     reporter = reporter or NullReporter()
     run_dir = Path(run_dir) if run_dir else new_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume and (run_dir / "metrics.db").exists():
+        raise ConfigError(f"output: {run_dir} already holds a run; use `fedintel resume {run_dir}` or a new run_name")
     config_yaml = dump_config(cfg)
+    # The world (device, model, data) is built before anything is written: bad input leaves no trace.
+    torch.manual_seed(cfg.federation.seed)
+    world = build_world(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
-        if (run_dir / "metrics.db").exists():
-            raise ConfigError(f"output: {run_dir} already holds a run; use `fedintel resume {run_dir}` or a new run_name")
         (run_dir / "config.yaml").write_text(config_yaml)
     run_id = run_dir.name
     store = MetricsStore(run_dir / "metrics.db")
     try:
         store.start_run(run_id, cfg.name, config_yaml)
-        torch.manual_seed(cfg.federation.seed)
-        world = build_world(cfg)
         scheme = build_scheme(cfg, world, reporter, engine_factory, scheme_factory)
         if cfg.output.save_client_updates:  # kept per round for approximate unlearning
             scheme.contributions = []
@@ -176,11 +177,20 @@ def run_experiment(
 
 
 def resume_experiment(
-    run_dir: Path, reporter: Reporter | None = None, scheme_factory: SchemeFactory | None = None
+    run_dir: Path, reporter: Reporter | None = None, scheme_factory: SchemeFactory | None = None,
+    runtime_overrides: list[str] | None = None,
 ) -> RunResult:
-    """Continue the run in ``run_dir`` from its last checkpoint with the config it was started with."""
+    """Continue the run in ``run_dir`` from its last checkpoint with the config it was started with.
+
+    ``runtime_overrides`` (``runtime.KEY=VALUE``) move the run to other hardware: checkpoints are
+    device-independent, so a run started on a GPU continues on a CPU and the other way round.
+    """
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a fedintel run directory (no config.yaml)")
-    cfg = load_config(run_dir / "config.yaml")
+    bad = [o for o in runtime_overrides or [] if not o.startswith("runtime.")]
+    if bad:
+        raise ConfigError(f"--set {bad[0]}: a resumed run keeps its experiment; only runtime.* settings "
+                          "(device, dtype, threads) may change")
+    cfg = load_config(run_dir / "config.yaml", runtime_overrides)
     return run_experiment(cfg, run_dir, reporter, resume=True, scheme_factory=scheme_factory)

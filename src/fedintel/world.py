@@ -5,16 +5,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import numpy as np
-import torch
 from peft import PeftModel
 
 from fedintel.config import ConfigError, ExperimentConfig
 from fedintel.data.federated import FederatedData, build_federated_data
 from fedintel.data.tokenize import TokenizedSet
-from fedintel.models.loader import LoadedModel, load_base_model
-from fedintel.models.peft_builder import AdapterSlot, build_peft_model
+from fedintel.models.client_model import build_client_model
+from fedintel.models.loader import LoadedModel
+from fedintel.models.peft_builder import AdapterSlot
 from fedintel.network.simulator import WirelessNetwork
+from fedintel.runtime import Runtime, resolve_runtime
+from fedintel.seeding import derive_seed
 from fedintel.training.client import LocalTrainSpec
 from fedintel.training.evaluate import evaluate
 from fedintel.training.flops import ModelShape, train_flops
@@ -24,9 +25,7 @@ from fedintel.types import AdapterState
 log = logging.getLogger(__name__)
 
 
-def derive_seed(*parts: int) -> int:
-    """A 32-bit seed from integer parts, stable across runs and Python versions."""
-    return int(np.random.SeedSequence([abs(int(p)) for p in parts]).generate_state(1)[0])
+__all__ = ["World", "build_world", "derive_seed"]
 
 
 @dataclass
@@ -41,6 +40,10 @@ class World:
     shape: ModelShape
     initial_state: AdapterState
     network: WirelessNetwork | None = None
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.slot.runtime
 
     @property
     def task(self) -> str:
@@ -69,19 +72,16 @@ class World:
         e = self.cfg.eval
         return evaluate(
             self.peft_model, data, task=self.task, pad_id=self.pad_id, batch_size=e.batch_size,
-            max_samples=e.max_samples,
+            max_samples=e.max_samples, runtime=self.runtime,
         )
 
 
 def build_world(cfg: ExperimentConfig) -> World:
     """Load the model, wrap it with the PEFT method and partition the data, as ``cfg`` says."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    base = load_base_model(cfg.model)
+    runtime = resolve_runtime(cfg.runtime)
+    cm = build_client_model(cfg, runtime)
+    base, peft_model, slot = cm.base, cm.peft_model, cm.slot
     data = build_federated_data(cfg.data, base.tokenizer, cfg.model.task, cfg.federation.num_clients, cfg.federation.seed)
-    peft_model = build_peft_model(base.model, cfg.peft, cfg.model.task, seed=derive_seed(cfg.federation.seed, 1))
-    peft_model.eval()
-    slot = AdapterSlot(peft_model)
     shape = ModelShape.of(peft_model)
     log.info("%s: %d trainable of %d parameters", cfg.peft.method, shape.num_trainable, shape.num_params)
     network = None

@@ -45,7 +45,8 @@ def _chatterbot() -> Iterator[Record]:
             turns = [str(t).strip() for t in conv if t is not None]
             if len(turns) >= 2:
                 text = "\n".join(("User: " if i % 2 == 0 else "Assistant: ") + t for i, t in enumerate(turns))
-                yield {"text": text, "domain": path.stem}
+                # prompt/response: the first exchange, for instruction tuning (data.prompt_field: prompt)
+                yield {"text": text, "domain": path.stem, "prompt": turns[0], "response": turns[1]}
 
 
 _VADER_FILES = {
@@ -173,13 +174,17 @@ BUILTIN_DATASETS: dict[str, tuple[str, Callable[[], Iterator[Record]], str]] = {
 }
 
 
+DATASET_VERSIONS = {"chatterbot": 2}
+
+
 def prepared_path(name: str) -> Path:
     """Write the built-in corpus ``name`` to JSONL once (atomically) and return its path."""
     if name not in BUILTIN_DATASETS:
         raise DatasetError(
             f"data.dataset: unknown dataset {name!r}; choose from {', '.join(sorted(BUILTIN_DATASETS))} or 'json'"
         )
-    target = cache_dir() / "datasets" / f"{name}.jsonl"
+    version = DATASET_VERSIONS.get(name, 1)  # bumped when a corpus gains fields: old caches are rebuilt
+    target = cache_dir() / "datasets" / (f"{name}.jsonl" if version == 1 else f"{name}.v{version}.jsonl")
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

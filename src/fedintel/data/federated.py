@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerBase
 from fedintel.config import DataConfig
 from fedintel.data import partition
 from fedintel.data.corpora import BUILTIN_DATASETS, DatasetError, prepared_path
-from fedintel.data.tokenize import TokenizedSet, tokenize
+from fedintel.data.tokenize import TokenizedSet, tokenize, tokenize_instructions
 
 log = logging.getLogger(__name__)
 
@@ -50,19 +50,27 @@ def load_records(cfg: DataConfig) -> list[dict]:
     import datasets
 
     datasets.disable_progress_bars()
-    if cfg.dataset == "json":
+    if cfg.dataset.startswith("hf:"):
+        ds = load_hf_dataset(cfg)
+        files: list[str] = []
+    elif cfg.dataset == "json":
         files = [str(Path(f).expanduser()) for f in cfg.data_files or []]
         missing = [f for f in files if not Path(f).is_file()]
         if missing:
             raise DatasetError(f"data.data_files: file not found: {missing[0]}")
     else:
         files = [str(prepared_path(cfg.dataset))]
-    try:
-        ds = datasets.load_dataset("json", data_files=files, split="train")
-    except Exception as err:  # datasets raises many types for unreadable files
-        raise DatasetError(f"data.data_files: cannot read {files}: {err}") from None
-    if cfg.text_field not in ds.column_names:
-        raise DatasetError(f"data.text_field: column {cfg.text_field!r} not in {ds.column_names}")
+    if files:
+        try:
+            ds = datasets.load_dataset("json", data_files=files, split="train")
+        except Exception as err:  # datasets raises many types for unreadable files
+            raise DatasetError(f"data.data_files: cannot read {files}: {err}") from None
+    fields = ([("prompt_field", cfg.prompt_field), ("response_field", cfg.response_field)]
+              + ([("system_field", cfg.system_field)] if cfg.system_field else [])
+              if cfg.instruction else [("text_field", cfg.text_field)])
+    for key, column in fields:
+        if column not in ds.column_names:
+            raise DatasetError(f"data.{key}: column {column!r} not in {ds.column_names}")
     rows = ds.to_list()
     if cfg.domains:
         known = {str(r.get(cfg.domain_field)) for r in rows}
@@ -71,6 +79,24 @@ def load_records(cfg: DataConfig) -> list[dict]:
             raise DatasetError(f"data.domains: {unknown} not in the dataset's domains {sorted(known)}")
         rows = [r for r in rows if str(r.get(cfg.domain_field)) in cfg.domains]
     return rows
+
+
+def load_hf_dataset(cfg: DataConfig) -> object:
+    """``data.dataset: hf:<id or directory>`` through ``datasets.load_dataset`` (the standard cache)."""
+    import datasets
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()
+    ident = cfg.dataset[3:].strip()
+    what = ident + (f" (subset {cfg.subset})" if cfg.subset else "") + f", split {cfg.split!r}"
+    try:
+        return datasets.load_dataset(ident, cfg.subset, split=cfg.split)
+    except Exception as err:  # datasets raises many types: missing, offline, bad split, bad files
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        offline = datasets.config.HF_HUB_OFFLINE and not Path(ident).expanduser().exists()
+        hint = ("; HF_DATASETS_OFFLINE/HF_HUB_OFFLINE is set and it is not in the datasets cache: load it once "
+                "online, or point hf: at a local directory" if offline else "")
+        raise DatasetError(f"data.dataset: cannot load {what}: {type(err).__name__}: {text}{hint}") from None
 
 
 def dataset_task(cfg: DataConfig) -> str | None:
@@ -91,7 +117,7 @@ def build_federated_data(
         raise DatasetError(f"data.dataset: {cfg.dataset} is a {expected} dataset but model.task is {task}")
     rows = load_records(cfg)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xDA7A]))
-    texts = [str(r[cfg.text_field]) for r in rows]
+    texts = [str(r[cfg.text_field]) for r in rows] if not cfg.instruction else []
     domains = [str(r.get(cfg.domain_field, "all")) for r in rows]
     labels: list[int] | None = None
     label_names: list[str] | None = None
@@ -126,6 +152,11 @@ def build_federated_data(
         client_domain = list(assigned)
 
     def tok(idx: list[int]) -> TokenizedSet:
+        if cfg.instruction:
+            return tokenize_instructions(
+                [str(rows[i][cfg.prompt_field]) for i in idx], [str(rows[i][cfg.response_field]) for i in idx],
+                tokenizer, cfg.max_length, [rows[i].get(cfg.system_field) for i in idx] if cfg.system_field else None,
+            )
         return tokenize([texts[i] for i in idx], tokenizer, cfg.max_length, [labels[i] for i in idx] if labels else None)
 
     clients = []

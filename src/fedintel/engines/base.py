@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from fedintel.seeding import derive_seed
 from fedintel.types import AdapterState, Update
 
 
@@ -22,8 +23,6 @@ class TrainJob:
 
     def seed(self, run_seed: int) -> int:
         """The seed of this job's batch order and dropout: a function of (run seed, round, client)."""
-        from fedintel.world import derive_seed
-
         parts = (run_seed, self.round_idx, self.client_id, 7) + ((self.salt,) if self.salt else ())
         return derive_seed(*parts)
 

@@ -1,9 +1,15 @@
-"""Load a base model and its tokenizer, from a built-in offline package or a local directory."""
+"""Load a base model and its tokenizer: a built-in offline package, a local directory or a Hugging Face id.
+
+The model is placed as the run's :class:`~fedintel.runtime.Runtime` says (device, compute dtype), optionally
+quantized with bitsandbytes (QLoRA) and with gradient checkpointing. Hugging Face ids go through the standard
+cache (``$HF_HOME``) and honour ``HF_HUB_OFFLINE``; built-in names never touch a hub.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
-import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +28,7 @@ from transformers.utils import logging as hf_logging
 
 from fedintel.config import ModelConfig
 from fedintel.models import sources
+from fedintel.runtime import CPU, Runtime, place_model
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +38,9 @@ BUILTIN_MODELS = {
     "tiny-llama": "randomly initialised 2-layer Llama with SmolLM2's tokenizer (unit tests only)",
     "tiny-bert": "randomly initialised 2-layer BERT with MiniLM's tokenizer (unit tests only)",
 }
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class ModelError(ValueError):
@@ -90,32 +100,103 @@ def resolve_model_dir(name: str) -> Path:
     path = Path(name).expanduser()
     if not path.is_dir():
         raise ModelError(
-            f"model.name: {name!r} is neither a built-in model ({', '.join(BUILTIN_MODELS)}) "
-            "nor an existing local directory"
+            f"model.name: {name!r} is neither a built-in model ({', '.join(BUILTIN_MODELS)}), "
+            "an existing local directory, nor a Hugging Face id (org/name)"
         )
     if not (path / "config.json").is_file():
         raise ModelError(f"model.name: {path} has no config.json; it is not a Hugging Face model directory")
     return path
 
 
-def load_base_model(cfg: ModelConfig) -> LoadedModel:
-    """Load the base model of ``cfg`` on the CPU in fp32, without touching any hub."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    hf_logging.disable_progress_bar()  # our own progress bars own the console
-    if cfg.name in ("tiny-llama", "tiny-bert"):
-        model, tok = _tiny_model(cfg)
-        model.eval()
-        return LoadedModel(model, tok, cfg.task, cfg.name, pretrained=False)
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` is read as a Hugging Face id (org/name) rather than a built-in or a local path."""
+    return name not in BUILTIN_MODELS and not Path(name).expanduser().exists() and bool(HUB_ID.match(name))
+
+
+def _hub_error(cfg: ModelConfig, err: Exception) -> ModelError:
+    """One line for every way a hub id can fail to load (missing, gated, not cached while offline)."""
+    from huggingface_hub import constants
+
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    name = type(err).__name__
+    rev = f" at revision {cfg.revision}" if cfg.revision else ""
+    if "Gated" in name or "gated" in text.lower():
+        why = "is gated: accept its licence on huggingface.co and log in (`hf auth login`), or use a local copy"
+    elif constants.HF_HUB_OFFLINE:
+        why = (f"is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1 forbids "
+               "downloading it; download it once online, or point model.name at a local directory")
+    else:
+        why = f"could not be loaded ({name}: {text}); check the id and your network"
+    return ModelError(f"model.name: {cfg.name!r}{rev} {why}")
+
+
+def _source(cfg: ModelConfig) -> tuple[str | Path, dict]:
+    """Where ``from_pretrained`` reads the model from, and the keyword arguments that go with it."""
+    if is_hub_id(cfg.name):
+        return cfg.name, {"revision": cfg.revision} if cfg.revision else {}
+    if cfg.revision:
+        raise ModelError(f"model.revision applies to Hugging Face ids, not to {cfg.name!r}")
     try:
-        model_dir = resolve_model_dir(cfg.name)
+        return resolve_model_dir(cfg.name), {}
     except sources.ModelSourceError as err:
         raise ModelError(f"model.name: {err}") from None
+
+
+def quantization_config(cfg: ModelConfig, runtime: Runtime) -> object | None:
+    """bitsandbytes settings for ``model.quantization`` (QLoRA: NF4 with double quantization)."""
+    if cfg.quantization == "none":
+        return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError(f"model.quantization: {cfg.quantization} needs the bitsandbytes package, which is not "
+                         "installed; run `pip install 'fedintel[gpu]'` (or set model.quantization: none)")
+    from transformers import BitsAndBytesConfig
+
+    if cfg.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=runtime.dtype,
+    )
+
+
+def _finish(model: PreTrainedModel, cfg: ModelConfig, runtime: Runtime, quantized: bool) -> PreTrainedModel:
+    """Place, cast and prepare the loaded model for PEFT training."""
+    if quantized:
+        from peft import prepare_model_for_kbit_training
+
+        # Casts the remaining float weights (norms, embeddings) to fp32 and enables input gradients.
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    else:
+        model = place_model(model, runtime)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.gradient_checkpointing and hasattr(model.config, "use_cache"):
+        model.config.use_cache = False
+    model.eval()
+    return model
+
+
+def load_base_model(cfg: ModelConfig, runtime: Runtime = CPU) -> LoadedModel:
+    """Load the base model of ``cfg`` placed as ``runtime`` says (default: CPU, float32)."""
+    hf_logging.disable_progress_bar()  # our own progress bars own the console
+    if cfg.name in ("tiny-llama", "tiny-bert"):
+        if cfg.quantization != "none":
+            raise ModelError(f"model.quantization: {cfg.name} is a random test model built from a config; "
+                             "quantization applies to pretrained weights (use smollm2-135m or your own model)")
+        model, tok = _tiny_model(cfg)
+        return LoadedModel(_finish(model, cfg, runtime, False), tok, cfg.task, cfg.name, pretrained=False)
+    source, kwargs = _source(cfg)
+    hub = isinstance(source, str)
     try:
-        tok = AutoTokenizer.from_pretrained(model_dir)
-        mcfg = AutoConfig.from_pretrained(model_dir)
-    except (OSError, ValueError) as err:
-        raise ModelError(f"model.name: cannot load tokenizer/config from {model_dir}: {err}") from None
+        tok = AutoTokenizer.from_pretrained(source, **kwargs)
+        mcfg = AutoConfig.from_pretrained(source, **kwargs)
+    except Exception as err:  # hub and file errors come in many types
+        if hub:
+            raise _hub_error(cfg, err) from None
+        raise ModelError(f"model.name: cannot load tokenizer/config from {source}: {err}") from None
     _ensure_pad(tok)
     if cfg.num_layers is not None:
         total = getattr(mcfg, "num_hidden_layers", None)
@@ -127,11 +208,26 @@ def load_base_model(cfg: ModelConfig) -> LoadedModel:
     if cfg.task == "causal_lm":
         if getattr(mcfg, "is_encoder_decoder", False) or mcfg.model_type == "bert":
             raise ModelError(f"model.name: {cfg.name} is not a causal language model; use task=classification")
-        model = AutoModelForCausalLM.from_pretrained(model_dir, config=mcfg, dtype=torch.float32)
+        auto = AutoModelForCausalLM
     else:
         mcfg.num_labels = cfg.num_labels
         # The classification head is new: it is trained with the adapter (PEFT's modules_to_save).
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir, config=mcfg, dtype=torch.float32)
-    model.eval()
-    log.info("loaded %s (%d parameters) from %s", cfg.name, sum(p.numel() for p in model.parameters()), model_dir)
+        auto = AutoModelForSequenceClassification
+    quant = quantization_config(cfg, runtime)
+    load_kwargs: dict = {"config": mcfg, "dtype": runtime.dtype, **kwargs}
+    if quant is not None:
+        load_kwargs.update(quantization_config=quant, device_map={"": runtime.device})
+    try:
+        model = auto.from_pretrained(source, **load_kwargs)
+    except Exception as err:
+        if quant is not None:
+            raise ModelError(f"model.quantization: {cfg.quantization} could not load on {runtime.device} "
+                             f"with bitsandbytes ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                             "set model.quantization: none or use a device bitsandbytes supports") from None
+        if hub:
+            raise _hub_error(cfg, err) from None
+        raise
+    model = _finish(model, cfg, runtime, quant is not None)
+    log.info("loaded %s (%d parameters) from %s on %s", cfg.name, sum(p.numel() for p in model.parameters()),
+             source, runtime.describe())
     return LoadedModel(model, tok, cfg.task, cfg.name, pretrained=True)

@@ -17,6 +17,7 @@ from peft import (
 )
 
 from fedintel.config import PeftConfig
+from fedintel.runtime import CPU, Runtime, keep_trainable_fp32
 from fedintel.types import AdapterState
 
 
@@ -35,18 +36,25 @@ def peft_config_for(cfg: PeftConfig, task: str) -> LoraConfig | PrefixTuningConf
 
 def build_peft_model(base: torch.nn.Module, cfg: PeftConfig, task: str, seed: int = 0) -> PeftModel:
     """Add a freshly initialised adapter (deterministic for ``seed``) to ``base``."""
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # PEFT initialises on the CPU, then moves: the same adapter on every device
     try:
-        return get_peft_model(base, peft_config_for(cfg, task))
+        model = get_peft_model(base, peft_config_for(cfg, task))
     except ValueError as err:
         raise ValueError(f"peft: cannot apply {cfg.method} to this model: {err}") from None
+    keep_trainable_fp32(model)  # e.g. a classifier head copied from a bfloat16 base
+    return model
 
 
 class AdapterSlot:
-    """The trainable tensors of a PEFT model, addressable as one :data:`AdapterState`."""
+    """The trainable tensors of a PEFT model, addressable as one :data:`AdapterState`.
 
-    def __init__(self, model: PeftModel) -> None:
+    States go in and come out as float32 tensors on the CPU, wherever the model runs (``runtime``), so
+    aggregation, updates and checkpoints never depend on the device.
+    """
+
+    def __init__(self, model: PeftModel, runtime: Runtime = CPU) -> None:
         self.model = model
+        self.runtime = runtime
         self.params: dict[str, torch.nn.Parameter] = {
             n: p for n, p in model.named_parameters() if p.requires_grad
         }
@@ -60,14 +68,11 @@ class AdapterSlot:
         clients' adapters does not fragment the heap (peak memory stays at about one adapter per client).
         """
         params = list(self.params.items())
-        dtype = params[0][1].dtype
-        if any(p.dtype != dtype for _, p in params):
-            return {n: p.detach().clone() for n, p in params}
-        flat = torch.empty(sum(p.numel() for _, p in params), dtype=dtype)
+        flat = torch.empty(sum(p.numel() for _, p in params), dtype=torch.float32)
         out, offset = {}, 0
         for n, p in params:
             view = flat[offset : offset + p.numel()].view(p.shape)
-            view.copy_(p.detach())
+            view.copy_(p.detach())  # device -> CPU, in float32
             out[n] = view
             offset += p.numel()
         return out

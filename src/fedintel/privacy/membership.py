@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from fedintel.data.tokenize import TokenizedSet, collate
+from fedintel.runtime import CPU, Runtime
 from fedintel.training.evaluate import example_loss_sums
 from fedintel.types import AdapterState
 
@@ -61,7 +62,7 @@ class MembershipScore:
 @torch.inference_mode()
 def example_losses(
     model: torch.nn.Module, data: TokenizedSet, *, task: str, pad_id: int, batch_size: int = 16,
-    max_samples: int | None = None,
+    max_samples: int | None = None, runtime: Runtime = CPU,
 ) -> np.ndarray:
     """Per-example loss (nats) of ``model``: mean next-token cross-entropy (causal LM) or cross-entropy of
     the label (classification), for the first ``max_samples`` examples of ``data``."""
@@ -70,7 +71,8 @@ def example_losses(
     out: list[float] = []
     for start in range(0, n, batch_size):
         idx = list(range(start, min(n, start + batch_size)))
-        sums, counts, _ = example_loss_sums(model, collate(data, idx, pad_id, task), task)
+        with runtime.autocast():
+            sums, counts, _ = example_loss_sums(model, runtime.to_device(collate(data, idx, pad_id, task)), task)
         out.extend((sums / counts.clamp(min=1)).tolist())
     return np.asarray(out, dtype=np.float64)
 
@@ -127,7 +129,7 @@ def membership_score(
     nonmembers = held_out(world) if nonmembers is None else nonmembers
     world.slot.set(state)
     kw = {"task": world.task, "pad_id": world.pad_id, "batch_size": world.cfg.eval.batch_size,
-          "max_samples": max_samples}
+          "max_samples": max_samples, "runtime": world.runtime}
     return score_losses(example_losses(world.peft_model, members, **kw),
                         example_losses(world.peft_model, nonmembers, **kw))
 

@@ -27,8 +27,8 @@ from fedintel.engines.base import ClientFailure, TrainJob
 from fedintel.network.clock import EventQueue
 from fedintel.network.simulator import ClientJob
 from fedintel.schemes.base import RoundRecord, Scheme, add_state, new_totals
+from fedintel.seeding import derive_seed
 from fedintel.types import Update, state_nbytes
-from fedintel.world import derive_seed
 
 OUTAGE_RETRY_S = 1.0  # a client in a deep fade tries again this much later
 

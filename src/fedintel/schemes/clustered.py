@@ -21,8 +21,8 @@ from fedintel.data.tokenize import collate
 from fedintel.engines.base import TrainJob
 from fedintel.schemes import clustering
 from fedintel.schemes.base import RoundRecord, Scheme, add_state, new_totals
+from fedintel.seeding import derive_seed
 from fedintel.types import AdapterState, Update, state_nbytes
-from fedintel.world import derive_seed
 
 
 class ClusteredScheme(Scheme):
@@ -142,7 +142,9 @@ class ClusteredScheme(Scheme):
                 w.slot.set(cl)
                 total = 0.0
                 for s in range(0, len(idx), mb):
-                    total += float(w.peft_model(**collate(data, idx[s : s + mb], w.pad_id, w.task)).loss)
+                    batch = w.runtime.to_device(collate(data, idx[s : s + mb], w.pad_id, w.task))
+                    with w.runtime.autocast():
+                        total += float(w.peft_model(**batch).loss)
                 losses.append(total)
         return int(np.argmin(losses))
 

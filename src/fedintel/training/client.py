@@ -66,11 +66,12 @@ def train_local(
     """Train the adapter ``start`` on ``data`` and return the client's :class:`Update` (a delta)."""
     if len(data) == 0:
         raise ValueError(f"client {client_id} has no training examples")
-    model = slot.model
+    model, rt = slot.model, slot.runtime
     slot.set(start)
     torch.manual_seed(seed)  # dropout masks: deterministic per (run seed, round, client)
-    optimizer = torch.optim.AdamW(slot.params.values(), lr=spec.lr, weight_decay=spec.weight_decay)
-    params = list(slot.params.values())
+    params = list(slot.params.values())  # float32 master weights, whatever the base's precision
+    optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    scaler = rt.grad_scaler()  # float16 only: scales the loss so small gradients survive
     steps = spec.num_steps(len(data))
     losses, tokens, max_len = [], 0, 0
     model.train()
@@ -79,17 +80,20 @@ def train_local(
             step_loss = 0.0
             for m in range(0, len(batch_idx), spec.micro_batch_size):
                 micro = batch_idx[m : m + spec.micro_batch_size]
-                batch = collate(data, micro, pad_id, task)
-                loss = model(**batch).loss
+                batch = rt.to_device(collate(data, micro, pad_id, task))
+                with rt.autocast():
+                    loss = model(**batch).loss
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(f"client {client_id}: training loss is {loss.item()}")
-                (loss * (len(micro) / len(batch_idx))).backward()
+                scaler.scale(loss * (len(micro) / len(batch_idx))).backward()
                 step_loss += loss.item() * len(micro) / len(batch_idx)
                 tokens += int(batch["attention_mask"].sum())
                 max_len = max(max_len, batch["input_ids"].shape[1])
             if spec.max_grad_norm is not None:
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
             losses.append(step_loss)
     finally:

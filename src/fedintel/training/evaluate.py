@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fedintel.data.tokenize import TokenizedSet, collate
+from fedintel.runtime import CPU, Runtime
 
 
 def example_loss_sums(
@@ -40,6 +41,7 @@ def evaluate(
     pad_id: int,
     batch_size: int = 16,
     max_samples: int | None = None,
+    runtime: Runtime = CPU,
 ) -> dict[str, float]:
     """Metrics of ``model`` on (the first ``max_samples`` of) ``data``.
 
@@ -53,7 +55,8 @@ def evaluate(
     total_loss, total_count, correct = 0.0, 0, 0
     for start in range(0, n, batch_size):
         idx = list(range(start, min(n, start + batch_size)))
-        sums, counts, hits = example_loss_sums(model, collate(data, idx, pad_id, task), task)
+        with runtime.autocast():
+            sums, counts, hits = example_loss_sums(model, runtime.to_device(collate(data, idx, pad_id, task)), task)
         total_loss += float(sums.sum())
         total_count += int(counts.sum())
         if hits is not None:

@@ -106,19 +106,17 @@ _MODEL: _NodeModel | None = None
 def _model_for(cfg: Any, settings: NodeSettings) -> _NodeModel:
     """Build (or reuse, within this process) the model the experiment asks for."""
     global _MODEL
-    key = json.dumps([cfg.model.model_dump(mode="json"), cfg.peft.model_dump(mode="json"), cfg.federation.seed])
+    key = json.dumps([cfg.model.model_dump(mode="json"), cfg.peft.model_dump(mode="json"), cfg.federation.seed,
+                      cfg.runtime.device, cfg.runtime.dtype])
     if _MODEL is not None and _MODEL.key == key:
         return _MODEL
-    from fedintel.models.loader import load_base_model
-    from fedintel.models.peft_builder import AdapterSlot, build_peft_model
+    from fedintel.models.client_model import build_client_model
+    from fedintel.runtime import resolve_runtime
     from fedintel.training.flops import ModelShape
-    from fedintel.world import derive_seed
 
-    base = load_base_model(cfg.model)
-    peft_model = build_peft_model(base.model, cfg.peft, cfg.model.task, seed=derive_seed(cfg.federation.seed, 1))
-    peft_model.eval()
-    slot = AdapterSlot(peft_model)
-    _MODEL = _NodeModel(key, slot, ModelShape.of(peft_model), base.tokenizer, int(base.tokenizer.pad_token_id), {})
+    cm = build_client_model(cfg, resolve_runtime(cfg.runtime, apply_threads=False))
+    tok = cm.base.tokenizer
+    _MODEL = _NodeModel(key, cm.slot, ModelShape.of(cm.peft_model), tok, int(tok.pad_token_id), {})
     return _MODEL
 
 
@@ -158,7 +156,7 @@ def train(msg: Message, context: Context) -> Message:
     from fedintel.training.client import TrainingDiverged
 
     cfg = parse_config(json.loads(str(job["experiment"])))
-    threads = settings.threads or cfg.threads
+    threads = settings.threads or cfg.runtime.threads
     if threads:
         torch.set_num_threads(threads)
     if Manifest.read(settings.data_dir).partition_key != partition_key(cfg):

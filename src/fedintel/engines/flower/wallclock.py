@@ -28,8 +28,8 @@ import numpy as np
 from fedintel.engines.base import ClientFailure, TrainJob
 from fedintel.schemes.asynchronous import AsyncScheme
 from fedintel.schemes.base import RoundRecord
+from fedintel.seeding import derive_seed
 from fedintel.types import Update
-from fedintel.world import derive_seed
 
 
 class WallClockAsyncScheme(AsyncScheme):
