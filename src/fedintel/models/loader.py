@@ -164,6 +164,13 @@ def _finish(model: PreTrainedModel, cfg: ModelConfig, runtime: Runtime, quantize
     if quantized:
         from peft import prepare_model_for_kbit_training
 
+        for module in model.modules():
+            # bitsandbytes repacks 4-bit weights for fast CPU inference on the first no-grad forward in eval
+            # mode (our evaluation), and gradients no longer flow through the repacked layers: we train
+            # the same model after evaluating it, so keep the trainable layout.
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
+
         # Casts the remaining float weights (norms, embeddings) to fp32 and enables input gradients.
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=cfg.gradient_checkpointing,
