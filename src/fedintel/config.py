@@ -42,7 +42,17 @@ class RuntimeConfig(_Section):
         description="Precision of the frozen base model's compute. Adapter weights and optimizer state stay "
         "float32 (master weights); float16 uses a gradient scaler.",
     )
-    threads: int | None = Field(None, ge=1, description="torch threads of this process; default: all cores.")
+    threads: int | None = Field(
+        None, ge=1, description="torch threads of this process (default: all cores), and of each worker "
+        "process when workers > 1 (default there: 1)."
+    )
+    workers: int = Field(
+        1, ge=1, description="Local engine: train the clients of a round in this many worker processes, each "
+        "holding one copy of the base model (on 2+ cores, 2 one-thread workers beat one 2-thread process).",
+    )
+    devices: list[str] | None = Field(
+        None, description="Local engine: one worker process per device, e.g. [cuda:0, cuda:1] (sets workers).",
+    )
 
     @field_validator("device")
     @classmethod
@@ -50,6 +60,20 @@ class RuntimeConfig(_Section):
         if not DEVICE_PATTERN.match(v):
             raise ValueError(f"{v!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
         return v
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            bad = [d for d in v if not DEVICE_PATTERN.match(d) or d == "auto"]
+            if bad or not v:
+                raise ValueError(f"{bad or v} must be a non-empty list of devices (cpu, cuda:N, mps)")
+        return v
+
+    @property
+    def num_workers(self) -> int:
+        """Worker processes of the local engine (1: clients train in the run's own process)."""
+        return len(self.devices) if self.devices else self.workers
 
 
 class ModelConfig(_Section):
@@ -282,6 +306,9 @@ class ExperimentConfig(_Section):
             raise ValueError("aggregation.lora: exact applies to peft.method lora only")
         if self.privacy.dp != "none" and self.aggregation.rule not in ("fedavg",):
             raise ValueError("privacy.dp: differential privacy is calibrated for aggregation.rule fedavg")
+        if self.runtime.num_workers > 1 and self.engine != "local":
+            raise ValueError("runtime.workers / runtime.devices: worker processes belong to the local engine; "
+                             "on engine: flower each SuperNode is a worker")
         if self.data.instruction and self.engine == "flower":
             raise ValueError("data.prompt_field: instruction data is not supported on engine: flower yet (its shards "
                              "hold plain text); use engine: local")

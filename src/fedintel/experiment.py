@@ -16,6 +16,7 @@ from fedintel.aggregation.factory import build_aggregator
 from fedintel.config import ConfigError, ExperimentConfig, dump_config, load_config
 from fedintel.engines.base import Engine
 from fedintel.engines.local import LocalEngine
+from fedintel.engines.parallel import ParallelEngine
 from fedintel.privacy.wiring import epsilon_after, poison_data, update_hook, wrap_aggregator
 from fedintel.schemes.asynchronous import AsyncScheme
 from fedintel.schemes.base import Scheme
@@ -78,7 +79,12 @@ def build_scheme(
 ) -> Scheme:
     aggregator = wrap_aggregator(cfg, build_aggregator(cfg))
     poison_data(world)
-    engine = engine_factory(world) if engine_factory else LocalEngine(world, update_hook(cfg))
+    if engine_factory:
+        engine = engine_factory(world)
+    elif cfg.runtime.num_workers > 1:
+        engine = ParallelEngine(cfg)
+    else:
+        engine = LocalEngine(world, update_hook(cfg))
     return (scheme_factory or scheme_class(cfg))(world, engine, aggregator, reporter)
 
 

@@ -29,20 +29,23 @@ class LocalEngine(Engine):
     def train(
         self, jobs: list[TrainJob], on_done: Callable[[Update | ClientFailure], None] | None = None
     ) -> list[Update | ClientFailure]:
-        w = self.world
         results: list[Update | ClientFailure] = []
         for job in jobs:
-            client = w.data.clients[job.client_id]
-            result: Update | ClientFailure
-            try:
-                result = run_train_job(w.cfg, w.slot, client.train, job, seed=job.seed(w.cfg.federation.seed),
-                                       pad_id=w.pad_id, shape=w.shape, update_hook=self.update_hook)
-            except TrainingDiverged:
-                raise  # a diverging loss stops the run (the last good checkpoint is kept)
-            except Exception as err:  # a crashing client is dropped; the round goes on without it
-                log.warning("client %d failed: %s", job.client_id, err)
-                result = ClientFailure(job.client_id, f"{type(err).__name__}: {err}")
+            result = self.run_job(job)
             results.append(result)
             if on_done:
                 on_done(result)
         return results
+
+    def run_job(self, job: TrainJob) -> Update | ClientFailure:
+        """Train one job on the shared base model; a crashing client becomes a :class:`ClientFailure`."""
+        w = self.world
+        try:
+            return run_train_job(w.cfg, w.slot, w.data.clients[job.client_id].train, job,
+                                 seed=job.seed(w.cfg.federation.seed), pad_id=w.pad_id, shape=w.shape,
+                                 update_hook=self.update_hook)
+        except TrainingDiverged:
+            raise  # a diverging loss stops the run (the last good checkpoint is kept)
+        except Exception as err:  # a crashing client is dropped; the round goes on without it
+            log.warning("client %d failed: %s", job.client_id, err)
+            return ClientFailure(job.client_id, f"{type(err).__name__}: {err}")
