@@ -11,9 +11,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fedintel.network.config import NetworkConfig
+from fedintel.optimizers import OptimizerConfig, parse_optimizer_config
 from fedintel.privacy.attacks import AttackConfig
 from fedintel.privacy.config import PrivacyConfig
 from fedintel.schemes.config import AggregationConfig, AsyncConfig, ClusteringConfig, HierarchyConfig
@@ -274,6 +283,16 @@ class ExperimentConfig(_Section):
     network: NetworkConfig = NetworkConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     attack: AttackConfig = AttackConfig()
+    optimizer: SerializeAsAny[OptimizerConfig] = Field(
+        default_factory=lambda: parse_optimizer_config({}),
+        description="Federated optimizer: {name: fedavg | fedprox | scaffold | fedavgm | fedadam | fedyogi | "
+        "fedadagrad | <registered>, <its knobs>}; validated by the config class registered under the name.",
+    )
+
+    @field_validator("optimizer", mode="before")
+    @classmethod
+    def _optimizer(cls, raw: Any) -> OptimizerConfig:
+        return parse_optimizer_config(raw)
 
     @model_validator(mode="before")
     @classmethod
@@ -319,6 +338,7 @@ class ExperimentConfig(_Section):
         if self.output.save_client_updates and self.privacy.secure_aggregation:
             raise ValueError("output.save_client_updates: under privacy.secure_aggregation the server never "
                              "sees individual client updates; turn one of them off")
+        self.optimizer.cross_check(self)  # each federated optimizer refuses the settings it cannot serve
         return self
 
 

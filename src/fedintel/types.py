@@ -45,11 +45,14 @@ class Update:
     metrics: dict[str, float] = field(default_factory=dict)
     wire_bytes: int | None = None
     """Bytes actually sent when smaller than the dense tensors (e.g. a low-rank client's LoRA factors)."""
+    extras: dict[str, AdapterState] = field(default_factory=dict)
+    """Tensors a federated optimizer uploads with the delta (SCAFFOLD's control-variate change)."""
 
     @property
     def nbytes(self) -> int:
-        """Uplink payload size in bytes."""
-        return self.wire_bytes if self.wire_bytes is not None else state_nbytes(self.delta)
+        """Uplink payload size in bytes (the delta, or its ``wire_bytes``, plus any ``extras``)."""
+        delta = self.wire_bytes if self.wire_bytes is not None else state_nbytes(self.delta)
+        return delta + sum(state_nbytes(e) for e in self.extras.values())
 
 
 @dataclass

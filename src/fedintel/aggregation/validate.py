@@ -44,6 +44,11 @@ def validate_update(
             raise UpdateRejected(f"client {update.client_id}: {k} has dtype {t.dtype}, expected {ref.dtype}")
         if not torch.isfinite(t).all():
             raise UpdateRejected(f"client {update.client_id}: {k} holds NaN or Inf")
+    for name, extra in update.extras.items():  # a federated optimizer's tensors (SCAFFOLD's control variates)
+        if set(extra) != ref_keys or any(extra[k].shape != reference[k].shape for k in ref_keys):
+            raise UpdateRejected(f"client {update.client_id}: {name} does not match the adapter's tensors")
+        if not all(torch.isfinite(t).all() for t in extra.values()):
+            raise UpdateRejected(f"client {update.client_id}: {name} holds NaN or Inf")
     if not (update.num_samples > 0):
         raise UpdateRejected(f"client {update.client_id}: num_samples must be positive, got {update.num_samples}")
     if expected_version is not None and update.base_version != expected_version:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fedintel.seeding import derive_seed
 from fedintel.types import AdapterState, Update
@@ -20,6 +20,8 @@ class TrainJob:
     round_idx: int
     salt: int = 0
     """Distinguishes repeated jobs of one client in one round (asynchronous scheme)."""
+    extras: dict[str, AdapterState] = field(default_factory=dict)
+    """Tensors a federated optimizer sends with the adapter (SCAFFOLD's control variates)."""
 
     def seed(self, run_seed: int) -> int:
         """The seed of this job's batch order and dropout: a function of (run seed, round, client)."""

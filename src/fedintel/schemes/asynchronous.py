@@ -9,6 +9,9 @@ the server applies each update when it arrives in simulated time.
 * FedBuff (Nguyen et al., "Federated Learning with Buffered Asynchronous Aggregation", AISTATS 2022):
   buffer M arrivals, each delta scaled by f(s), then ``w <- w + server_lr * aggregate(buffer)``.
 
+A server-side federated optimizer (``optimizer:``, e.g. FedAdam) takes each applied change as its delta: per
+arrival in FedAsync (``a_s (w_client - w)``) and per buffer in FedBuff (``server_lr * aggregate(buffer)``).
+
 Updates staler than ``max_staleness`` are dropped and reported. Training compute is real and happens when a
 client is dispatched (its result depends only on the adapter it downloaded and its seed), so the event order
 on the simulated clock, and with it the whole run, is deterministic for a seed. A scheme "round" is
@@ -56,7 +59,7 @@ class AsyncScheme(Scheme):
         return {
             "global": self.world.initial_state, "version": 0, "totals": new_totals(),
             "in_flight": [], "buffer": [], "last_version": [-1] * self.world.cfg.federation.num_clients,
-            "dispatches": 0, "arrivals": 0, "salt": {},
+            "dispatches": 0, "arrivals": 0, "salt": {}, "optimizer": self.optimizer.init_state(self.world.initial_state),
         }
 
     # -- dispatching ---------------------------------------------------------------------------------
@@ -187,7 +190,12 @@ class AsyncScheme(Scheme):
         if a.mode == "fedasync":
             mix = a.alpha * f
             client_model = add_state(job["base"], update.delta)
-            state["global"] = {k: (1 - mix) * state["global"][k] + mix * client_model[k] for k in state["global"]}
+            g = state["global"]
+            if self.optimizer.stateless:
+                state["global"] = {k: (1 - mix) * g[k] + mix * client_model[k] for k in g}
+            else:
+                change = {k: mix * (client_model[k] - g[k]) for k in g}
+                state["global"], state["optimizer"] = self.optimizer.step(g, change, state["optimizer"], [update])
             state["version"] += 1
             return
         scaled = dataclasses.replace(update, delta={k: v * f for k, v in update.delta.items()} if f != 1.0 else update.delta)
@@ -195,6 +203,10 @@ class AsyncScheme(Scheme):
         if len(state["buffer"]) >= a.buffer_size:
             buffered = sorted((Update(**u) for u in state["buffer"]), key=lambda u: u.client_id)
             delta = self.aggregate(round_idx, buffered, state["global"], record)
-            state["global"] = add_state(state["global"], delta, a.server_lr)
+            if self.optimizer.stateless:
+                state["global"] = add_state(state["global"], delta, a.server_lr)
+            else:
+                change = {k: a.server_lr * v for k, v in delta.items()}
+                state["global"], state["optimizer"] = self.optimizer.step(state["global"], change, state["optimizer"], buffered)
             state["version"] += 1
             state["buffer"] = []

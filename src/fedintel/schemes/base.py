@@ -15,6 +15,7 @@ from fedintel.aggregation.validate import UpdateRejected, validate_update
 from fedintel.engines.base import ClientFailure, Engine, TrainJob
 from fedintel.network.report import summarize_round
 from fedintel.network.simulator import ClientJob
+from fedintel.optimizers import build_optimizer
 from fedintel.tracking.progress import NullReporter, Reporter
 from fedintel.types import AdapterState, Update, state_nbytes
 from fedintel.world import World, derive_seed
@@ -61,6 +62,8 @@ class Scheme(ABC):
         self.engine = engine
         self.aggregator = aggregator
         self.reporter = reporter or NullReporter()
+        self.optimizer = build_optimizer(world.cfg.optimizer)
+        """The federated optimizer (``optimizer:``): its state lives in the scheme state, one per aggregation node."""
 
     @abstractmethod
     def initial_state(self) -> dict[str, Any]:
@@ -178,11 +181,14 @@ class Scheme(ABC):
     # -- what arrives --------------------------------------------------------------------------------
     def screen(
         self, results: Sequence[Result], reference: AdapterState, record: RoundRecord,
-        expected_version: int | None = None,
+        expected_version: int | None = None, bytes_down: int | None = None,
     ) -> list[Update]:
-        """Validate every result; record accepted and rejected clients; return the accepted updates."""
+        """Validate every result; record accepted and rejected clients; return the accepted updates.
+
+        ``bytes_down`` is what each client downloaded (default: the size of ``reference``).
+        """
         accepted = []
-        down = state_nbytes(reference)
+        down = state_nbytes(reference) if bytes_down is None else bytes_down
         max_norm = self.world.cfg.federation.max_update_norm
         for res in results:
             row = record.clients.setdefault(res.client_id, {})

@@ -20,7 +20,7 @@ from fedintel.config import ConfigError
 from fedintel.data.tokenize import collate
 from fedintel.engines.base import TrainJob
 from fedintel.schemes import clustering
-from fedintel.schemes.base import RoundRecord, Scheme, add_state, new_totals
+from fedintel.schemes.base import RoundRecord, Scheme, new_totals
 from fedintel.seeding import derive_seed
 from fedintel.types import AdapterState, Update, state_nbytes
 
@@ -47,6 +47,7 @@ class ClusteredScheme(Scheme):
             "assignment": self._static_assignment(n),
             "versions": [0] * c.num_clusters,
             "totals": new_totals(),
+            "optimizer": [self.optimizer.init_state(cl) for cl in clusters],  # one federated-optimizer state per cluster
         }
 
     def _static_assignment(self, n: int) -> list[int]:
@@ -75,7 +76,8 @@ class ClusteredScheme(Scheme):
         c, fed = cfg.clustering, cfg.federation
         record = RoundRecord()
         state = {**state, "totals": dict(state["totals"]), "assignment": list(state["assignment"]),
-                 "clusters": list(state["clusters"]), "versions": list(state["versions"])}
+                 "clusters": list(state["clusters"]), "versions": list(state["versions"]),
+                 "optimizer": list(state.get("optimizer") or [{} for _ in state["clusters"]])}
         forming = c.method == "similarity" and min(state["assignment"]) < 0
         if forming:  # every client trains once from the shared start so all can be clustered
             chosen = [c for c in range(fed.num_clients) if c not in set(fed.exclude_clients)]
@@ -86,9 +88,12 @@ class ClusteredScheme(Scheme):
                 state["assignment"][cid] = self._ifca_pick(cid, state["clusters"])
         start = {cid: state["clusters"][max(state["assignment"][cid], 0)] for cid in chosen}
         version = {cid: state["versions"][max(state["assignment"][cid], 0)] for cid in chosen}
-        results = self.train(round_idx, [TrainJob(cid, start[cid], version[cid], round_idx) for cid in chosen])
-        arrived = self.apply_network(round_idx, state["totals"], results, record, state_nbytes(self.world.initial_state))
-        accepted = self.screen(arrived, self.world.initial_state, record)
+        opt = {cid: state["optimizer"][max(state["assignment"][cid], 0)] for cid in chosen}
+        results = self.train(round_idx, [TrainJob(cid, start[cid], version[cid], round_idx,
+                                                  extras=self.optimizer.downlink(opt[cid], cid)) for cid in chosen])
+        down = state_nbytes(self.world.initial_state) + self.optimizer.downlink_nbytes(state["optimizer"][0])
+        arrived = self.apply_network(round_idx, state["totals"], results, record, down)
+        accepted = self.screen(arrived, self.world.initial_state, record, bytes_down=down)
         if forming:
             labels = clustering.cluster_by_similarity(
                 [u.delta for u in accepted], c.num_clusters, c.algorithm, derive_seed(fed.seed, 19)
@@ -113,9 +118,11 @@ class ClusteredScheme(Scheme):
             if k < 0:
                 continue
             ref = state["clusters"][k]
-            state["clusters"][k] = add_state(ref, self.aggregate(round_idx, members, ref, record))
+            size = sum(a == k for a in state["assignment"])
+            state["clusters"][k], state["optimizer"][k] = self.optimizer.step(
+                ref, self.aggregate(round_idx, members, ref, record), state["optimizer"][k], members, size)
             state["versions"][k] += 1
-            record.metrics[f"cluster_size/{k}"] = float(sum(a == k for a in state["assignment"]))
+            record.metrics[f"cluster_size/{k}"] = float(size)
 
     def _share(self, round_idx: int, state: dict[str, Any]) -> None:
         c = self.world.cfg.clustering

@@ -6,6 +6,10 @@ tier ``lvl`` aggregates its children every ``tiers[lvl].period`` rounds; the clo
 ``cloud_period`` (kappa) rounds and pushes the global adapter back down. Clients attach to the nearest edge
 server of the network topology when ``network.edge_servers`` equals the edge tier's size, else round-robin.
 Client-to-edge is wireless (one cell per edge server); edge-upwards uses the backhaul and cloud links.
+
+A server-side federated optimizer (``optimizer:``, e.g. FedAdam) keeps one state per edge server, applied to
+that edge's aggregated client delta every round, and one at the cloud, applied to the cloud's change (the
+weighted mean of the top tier minus the previous global adapter). Intermediate tiers average plainly.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 
 from fedintel.aggregation.fedavg import weighted_mean
 from fedintel.engines.base import TrainJob
-from fedintel.schemes.base import RoundRecord, Scheme, add_state, new_totals
+from fedintel.schemes.base import RoundRecord, Scheme, new_totals
 from fedintel.types import AdapterState, state_nbytes
 
 
@@ -45,14 +49,17 @@ class HierarchicalScheme(Scheme):
     def initial_state(self) -> dict[str, Any]:
         init = self.world.initial_state
         tiers = [[init] * t.nodes for t in self.world.cfg.hierarchy.tiers]
-        return {"global": init, "tiers": tiers, "version": 0, "totals": new_totals()}
+        opt = {"edges": [self.optimizer.init_state(init) for _ in tiers[0]], "cloud": self.optimizer.init_state(init)}
+        return {"global": init, "tiers": tiers, "version": 0, "totals": new_totals(), "optimizer": opt}
 
     def run_round(self, round_idx: int, state: dict[str, Any]) -> tuple[dict[str, Any], RoundRecord]:
         cfg = self.world.cfg
         h, fed = cfg.hierarchy, cfg.federation
         record = RoundRecord()
         tiers = [list(t) for t in state["tiers"]]
-        state = {**state, "tiers": tiers, "totals": dict(state["totals"])}
+        opt = state.get("optimizer") or {"edges": [{} for _ in tiers[0]], "cloud": {}}
+        opt = {"edges": list(opt["edges"]), "cloud": opt["cloud"]}
+        state = {**state, "tiers": tiers, "totals": dict(state["totals"]), "optimizer": opt}
         totals = state["totals"]
         chosen = self.choose_clients(round_idx, range(fed.num_clients), fed.clients_per_round)
         jobs = [TrainJob(cid, tiers[0][self.client_edge[cid]], state["version"], round_idx) for cid in chosen]
@@ -65,7 +72,9 @@ class HierarchicalScheme(Scheme):
         for e in range(h.tiers[0].nodes):
             members = [u for u in accepted if self.client_edge[u.client_id] == e]
             if members:
-                tiers[0][e] = add_state(tiers[0][e], self.aggregate(round_idx, members, tiers[0][e], record))
+                delta = self.aggregate(round_idx, members, tiers[0][e], record)
+                tiers[0][e], opt["edges"][e] = self.optimizer.step(
+                    tiers[0][e], delta, opt["edges"][e], members, self.client_edge.count(e))
         state["version"] += 1
         # 2. upper tiers, then the cloud, when their period comes
         link_s = 0.0
@@ -79,7 +88,13 @@ class HierarchicalScheme(Scheme):
                 totals["bytes_up"] += nbytes * h.tiers[lvl - 1].nodes
         if round_idx % h.cloud_period == 0:
             top = len(h.tiers) - 1
-            state["global"] = self._merge(tiers[top], self.weight[top])
+            merged = self._merge(tiers[top], self.weight[top])
+            if self.optimizer.stateless:
+                state["global"] = merged
+            else:  # the cloud's optimizer takes the change of the global adapter as its delta
+                prev = state["global"]
+                change = {k: merged[k] - prev[k] for k in prev}
+                state["global"], opt["cloud"] = self.optimizer.step(prev, change, opt["cloud"])
             tiers[top] = [state["global"]] * h.tiers[top].nodes
             self._push_down(tiers, top)
             totals["bytes_cloud"] += nbytes * h.tiers[top].nodes

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,6 +17,9 @@ from fedintel.data.tokenize import TokenizedSet, collate
 from fedintel.models.peft_builder import AdapterSlot
 from fedintel.training.flops import ModelShape, train_flops
 from fedintel.types import AdapterState, Update
+
+if TYPE_CHECKING:
+    from fedintel.optimizers.base import LocalTerm
 
 
 class TrainingDiverged(RuntimeError):
@@ -62,8 +66,13 @@ def train_local(
     pad_id: int,
     task: str,
     shape: ModelShape | None = None,
+    local_term: LocalTerm | None = None,
 ) -> Update:
-    """Train the adapter ``start`` on ``data`` and return the client's :class:`Update` (a delta)."""
+    """Train the adapter ``start`` on ``data`` and return the client's :class:`Update` (a delta).
+
+    ``local_term`` is a federated optimizer's client-side term (FedProx's proximal gradient, SCAFFOLD's drift
+    correction): it touches the adapter's gradients before each step and its values after.
+    """
     if len(data) == 0:
         raise ValueError(f"client {client_id} has no training examples")
     model, rt = slot.model, slot.runtime
@@ -89,11 +98,17 @@ def train_local(
                 step_loss += loss.item() * len(micro) / len(batch_idx)
                 tokens += int(batch["attention_mask"].sum())
                 max_len = max(max_len, batch["input_ids"].shape[1])
+            scaler.unscale_(optimizer)  # float16: true gradients from here on (a no-op otherwise)
+            if local_term is not None:
+                with torch.no_grad():
+                    local_term.before_step(slot.params)
             if spec.max_grad_norm is not None:
-                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
             scaler.step(optimizer)
             scaler.update()
+            if local_term is not None:
+                with torch.no_grad():
+                    local_term.after_step(slot.params)
             optimizer.zero_grad(set_to_none=True)
             losses.append(step_loss)
     finally:

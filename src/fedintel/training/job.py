@@ -15,6 +15,7 @@ from fedintel.config import ExperimentConfig
 from fedintel.data.tokenize import TokenizedSet
 from fedintel.engines.base import TrainJob
 from fedintel.models.peft_builder import AdapterSlot
+from fedintel.optimizers import build_optimizer
 from fedintel.training.client import LocalTrainSpec, train_local
 from fedintel.training.flops import ModelShape
 from fedintel.types import Update
@@ -44,8 +45,11 @@ def run_train_job(
     """Train ``job``'s client on ``data`` and return the update it would send."""
     rank = client_rank(cfg, job.client_id)
     start = truncate_rank(job.state, rank) if rank is not None else job.state
+    opt, lr = build_optimizer(cfg.optimizer), cfg.federation.lr  # FedProx / SCAFFOLD act on the client too
     update = train_local(slot, start, data, local_spec(cfg), client_id=job.client_id, base_version=job.version,
-                         seed=seed, pad_id=pad_id, task=cfg.model.task, shape=shape)
+                         seed=seed, pad_id=pad_id, task=cfg.model.task, shape=shape,
+                         local_term=opt.local_term(start, job.extras, lr))
+    update = opt.finish_update(update, start, job.extras, lr)
     if rank is not None:  # the delta is relative to the global adapter the client received
         update.delta = {k: update.delta[k] + (start[k] - job.state[k]) for k in job.state}
         update.wire_bytes = lora_wire_bytes(update.delta, rank)

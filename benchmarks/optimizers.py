@@ -1,0 +1,184 @@
+"""Federated optimizers on non-IID clients (issue #19): rounds to a target loss and final loss, mean ± std.
+
+Every registered algorithm (FedAvg, FedProx, SCAFFOLD, FedAvgM, FedAdam, FedYogi, FedAdagrad) runs R rounds
+on two non-IID tasks, over 3 seeds:
+
+* generation: SmolLM2-135M with LoRA on ``generation4``, one text domain per client (``by_domain``);
+* classification: MiniLM-L6 on ``vader`` sentiment, labels split by Dirichlet(0.1) across clients.
+
+The target loss of a task is FedAvg's final eval loss (mean over seeds) unless ``--target`` is given; a run's
+"rounds to target" is the first round whose eval loss is at or below it. Prints a markdown table and writes
+``benchmarks/out/optimizers[-quick]/optimizers.png`` (mean eval loss per round, band = ± std over seeds).
+
+    python benchmarks/optimizers.py                  # full: the lead runs this one (hours on 2 cores)
+    python benchmarks/optimizers.py --quick          # tiny-llama / tiny-bert, 2 rounds, 1 seed (~2 min): a smoke test
+    python benchmarks/optimizers.py --rounds 10 --seeds 0 1 2 --only gen
+
+Resumable: each (task, algorithm, seed) is one run directory named by a hash of its config under
+``benchmarks/out/optimizers/runs``; a finished run is read back from its metrics store, an interrupted one is
+started again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import _common
+import numpy as np
+
+from fedintel.config import parse_config
+from fedintel.experiment import run_experiment
+from fedintel.tracking.store import finished_rounds
+
+# Server step sizes chosen for LoRA deltas of a few AdamW steps at lr ~3e-3 (about 1e-2 per coordinate);
+# FedAvgM's eta = 1 - momentum keeps its steady-state step equal to FedAvg's.
+ALGORITHMS: dict[str, dict] = {
+    "fedavg": {},
+    "fedprox": {"mu": 0.01},
+    "scaffold": {"eta": 1.0},
+    "fedavgm": {"momentum": 0.9, "eta": 0.1},
+    "fedadam": {"eta": 1e-2, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3},
+    "fedyogi": {"eta": 1e-2, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3},
+    "fedadagrad": {"eta": 1e-2, "tau": 1e-3},
+}
+
+
+def task_configs(args: argparse.Namespace) -> dict[str, dict]:
+    """The two non-IID tasks as config mappings (without optimizer and seed)."""
+    clients = 4 if args.quick else 8
+    gen = {
+        "model": {"name": "tiny-llama" if args.quick else "smollm2-135m"},
+        "data": {"dataset": "generation4", "max_length": 32 if args.quick else 64,
+                 "samples_per_client": 16 if args.quick else 48, "global_eval_samples": 16 if args.quick else 64,
+                 "partition": {"method": "by_domain"}},
+        "federation": {"rounds": args.rounds, "num_clients": clients, "clients_per_round": clients,
+                       "local_steps": 2 if args.quick else 4,
+                       "batch_size": 8, "micro_batch_size": 8, "lr": 3e-3},
+        "eval": {"max_samples": 16 if args.quick else 64, "per_client": False},
+    }
+    cls = {
+        "model": {"name": "tiny-bert" if args.quick else "minilm-l6", "task": "classification", "num_labels": 2},
+        "data": {"dataset": "vader", "max_length": 32 if args.quick else 64,
+                 "samples_per_client": 16 if args.quick else 96, "global_eval_samples": 16 if args.quick else 128,
+                 "partition": {"method": "dirichlet", "alpha": 0.1}},
+        "federation": {"rounds": args.cls_rounds, "num_clients": clients, "clients_per_round": clients,
+                       "local_steps": 2 if args.quick else 4,
+                       "batch_size": 8, "micro_batch_size": 8, "lr": 3e-3},
+        "eval": {"max_samples": 16 if args.quick else 128, "per_client": False},
+    }
+    return {"gen": gen, "cls": cls}
+
+
+TASK_TITLES = {"gen": "generation4 by domain", "cls": "vader Dirichlet(0.1)"}
+
+
+def run(raw: dict, name: str, runs_dir: Path) -> list[dict]:
+    """Per-round metrics of ``raw``, reusing a finished run of the same config (same hash)."""
+    digest = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:12]
+    run_dir = runs_dir / f"{name}-{digest}"
+    done = finished_rounds(run_dir)
+    if done is not None:
+        return done
+    shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run: start it again
+    t0 = time.perf_counter()
+    rounds = run_experiment(parse_config({**raw, "name": name}), run_dir).rounds
+    print(f"  ran {name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    return rounds
+
+
+def curve(rounds: list[dict], key: str = "eval_loss") -> list[float]:
+    return [r[key] for r in rounds if key in r]
+
+
+def rounds_to(losses: list[float], target: float) -> int | None:
+    return next((i for i, v in enumerate(losses) if v <= target), None)
+
+
+def mean_std(xs: list[float], digits: int = 4) -> str:
+    if not xs:
+        return "—"
+    return f"{np.mean(xs):.{digits}f} ± {np.std(xs):.{digits}f}" if len(xs) > 1 else f"{xs[0]:.{digits}f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny-llama / tiny-bert, 2 rounds, 1 seed (a smoke test)")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds of the generation runs (default 10; quick 2)")
+    ap.add_argument("--cls-rounds", type=int, default=None, help="rounds of the classification runs (default 15)")
+    ap.add_argument("--seeds", type=int, nargs="*", default=None, help="seeds (default 0 1 2; quick 0)")
+    ap.add_argument("--only", choices=["gen", "cls"], nargs="*")
+    ap.add_argument("--algorithms", choices=list(ALGORITHMS), nargs="*")
+    ap.add_argument("--target", type=float, default=None, help="target eval loss (default: FedAvg's final mean)")
+    args = ap.parse_args()
+    args.rounds = args.rounds or (2 if args.quick else 10)
+    args.cls_rounds = args.cls_rounds or (2 if args.quick else 15)
+    seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
+    out = _common.OUT / ("optimizers-quick" if args.quick else "optimizers")
+    runs_dir = out / "runs"
+    algos = args.algorithms or list(ALGORITHMS)
+    tasks = {k: v for k, v in task_configs(args).items() if k in (args.only or ["gen", "cls"])}
+
+    curves: dict[str, dict[str, list[list[float]]]] = {}
+    for task, raw in tasks.items():
+        curves[task] = {}
+        for algo in algos:
+            curves[task][algo] = []
+            for seed in seeds:
+                cfg = {**raw, "federation": {**raw["federation"], "seed": seed},
+                       "optimizer": {"name": algo, **ALGORITHMS[algo]},
+                       "output": {"dir": str(runs_dir), "save_adapter": False}}
+                curves[task][algo].append(curve(run(cfg, f"{task}-{algo}-s{seed}", runs_dir)))
+
+    print(f"Federated optimizers on non-IID clients; seeds {seeds}; "
+          f"{'QUICK smoke run (tiny random models): numbers mean nothing' if args.quick else 'full run'}\n")
+    for task, by_algo in curves.items():
+        base = by_algo.get("fedavg")
+        target = args.target if args.target is not None else (
+            float(np.mean([c[-1] for c in base])) if base else float("nan"))
+        rows = []
+        for algo, cs in by_algo.items():
+            reached = [r for r in (rounds_to(c, target) for c in cs) if r is not None]
+            rows.append([algo, mean_std([float(r) for r in reached], 1) + f" ({len(reached)}/{len(cs)} reached)",
+                         mean_std([c[-1] for c in cs]), mean_std([min(c) for c in cs])])
+        rounds = len(next(iter(by_algo.values()))[0]) - 1
+        print(f"### {TASK_TITLES[task]}, {rounds} rounds, target eval loss {target:.4f}\n")
+        print(_common.table(["optimizer", "rounds to target", "final eval loss", "best eval loss"], rows) + "\n")
+    path = plot(curves, out / "optimizers.png")
+    print(f"plot: {path}")
+
+
+def plot(curves: dict[str, dict[str, list[list[float]]]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4), squeeze=False)
+    for ax, (task, by_algo) in zip(axes[0], curves.items(), strict=True):
+        for algo, cs in by_algo.items():
+            n = min(len(c) for c in cs)
+            arr = np.array([c[:n] for c in cs])
+            x = np.arange(n)
+            mean, std = arr.mean(axis=0), arr.std(axis=0)
+            ax.plot(x, mean, marker="o", ms=3, label=algo)
+            ax.fill_between(x, mean - std, mean + std, alpha=0.15)
+        ax.set(title=TASK_TITLES[task], xlabel="round", ylabel="eval loss")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    main()
