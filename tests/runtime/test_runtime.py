@@ -116,3 +116,24 @@ def test_cuda_run_matches_cpu_and_resumes_on_cpu(tiny_cfg, tmp_path):
 def test_bf16_on_cuda_learns(tiny_cfg, tmp_path):
     res = run_experiment(tiny_cfg(runtime={"device": "cuda", "dtype": "bfloat16"}), tmp_path / "run")
     assert res.rounds[-1]["eval_loss"] < res.rounds[0]["eval_loss"]
+
+
+def test_paper_scale_file_holds_the_papers_settings_and_smoke_runs_on_smollm2(tmp_path):
+    from pathlib import Path
+
+    from fedintel.config import load_config
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "paper_scale.yaml"
+    cfg = load_config(path)
+    f, d, n = cfg.federation, cfg.data, cfg.network
+    assert (f.num_clients, d.samples_per_client, f.batch_size, f.lr, d.max_length) == (8, 1600, 80, 2e-4, 128)
+    assert (n.cell_radius_m, n.bandwidth_hz, n.tx_power_dbm, n.noise_dbm) == (100, 20e6, 23, -80)
+    assert cfg.runtime.dtype == "bfloat16" and d.dataset == "hf:Open-Orca/OpenOrca" and "/" in cfg.model.name
+    # the README's offline smoke test of the same file (plus two layers, to keep the test short)
+    smoke = ["model.name=smollm2-135m", "data.dataset=chatterbot", "data.prompt_field=prompt",
+             "data.response_field=response", "data.system_field=null", "data.samples_per_client=16",
+             "federation.batch_size=8", "federation.rounds=1", "eval.max_samples=8",
+             "model.num_layers=2", "federation.num_clients=2", "federation.clients_per_round=2",
+             "data.max_length=32", f"output.dir={tmp_path}", "runtime.device=cpu"]
+    res = run_experiment(load_config(path, smoke))
+    assert res.status == "finished" and math.isfinite(res.rounds[-1]["eval_loss"])
