@@ -45,8 +45,12 @@ class FederatedData:
         return [c.domain for c in self.clients]
 
 
-def load_records(cfg: DataConfig) -> list[dict]:
-    """Rows of the configured dataset through ``datasets.load_dataset("json", ...)``."""
+def load_records(cfg: DataConfig, task: str | None = None) -> list[dict]:
+    """Rows of the configured dataset through ``datasets.load_dataset("json", ...)``.
+
+    A row whose text (or, for ``task`` classification, label) is null or missing is a :class:`DatasetError`
+    naming the file, the line and the field: it would otherwise train as the string "None" or a class of its own.
+    """
     import datasets
 
     datasets.disable_progress_bars()
@@ -64,6 +68,12 @@ def load_records(cfg: DataConfig) -> list[dict]:
     if cfg.text_field not in ds.column_names:
         raise DatasetError(f"data.text_field: column {cfg.text_field!r} not in {ds.column_names}")
     rows = ds.to_list()
+    required = [("text_field", cfg.text_field)] + ([("label_field", cfg.label_field)] if task == "classification" else [])
+    for setting, name in required:
+        bad = next((i for i, r in enumerate(rows) if r.get(name) is None), None)
+        if bad is not None:
+            raise DatasetError(f"{_locate(files, bad)}: {name!r} is null or missing (data.{setting}: {name}); "
+                               "fix or remove the row")
     if cfg.domains:
         known = {str(r.get(cfg.domain_field)) for r in rows}
         unknown = [d for d in cfg.domains if d not in known]
@@ -71,6 +81,24 @@ def load_records(cfg: DataConfig) -> list[dict]:
             raise DatasetError(f"data.domains: {unknown} not in the dataset's domains {sorted(known)}")
         rows = [r for r in rows if str(r.get(cfg.domain_field)) in cfg.domains]
     return rows
+
+
+def _locate(files: list[str], index: int) -> str:
+    """``file, line N`` (JSON Lines) or ``file, row N`` (a JSON array) of the ``index``-th row of ``files``."""
+    import datasets
+
+    for f in files:
+        if not f.endswith(".json"):
+            lines = [n for n, line in enumerate(Path(f).read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+            if index < len(lines):
+                return f"{f}, line {lines[index]}"
+            index -= len(lines)
+        else:
+            n = len(datasets.load_dataset("json", data_files=[f], split="train"))
+            if index < n:
+                return f"{f}, row {index + 1}"
+            index -= n
+    return f"{', '.join(files)}, row {index + 1}"
 
 
 def dataset_task(cfg: DataConfig) -> str | None:
@@ -89,7 +117,7 @@ def build_federated_data(
     expected = dataset_task(cfg)
     if expected is not None and expected != task:
         raise DatasetError(f"data.dataset: {cfg.dataset} is a {expected} dataset but model.task is {task}")
-    rows = load_records(cfg)
+    rows = load_records(cfg, task)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xDA7A]))
     texts = [str(r[cfg.text_field]) for r in rows]
     domains = [str(r.get(cfg.domain_field, "all")) for r in rows]
