@@ -37,8 +37,11 @@ class LocalEngine(Engine):
             try:
                 result = run_train_job(w.cfg, w.slot, client.train, job, seed=job.seed(w.cfg.federation.seed),
                                        pad_id=w.pad_id, shape=w.shape, update_hook=self.update_hook)
-            except TrainingDiverged:
-                raise  # a diverging loss stops the run (the last good checkpoint is kept)
+            except TrainingDiverged as err:
+                if w.cfg.federation.on_client_diverged == "stop":
+                    raise  # stops the run (the last good checkpoint is kept)
+                log.warning("client %d diverged; its update is dropped: %s", job.client_id, err)
+                result = ClientFailure(job.client_id, str(err), kind="diverged")
             except Exception as err:  # a crashing client is dropped; the round goes on without it
                 log.warning("client %d failed: %s", job.client_id, err)
                 result = ClientFailure(job.client_id, f"{type(err).__name__}: {err}")

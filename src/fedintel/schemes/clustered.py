@@ -86,9 +86,9 @@ class ClusteredScheme(Scheme):
                 state["assignment"][cid] = self._ifca_pick(cid, state["clusters"])
         start = {cid: state["clusters"][max(state["assignment"][cid], 0)] for cid in chosen}
         version = {cid: state["versions"][max(state["assignment"][cid], 0)] for cid in chosen}
-        results = self.train(round_idx, [TrainJob(cid, start[cid], version[cid], round_idx) for cid in chosen])
+        results = self.train(round_idx, [TrainJob(cid, start[cid], version[cid], round_idx) for cid in chosen], record)
         arrived = self.apply_network(round_idx, state["totals"], results, record, state_nbytes(self.world.initial_state))
-        accepted = self.screen(arrived, self.world.initial_state, record)
+        accepted = self.screen(arrived, self.world.initial_state, record, expected_version=version)
         if forming:
             labels = clustering.cluster_by_similarity(
                 [u.delta for u in accepted], c.num_clusters, c.algorithm, derive_seed(fed.seed, 19)

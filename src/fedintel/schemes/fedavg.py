@@ -27,7 +27,7 @@ class FedAvgScheme(Scheme):
         state = {**state, "totals": dict(state["totals"])}
         g = state["global"]
         chosen = self.choose_clients(round_idx, range(fed.num_clients), fed.clients_per_round)
-        results = self.train(round_idx, [TrainJob(cid, g, state["version"], round_idx) for cid in chosen])
+        results = self.train(round_idx, [TrainJob(cid, g, state["version"], round_idx) for cid in chosen], record)
         arrived = self.apply_network(round_idx, state["totals"], results, record, state_nbytes(g))
         accepted = self.screen(arrived, g, record, expected_version=state["version"])
         # flat FL: the aggregation server is in the cloud, so every accepted update travels there
