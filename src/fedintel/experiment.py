@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -22,9 +23,10 @@ from fedintel.schemes.base import Scheme
 from fedintel.schemes.clustered import ClusteredScheme
 from fedintel.schemes.fedavg import FedAvgScheme
 from fedintel.schemes.hierarchical import HierarchicalScheme
-from fedintel.tracking.checkpoint import latest_checkpoint, save_checkpoint
+from fedintel.tracking.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
 from fedintel.tracking.export import export_adapters
 from fedintel.tracking.progress import NullReporter, Reporter
+from fedintel.tracking.rundir import RunDirError, run_lock
 from fedintel.tracking.store import MetricsStore
 from fedintel.training.client import TrainingDiverged
 from fedintel.world import World, build_world
@@ -65,6 +67,31 @@ def new_run_dir(cfg: ExperimentConfig) -> Path:
         n += 1
         path = base / f"{name}-{n}"
     return path
+
+
+_NOT_IN_STATE = {"name", "threads", "engine", "output", "eval"}
+_FEDERATION_NOT_IN_STATE = {"rounds", "exclude_clients", "on_client_diverged"}
+
+
+def config_hash(cfg: ExperimentConfig) -> str:
+    """SHA-256 of the settings a checkpoint's state depends on.
+
+    Left out: where and how long it runs (``rounds`` may be extended, ``exclude_clients`` set by ``forget``),
+    evaluation and output settings; everything else must match for a checkpoint to be resumed.
+    """
+    raw = cfg.model_dump(mode="json", by_alias=True)
+    kept = {k: v for k, v in raw.items() if k not in _NOT_IN_STATE}
+    kept["federation"] = {k: v for k, v in raw["federation"].items() if k not in _FEDERATION_NOT_IN_STATE}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+
+
+def _check_resumable(ckpt: dict[str, Any], scheme: Scheme, cfg: ExperimentConfig, run_dir: Path) -> None:
+    if ckpt.get("scheme") not in (None, scheme.name):
+        raise RunDirError(f"{run_dir}: the checkpoint is of scheme {ckpt.get('scheme')!r} but the run's config asks "
+                          f"for {scheme.name!r} (federation.scheme); refusing to resume")
+    if "config_hash" in ckpt and ckpt["config_hash"] != config_hash(cfg):
+        raise RunDirError(f"{run_dir}: the checkpoint was written with other settings than {run_dir}/config.yaml "
+                          "(config hash differs); restore the original config.yaml or start a new run")
 
 
 EngineFactory = Callable[[World], Engine]
@@ -109,7 +136,14 @@ def run_experiment(
     """
     reporter = reporter or NullReporter()
     run_dir = Path(run_dir) if run_dir else new_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir, "resume" if resume else "run"):
+        return _run_locked(cfg, run_dir, reporter, resume, stop_after_round, engine_factory, scheme_factory)
+
+
+def _run_locked(
+    cfg: ExperimentConfig, run_dir: Path, reporter: Reporter, resume: bool, stop_after_round: int | None,
+    engine_factory: EngineFactory | None, scheme_factory: SchemeFactory | None,
+) -> RunResult:
     config_yaml = dump_config(cfg)
     if not resume:
         if (run_dir / "metrics.db").exists():
@@ -118,7 +152,6 @@ def run_experiment(
     run_id = run_dir.name
     store = MetricsStore(run_dir / "metrics.db")
     try:
-        store.start_run(run_id, cfg.name, config_yaml)
         torch.manual_seed(cfg.federation.seed)
         world = build_world(cfg)
         scheme = build_scheme(cfg, world, reporter, engine_factory, scheme_factory)
@@ -126,6 +159,12 @@ def run_experiment(
             scheme.contributions = []
         state: dict[str, Any]
         ckpt = latest_checkpoint(run_dir) if resume else None
+        if resume and ckpt is None and (list_checkpoints(run_dir) or any(r["round"] > 0 for r in store.rounds(run_id))):
+            raise RunDirError(f"{run_dir}/checkpoints holds no readable checkpoint; nothing was changed or deleted "
+                              "(restore a checkpoint file, or start a new run)")
+        if ckpt is not None:
+            _check_resumable(ckpt, scheme, cfg, run_dir)
+        store.start_run(run_id, cfg.name, config_yaml)  # after the checks: a refused resume changes nothing
         if ckpt is not None:
             first = int(ckpt["round"]) + 1
             state = ckpt["state"]
@@ -134,7 +173,7 @@ def run_experiment(
             first, state = 1, scheme.initial_state()
             if cfg.eval.at_start:
                 store.log_round(run_id, 0, scheme.initial_record(state).metrics)
-            save_checkpoint(run_dir, 0, {"state": state, "scheme": scheme.name})
+            save_checkpoint(run_dir, 0, {"state": state, "scheme": scheme.name, "config_hash": config_hash(cfg)})
         store.truncate_after(run_id, first - 1)  # rounds logged after the checkpoint are recomputed
         reporter.start(cfg.federation.rounds, first, cfg.federation.clients_per_round)
         try:
@@ -158,7 +197,7 @@ def run_experiment(
                     scheme.contributions = []
                 store.log_round(run_id, rnd, record.metrics, record.clients, record.events)
                 if rnd % cfg.output.checkpoint_every == 0 or rnd == cfg.federation.rounds:
-                    save_checkpoint(run_dir, rnd, {"state": state, "scheme": scheme.name})
+                    save_checkpoint(run_dir, rnd, {"state": state, "scheme": scheme.name, "config_hash": config_hash(cfg)})
                 reporter.round_done(rnd, record.metrics)
                 if stop_after_round is not None and rnd >= stop_after_round:
                     return RunResult(run_dir, run_id, store.rounds(run_id), {}, "interrupted")
