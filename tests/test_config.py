@@ -99,8 +99,6 @@ def test_async_wall_clock_needs_the_flower_engine(tmp_path):
         ({"aggregation": {"lora": "exact", "rule": "median"}}, ("aggregation.lora: exact", "aggregation.rule median")),
         ({"privacy": {"dp": "central", "noise_multiplier": 1.0}, "aggregation": {"lora": "exact"}},
          ("privacy.dp: central", "aggregation.lora: exact")),
-        ({"privacy": {"dp": "central", "noise_multiplier": 1.0}, "aggregation": {"weighted": True}},
-         ("privacy.dp: central", "aggregation.weighted: true")),
         ({"federation": {"scheme": "async"}, "network": {"enabled": True},
           "privacy": {"dp": "central", "noise_multiplier": 1.0}}, ("async.mode: fedasync", "privacy.dp: central")),
         ({"federation": {"scheme": "async"}, "network": {"enabled": True}, "privacy": {"secure_aggregation": True}},

@@ -246,9 +246,6 @@ def _unsupported_combination(cfg: ExperimentConfig) -> str | None:
     if p.dp == "central" and a.lora == "exact":
         return ("privacy.dp: central clips and noises the mean of the LoRA factors; aggregation.lora: exact is "
                 "not supported with it (use lora naive, or dp local)")
-    if p.dp == "central" and a.weighted and "weighted" in a.model_fields_set:
-        return ("privacy.dp: central averages clipped deltas with equal weights (its sensitivity bound); "
-                "aggregation.weighted: true cannot be honoured; set it to false or remove it")
     if fedasync and (p.dp == "central" or p.secure_aggregation or a.rule != "fedavg" or a.lora == "exact"):
         what = ("privacy.dp: central" if p.dp == "central" else "privacy.secure_aggregation" if p.secure_aggregation
                 else f"aggregation.rule {a.rule}" if a.rule != "fedavg" else "aggregation.lora: exact")
