@@ -17,7 +17,15 @@ from fedintel.aggregation.factory import build_aggregator
 from fedintel.config import ConfigError, ExperimentConfig, dump_config, load_config
 from fedintel.engines.base import Engine
 from fedintel.engines.local import LocalEngine
-from fedintel.privacy.wiring import epsilon_after, poison_data, update_hook, wrap_aggregator
+from fedintel.privacy.wiring import (
+    add_participation,
+    by_participation,
+    epsilon_after,
+    poison_data,
+    round_releases,
+    update_hook,
+    wrap_aggregator,
+)
 from fedintel.schemes.asynchronous import AsyncScheme
 from fedintel.schemes.base import Scheme
 from fedintel.schemes.clustered import ClusteredScheme
@@ -175,6 +183,9 @@ def _run_locked(
                 store.log_round(run_id, 0, scheme.initial_record(state).metrics)
             save_checkpoint(run_dir, 0, {"state": state, "scheme": scheme.name, "config_hash": config_hash(cfg)})
         store.truncate_after(run_id, first - 1)  # rounds logged after the checkpoint are recomputed
+        # each client's DP releases so far (where epsilon is accounted by participation), from the store
+        participation = (add_participation({}, ((int(r["client_id"]), r) for r in store.client_rows(run_id)))
+                         if by_participation(cfg) else None)
         reporter.start(cfg.federation.rounds, first, cfg.federation.clients_per_round)
         try:
             for rnd in range(first, cfg.federation.rounds + 1):
@@ -187,7 +198,12 @@ def _run_locked(
                         f"round {rnd}: {err}. The run stopped; the last good checkpoint is kept in {run_dir}/checkpoints"
                     ) from None
                 record.metrics["wall_s"] = time.perf_counter() - t0
-                eps = epsilon_after(cfg, rnd)
+                if participation is not None:
+                    releases = round_releases(cfg, record.aggregations, record.uploads)
+                    for cid, row in releases.items():
+                        record.clients.setdefault(cid, {}).update(row)
+                    add_participation(participation, releases.items())
+                eps = epsilon_after(cfg, rnd, participation)
                 if eps is not None:
                     record.metrics["epsilon"] = eps
                 if scheme.contributions is not None:  # output.save_client_updates

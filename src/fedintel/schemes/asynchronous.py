@@ -86,7 +86,10 @@ class AsyncScheme(Scheme):
         state["dispatches"] += 1
         state["last_version"][cid] = version
         job = TrainJob(cid, state["global"], version, version + 1, salt)
-        result = self.check_claims(self.engine.train([job])[0], record)
+        result = self.engine.train([job])[0]
+        if isinstance(result, Update):
+            record.uploads[cid] += 1
+        result = self.check_claims(result, record)
         self.reporter.client_done(state["arrivals"], cid, getattr(result, "train_loss", float("nan")))
         nbytes = state_nbytes(state["global"])
         entry: dict[str, Any] = {"client_id": cid, "base_version": version, "start_s": now_s, "base": state["global"]}

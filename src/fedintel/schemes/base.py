@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,10 @@ class RoundRecord:
     metrics: dict[str, float] = field(default_factory=dict)
     clients: dict[int, dict[str, float]] = field(default_factory=dict)
     events: list[tuple[int | None, str, str]] = field(default_factory=list)
+    aggregations: list[dict[int, int]] = field(default_factory=list)
+    """Per aggregation: client id -> how many of its updates it combined (a DP release each)."""
+    uploads: Counter[int] = field(default_factory=Counter)
+    """Updates each client sent this round (under local DP, each is a release)."""
 
 
 def add_state(state: AdapterState, delta: AdapterState, scale: float = 1.0) -> AdapterState:
@@ -119,6 +124,8 @@ class Scheme(ABC):
         results = self.engine.train(
             jobs, on_done=lambda r: self.reporter.client_done(round_idx, r.client_id, getattr(r, "train_loss", float("nan")))
         )
+        if record is not None:
+            record.uploads.update(r.client_id for r in results if isinstance(r, Update))
         return [self.check_claims(r, record) for r in results]
 
     def claim_limits(self, client_id: int) -> ClaimLimits:
@@ -253,6 +260,7 @@ class Scheme(ABC):
         self.aggregator.set_round(round_idx)
         self.aggregator.round_dropped = list(dropped)
         delta = self.aggregator.aggregate(updates, reference)
+        record.aggregations.append(dict(Counter(u.client_id for u in updates)))
         record.metrics.update(self.aggregator.last_stats)
         if self.contributions is not None:  # output.save_client_updates (approximate unlearning)
             self.contributions.append({"reference": reference, "updates": list(updates), "delta": delta})
