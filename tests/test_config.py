@@ -83,3 +83,47 @@ def test_async_wall_clock_needs_the_flower_engine(tmp_path):
     cfg = tiny_config(tmp_path, engine="flower", federation={"scheme": "async"}, network={"enabled": False},
                       **{"async": {"clock": "wall"}})
     assert cfg.asynchronous.clock == "wall"
+
+
+@pytest.mark.parametrize(
+    "raw, fields",
+    [
+        ({"privacy": {"secure_aggregation": True}, "aggregation": {"rule": "median"}},
+         ("privacy.secure_aggregation", "aggregation.rule median")),
+        ({"privacy": {"secure_aggregation": True}, "aggregation": {"rule": "krum"}},
+         ("privacy.secure_aggregation", "aggregation.rule krum")),
+        ({"privacy": {"secure_aggregation": True}, "aggregation": {"rule": "ota"}},
+         ("privacy.secure_aggregation", "aggregation.rule ota")),
+        ({"privacy": {"secure_aggregation": True}, "aggregation": {"lora": "exact"}},
+         ("privacy.secure_aggregation", "aggregation.lora: exact")),
+        ({"aggregation": {"lora": "exact", "rule": "median"}}, ("aggregation.lora: exact", "aggregation.rule median")),
+        ({"privacy": {"dp": "central", "noise_multiplier": 1.0}, "aggregation": {"lora": "exact"}},
+         ("privacy.dp: central", "aggregation.lora: exact")),
+        ({"federation": {"scheme": "async"}, "network": {"enabled": True},
+          "privacy": {"dp": "central", "noise_multiplier": 1.0}}, ("async.mode: fedasync", "privacy.dp: central")),
+        ({"federation": {"scheme": "async"}, "network": {"enabled": True}, "privacy": {"secure_aggregation": True}},
+         ("async.mode: fedasync", "privacy.secure_aggregation")),
+        ({"federation": {"scheme": "async"}, "network": {"enabled": True}, "aggregation": {"rule": "median"}},
+         ("async.mode: fedasync", "aggregation.rule median")),
+    ],
+)
+def test_settings_that_would_be_dropped_are_refused_naming_both(raw, fields, tmp_path, capsys):
+    with pytest.raises(ConfigError) as err:
+        parse_config(dict(raw))
+    msg = str(err.value)
+    assert all(f in msg for f in fields) and "\n" not in msg, msg
+    path = tmp_path / "c.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["validate", str(path)]) == 2  # `fedintel run` loads the file through the same validation
+    assert fields[0] in capsys.readouterr().err
+    assert main(["run", str(path)]) == 2
+
+
+def test_supported_combinations_validate():
+    parse_config({"privacy": {"secure_aggregation": True, "dp": "central", "noise_multiplier": 1.0}})
+    parse_config({"privacy": {"dp": "local", "noise_multiplier": 1.0}, "aggregation": {"lora": "exact"}})
+    parse_config({"privacy": {"dp": "central", "noise_multiplier": 1.0}, "aggregation": {"weighted": False}})
+    parse_config({"federation": {"scheme": "async"}, "network": {"enabled": True}, "async": {"mode": "fedbuff"},
+                  "privacy": {"dp": "central", "noise_multiplier": 1.0, "secure_aggregation": True}})

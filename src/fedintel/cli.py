@@ -204,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     from fedintel.data.partition import PartitionError
     from fedintel.experiment import RunFailed
     from fedintel.models.loader import ModelError
+    from fedintel.tracking.rundir import RunDirError
 
-    user_errors = (ConfigError, DatasetError, PartitionError, ModelError, RunFailed, FileNotFoundError)
+    user_errors = (ConfigError, DatasetError, PartitionError, ModelError, RunFailed, FileNotFoundError, RunDirError)
     try:
         return int(args.func(args) or 0)
     except user_errors as err:

@@ -217,6 +217,11 @@ class FederationConfig(_Section):
         description="Clients that opted out: still drawn by the sampler (so the others' schedule is unchanged) "
         "but never asked to train. `fedintel forget` sets this.",
     )
+    on_client_diverged: Literal["drop", "stop"] = Field(
+        "drop",
+        description="A client whose training loss becomes NaN/Inf: drop its update (logged as a 'diverged' "
+        "event, the run goes on) or stop the run (the last good checkpoint is kept).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> FederationConfig:
@@ -333,6 +338,9 @@ class ExperimentConfig(_Section):
                              "hold plain text); use engine: local")
         if self.data.instruction and self.model.task != "causal_lm":
             raise ValueError("data.prompt_field: instruction data (prompt/response) needs model.task causal_lm")
+        problem = _unsupported_combination(self)
+        if problem:
+            raise ValueError(problem)
         if self.attack.kind == "label_flip" and self.model.task != "classification":
             raise ValueError("attack.kind: label_flip needs model.task classification")
         if self.output.save_client_updates and self.privacy.secure_aggregation:
@@ -340,6 +348,33 @@ class ExperimentConfig(_Section):
                              "sees individual client updates; turn one of them off")
         self.optimizer.cross_check(self)  # each federated optimizer refuses the settings it cannot serve
         return self
+
+
+def _unsupported_combination(cfg: ExperimentConfig) -> str | None:
+    """One line naming two settings the code cannot honour together (and why), or None.
+
+    Each combination here would otherwise be silently dropped: one wrapper replaces the other's aggregator.
+    """
+    a, p = cfg.aggregation, cfg.privacy
+    fedasync = cfg.federation.scheme == "async" and cfg.asynchronous.mode == "fedasync"
+    if p.secure_aggregation and a.rule != "fedavg":
+        return (f"privacy.secure_aggregation: the server sees only the masked sum, so it cannot compute "
+                f"aggregation.rule {a.rule}; use rule fedavg or turn secure aggregation off")
+    if p.secure_aggregation and a.lora == "exact":
+        return ("privacy.secure_aggregation: the masked sum averages LoRA factors, so aggregation.lora: exact "
+                "(products B@A per client) cannot be honoured; use lora naive")
+    if a.lora == "exact" and a.rule != "fedavg":
+        return (f"aggregation.lora: exact averages the products B@A (a weighted mean); it cannot apply "
+                f"aggregation.rule {a.rule}; use rule fedavg or lora naive")
+    if p.dp == "central" and a.lora == "exact":
+        return ("privacy.dp: central clips and noises the mean of the LoRA factors; aggregation.lora: exact is "
+                "not supported with it (use lora naive, or dp local)")
+    if fedasync and (p.dp == "central" or p.secure_aggregation or a.rule != "fedavg" or a.lora == "exact"):
+        what = ("privacy.dp: central" if p.dp == "central" else "privacy.secure_aggregation" if p.secure_aggregation
+                else f"aggregation.rule {a.rule}" if a.rule != "fedavg" else "aggregation.lora: exact")
+        return (f"async.mode: fedasync mixes each arrival into the global adapter without an aggregator, so {what} "
+                "would be ignored; use async.mode fedbuff")
+    return None
 
 
 def _format_validation_error(err: ValidationError) -> str:

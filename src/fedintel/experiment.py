@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -17,15 +18,24 @@ from fedintel.config import ConfigError, ExperimentConfig, dump_config, load_con
 from fedintel.engines.base import Engine
 from fedintel.engines.local import LocalEngine
 from fedintel.engines.parallel import ParallelEngine
-from fedintel.privacy.wiring import epsilon_after, poison_data, update_hook, wrap_aggregator
+from fedintel.privacy.wiring import (
+    add_participation,
+    by_participation,
+    epsilon_after,
+    poison_data,
+    round_releases,
+    update_hook,
+    wrap_aggregator,
+)
 from fedintel.schemes.asynchronous import AsyncScheme
 from fedintel.schemes.base import Scheme
 from fedintel.schemes.clustered import ClusteredScheme
 from fedintel.schemes.fedavg import FedAvgScheme
 from fedintel.schemes.hierarchical import HierarchicalScheme
-from fedintel.tracking.checkpoint import latest_checkpoint, save_checkpoint
+from fedintel.tracking.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
 from fedintel.tracking.export import export_adapters
 from fedintel.tracking.progress import NullReporter, Reporter
+from fedintel.tracking.rundir import RunDirError, run_lock
 from fedintel.tracking.store import MetricsStore
 from fedintel.training.client import TrainingDiverged
 from fedintel.world import World, build_world
@@ -66,6 +76,31 @@ def new_run_dir(cfg: ExperimentConfig) -> Path:
         n += 1
         path = base / f"{name}-{n}"
     return path
+
+
+_NOT_IN_STATE = {"name", "runtime", "engine", "output", "eval"}  # runtime: a run may move hardware
+_FEDERATION_NOT_IN_STATE = {"rounds", "exclude_clients", "on_client_diverged"}
+
+
+def config_hash(cfg: ExperimentConfig) -> str:
+    """SHA-256 of the settings a checkpoint's state depends on.
+
+    Left out: where and how long it runs (``rounds`` may be extended, ``exclude_clients`` set by ``forget``),
+    evaluation and output settings; everything else must match for a checkpoint to be resumed.
+    """
+    raw = cfg.model_dump(mode="json", by_alias=True)
+    kept = {k: v for k, v in raw.items() if k not in _NOT_IN_STATE}
+    kept["federation"] = {k: v for k, v in raw["federation"].items() if k not in _FEDERATION_NOT_IN_STATE}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+
+
+def _check_resumable(ckpt: dict[str, Any], scheme: Scheme, cfg: ExperimentConfig, run_dir: Path) -> None:
+    if ckpt.get("scheme") not in (None, scheme.name):
+        raise RunDirError(f"{run_dir}: the checkpoint is of scheme {ckpt.get('scheme')!r} but the run's config asks "
+                          f"for {scheme.name!r} (federation.scheme); refusing to resume")
+    if "config_hash" in ckpt and ckpt["config_hash"] != config_hash(cfg):
+        raise RunDirError(f"{run_dir}: the checkpoint was written with other settings than {run_dir}/config.yaml "
+                          "(config hash differs); restore the original config.yaml or start a new run")
 
 
 EngineFactory = Callable[[World], Engine]
@@ -117,22 +152,36 @@ def run_experiment(
     run_dir = Path(run_dir) if run_dir else new_run_dir(cfg)
     if not resume and (run_dir / "metrics.db").exists():
         raise ConfigError(f"output: {run_dir} already holds a run; use `fedintel resume {run_dir}` or a new run_name")
-    config_yaml = dump_config(cfg)
     # The world (device, model, data) is built before anything is written: bad input leaves no trace.
     torch.manual_seed(cfg.federation.seed)
     world = build_world(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir, "resume" if resume else "run"):
+        return _run_locked(cfg, world, run_dir, reporter, resume, stop_after_round, engine_factory, scheme_factory)
+
+
+def _run_locked(
+    cfg: ExperimentConfig, world: World, run_dir: Path, reporter: Reporter, resume: bool,
+    stop_after_round: int | None, engine_factory: EngineFactory | None, scheme_factory: SchemeFactory | None,
+) -> RunResult:
+    config_yaml = dump_config(cfg)
     if not resume:
+        if (run_dir / "metrics.db").exists():
+            raise ConfigError(f"output: {run_dir} already holds a run; use `fedintel resume {run_dir}` or a new run_name")
         (run_dir / "config.yaml").write_text(config_yaml)
     run_id = run_dir.name
     store = MetricsStore(run_dir / "metrics.db")
     try:
-        store.start_run(run_id, cfg.name, config_yaml)
         scheme = build_scheme(cfg, world, reporter, engine_factory, scheme_factory)
         if cfg.output.save_client_updates:  # kept per round for approximate unlearning
             scheme.contributions = []
         state: dict[str, Any]
         ckpt = latest_checkpoint(run_dir) if resume else None
+        if resume and ckpt is None and (list_checkpoints(run_dir) or any(r["round"] > 0 for r in store.rounds(run_id))):
+            raise RunDirError(f"{run_dir}/checkpoints holds no readable checkpoint; nothing was changed or deleted "
+                              "(restore a checkpoint file, or start a new run)")
+        if ckpt is not None:
+            _check_resumable(ckpt, scheme, cfg, run_dir)
+        store.start_run(run_id, cfg.name, config_yaml)  # after the checks: a refused resume changes nothing
         if ckpt is not None:
             first = int(ckpt["round"]) + 1
             state = ckpt["state"]
@@ -141,8 +190,11 @@ def run_experiment(
             first, state = 1, scheme.initial_state()
             if cfg.eval.at_start:
                 store.log_round(run_id, 0, scheme.initial_record(state).metrics)
-            save_checkpoint(run_dir, 0, {"state": state, "scheme": scheme.name})
+            save_checkpoint(run_dir, 0, {"state": state, "scheme": scheme.name, "config_hash": config_hash(cfg)})
         store.truncate_after(run_id, first - 1)  # rounds logged after the checkpoint are recomputed
+        # each client's DP releases so far (where epsilon is accounted by participation), from the store
+        participation = (add_participation({}, ((int(r["client_id"]), r) for r in store.client_rows(run_id)))
+                         if by_participation(cfg) else None)
         reporter.start(cfg.federation.rounds, first, cfg.federation.clients_per_round)
         try:
             for rnd in range(first, cfg.federation.rounds + 1):
@@ -155,7 +207,12 @@ def run_experiment(
                         f"round {rnd}: {err}. The run stopped; the last good checkpoint is kept in {run_dir}/checkpoints"
                     ) from None
                 record.metrics["wall_s"] = time.perf_counter() - t0
-                eps = epsilon_after(cfg, rnd)
+                if participation is not None:
+                    releases = round_releases(cfg, record.aggregations, record.uploads)
+                    for cid, row in releases.items():
+                        record.clients.setdefault(cid, {}).update(row)
+                    add_participation(participation, releases.items())
+                eps = epsilon_after(cfg, rnd, participation)
                 if eps is not None:
                     record.metrics["epsilon"] = eps
                 if scheme.contributions is not None:  # output.save_client_updates
@@ -165,7 +222,7 @@ def run_experiment(
                     scheme.contributions = []
                 store.log_round(run_id, rnd, record.metrics, record.clients, record.events)
                 if rnd % cfg.output.checkpoint_every == 0 or rnd == cfg.federation.rounds:
-                    save_checkpoint(run_dir, rnd, {"state": state, "scheme": scheme.name})
+                    save_checkpoint(run_dir, rnd, {"state": state, "scheme": scheme.name, "config_hash": config_hash(cfg)})
                 reporter.round_done(rnd, record.metrics)
                 if stop_after_round is not None and rnd >= stop_after_round:
                     return RunResult(run_dir, run_id, store.rounds(run_id), {}, "interrupted")

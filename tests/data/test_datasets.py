@@ -66,3 +66,31 @@ def test_federated_split_is_deterministic_disjoint_and_truncated(tokenizer):
 def test_classification_dataset_on_causal_model_is_an_error(tokenizer):
     with pytest.raises(DatasetError, match="classification dataset but model.task is causal_lm"):
         build_federated_data(DataConfig(dataset="vader"), tokenizer, "causal_lm", 2, seed=0)
+
+
+@pytest.mark.parametrize("bad_row, field", [
+    ({"text": None, "label": 1}, "text"),
+    ({"label": 1}, "text"),
+    ({"text": "fine", "label": None}, "label"),
+    ({"text": "fine"}, "label"),
+])
+def test_null_or_missing_text_or_label_names_file_line_and_field(tmp_path, tokenizer, bad_row, field):
+    good = [{"text": f"row {i}", "label": i % 2} for i in range(20)]
+    first = tmp_path / "a.jsonl"
+    first.write_text("\n".join(json.dumps(r) for r in good) + "\n")
+    second = tmp_path / "b.jsonl"
+    second.write_text("\n".join(json.dumps(r) for r in good[:3] + [bad_row] + good[3:]) + "\n")
+    cfg = DataConfig(dataset="json", data_files=[str(first), str(second)], samples_per_client=4, global_eval_samples=2)
+    with pytest.raises(DatasetError, match=rf"b\.jsonl, line 4: '{field}' is null or missing \(data\.{field}_field"):
+        build_federated_data(cfg, tokenizer, "classification", 2, 0)
+
+
+def test_null_label_in_a_json_array_names_the_row(tmp_path, tokenizer):
+    rows = [{"text": f"row {i}", "label": i % 2} for i in range(10)]
+    rows[6]["label"] = None
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(rows))
+    cfg = DataConfig(dataset="json", data_files=[str(path)], samples_per_client=2, global_eval_samples=2)
+    with pytest.raises(DatasetError, match=r"a\.json, row 7: 'label'"):
+        build_federated_data(cfg, tokenizer, "classification", 2, 0)
+    build_federated_data(cfg, tokenizer, "causal_lm", 2, 0)  # labels are not read for causal LM

@@ -1,6 +1,7 @@
 """Fault tolerance: faulty clients are dropped without losing the round; a server killed with SIGKILL at
 random points, again and again, resumes to exactly the uninterrupted run (no lost or double-counted update)."""
 
+import dataclasses
 import math
 import os
 import random
@@ -21,7 +22,7 @@ CRASH, NAN, SHAPE, SLOW, HONEST = range(5)
 
 def _inject_faults(monkeypatch):
     """Client 0 crashes inside training (an out-of-vocabulary token id), 1 sends NaN, 2 a wrongly shaped
-    tensor, 3 reports so much compute that it misses the round deadline (a timeout); 4 is honest."""
+    tensor, 3 runs on a device so slow that it misses the round deadline (a timeout); 4 is honest."""
     from fedintel import experiment
     from fedintel.engines.local import LocalEngine
 
@@ -30,6 +31,9 @@ def _inject_faults(monkeypatch):
     def build_world(cfg):
         world = real_build(cfg)
         world.data.clients[CRASH].train.input_ids[0] = [10**9] * 4
+        # a device so slow it misses the deadline (a self-reported 1e21 FLOPs would be rejected as impossible)
+        prof = world.network.profiles[SLOW]
+        world.network.profiles[SLOW] = dataclasses.replace(prof, flops_per_s=1e-3)
         return world
 
     def garbage(update, job):
@@ -38,8 +42,6 @@ def _inject_faults(monkeypatch):
             update.delta[key] = torch.full_like(update.delta[key], float("nan"))
         elif update.client_id == SHAPE:
             update.delta[key] = update.delta[key][:-1]
-        elif update.client_id == SLOW:
-            update.flops = 1e21  # hours of compute on any simulated device
         return update
 
     real_init = LocalEngine.__init__

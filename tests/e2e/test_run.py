@@ -16,7 +16,7 @@ from fedintel.config import ModelConfig, dump_config
 from fedintel.engines.base import ClientFailure
 from fedintel.experiment import RunFailed, resume_experiment, run_experiment
 from fedintel.models.loader import load_base_model
-from fedintel.tracking.checkpoint import list_checkpoints
+from fedintel.tracking.checkpoint import latest_checkpoint, list_checkpoints
 from fedintel.tracking.plots import plot_run
 from fedintel.training.evaluate import evaluate
 
@@ -121,7 +121,7 @@ def test_corrupt_client_update_is_rejected_not_averaged(tiny_cfg, tmp_path, monk
     assert ClientFailure  # the engine's failure type is part of the public API
 
 
-def test_nan_loss_stops_the_run_and_keeps_last_good_checkpoint(tiny_cfg, tmp_path, monkeypatch):
+def test_nan_loss_with_on_client_diverged_stop_stops_the_run_and_keeps_last_good_checkpoint(tiny_cfg, tmp_path, monkeypatch):
     from fedintel import experiment
     from fedintel import world as world_mod
 
@@ -141,9 +141,33 @@ def test_nan_loss_stops_the_run_and_keeps_last_good_checkpoint(tiny_cfg, tmp_pat
 
     monkeypatch.setattr(experiment, "build_world", build_world_with_fault)
     with pytest.raises(RunFailed, match="training loss is nan"):
-        run_experiment(tiny_cfg(federation={"rounds": 3}), tmp_path / "nan")
+        run_experiment(tiny_cfg(federation={"rounds": 3, "on_client_diverged": "stop"}), tmp_path / "nan")
     ckpts = list_checkpoints(tmp_path / "nan")
     assert [r for r, _ in ckpts] == [0, 1]
     assert all(torch.isfinite(t).all() for t in torch.load(ckpts[-1][1])["state"]["global"].values())
     con = sqlite3.connect(tmp_path / "nan" / "metrics.db")
     assert con.execute("SELECT status FROM runs").fetchone()[0] == "diverged"
+
+
+def test_nan_loss_in_one_client_drops_its_update_and_the_run_goes_on(tiny_cfg, tmp_path, monkeypatch):
+    from fedintel.engines import local
+    from fedintel.training.client import TrainingDiverged
+
+    real = local.run_train_job
+
+    def diverge_client_1(cfg, slot, data, job, **kw):
+        if job.client_id == 1:
+            raise TrainingDiverged("client 1: training loss is nan")
+        return real(cfg, slot, data, job, **kw)
+
+    fed = {"clients_per_round": 4}
+    without = run_experiment(tiny_cfg(federation={**fed, "exclude_clients": [1]}), tmp_path / "without")
+    monkeypatch.setattr(local, "run_train_job", diverge_client_1)
+    res = run_experiment(tiny_cfg(federation=fed), tmp_path / "dropped")  # on_client_diverged: drop (default)
+    assert res.status == "finished" and [r["clients_accepted"] for r in res.rounds[1:]] == [3.0, 3.0]
+    con = sqlite3.connect(tmp_path / "dropped" / "metrics.db")
+    events = con.execute("SELECT round, client_id, kind, message FROM events").fetchall()
+    assert events == [(1, 1, "diverged", "client 1: training loss is nan"), (2, 1, "diverged", "client 1: training loss is nan")]
+    a = latest_checkpoint(res.run_dir)["state"]["global"]
+    b = latest_checkpoint(without.run_dir)["state"]["global"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # as if the diverged client had not taken part

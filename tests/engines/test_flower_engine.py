@@ -227,11 +227,68 @@ def test_foreign_or_stale_shards_are_refused(tiny_cfg, tmp_path):
 
 
 def test_divergence_on_a_node_stops_the_run_like_locally(tiny_cfg, tmp_path):
-    cfg = _cfg(tiny_cfg)
+    cfg = _cfg(tiny_cfg, on_client_diverged="stop")
     shards = write_shards(cfg, tmp_path / "shards")
     grid = FakeGrid(_nodes(shards), diverge=[101])
     with pytest.raises(RunFailed, match="loss is nan"):
         run_experiment(cfg, tmp_path / "run", engine_factory=lambda w: FlowerEngine(grid, w, poll_interval=0.0))
+
+
+def test_divergence_on_a_node_drops_that_client_by_default(tiny_cfg, tmp_path):
+    cfg = _cfg(tiny_cfg)
+    shards = write_shards(cfg, tmp_path / "shards")
+    grid = FakeGrid(_nodes(shards), diverge=[101])
+    res = run_experiment(cfg, tmp_path / "run", engine_factory=lambda w: FlowerEngine(grid, w, poll_interval=0.0))
+    assert res.status == "finished" and [r["clients_accepted"] for r in res.rounds[1:]] == [2.0, 2.0]
+    with MetricsStore(tmp_path / "run" / "metrics.db") as store:
+        assert [e[1:] for e in store.events(res.run_id)] == [(1, "diverged", "loss is nan")] * 2
+
+
+class CorruptingGrid(FakeGrid):
+    """Like FakeGrid, but ``corrupt(content)`` rewrites every training reply of node 101."""
+
+    def __init__(self, node_configs, corrupt):
+        super().__init__(node_configs)
+        self.corrupt = corrupt
+
+    def pull_messages(self, message_ids):
+        out = super().pull_messages(message_ids)
+        for reply in out:
+            if reply.metadata.src_node_id == 101 and m.DELTA_KEY in reply.content:
+                self.corrupt(reply.content)
+        return out
+
+
+def _set_result(key, value):
+    def corrupt(content):
+        content[m.RESULT_KEY][key] = value
+    return corrupt
+
+
+def _drop_result(key):
+    def corrupt(content):
+        del content[m.RESULT_KEY][key]
+    return corrupt
+
+
+def _bad_layout(content):
+    import numpy as np
+    from flwr.app import Array
+
+    content[m.DELTA_KEY][m.LAYOUT_KEY] = Array(np.frombuffer(b"{not json", dtype=np.uint8).copy())
+
+
+@pytest.mark.parametrize("corrupt", [_drop_result("num-samples"), _set_result("flops", [1.0, 2.0]),
+                                     _set_result("train-loss", float("nan")), _bad_layout],
+                         ids=["missing-field", "list-field", "nan-loss", "bad-layout-json"])
+def test_a_malformed_reply_fails_that_client_only(tiny_cfg, tmp_path, corrupt):
+    cfg = _cfg(tiny_cfg, rounds=1)
+    shards = write_shards(cfg, tmp_path / "shards")
+    grid = CorruptingGrid(_nodes(shards), corrupt)
+    res = run_experiment(cfg, tmp_path / "run", engine_factory=lambda w: FlowerEngine(grid, w, poll_interval=0.0))
+    assert res.status == "finished" and res.rounds[1]["clients_accepted"] == 2.0
+    with MetricsStore(tmp_path / "run" / "metrics.db") as store:
+        assert [e[1:3] for e in store.events(res.run_id)] == [(1, "failed")]
 
 
 @pytest.mark.parametrize("scheme", [

@@ -1,12 +1,17 @@
 """Checks every client update must pass before it is aggregated.
 
 A corrupt or malicious update (wrong keys or shapes, NaN/Inf, absurd norm, stale base) is rejected and
-logged, never averaged.
+logged, never averaged. What a client says about itself (samples, FLOPs, steps, tokens, wire bytes, loss)
+is checked against what the server knows of its shard (:func:`check_claims`) before it feeds the
+weighted average, the simulated clock or the metrics: a client claiming 10^12 samples is capped to its
+shard, a client claiming impossible compute or a negative loss is rejected.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -15,6 +20,45 @@ from fedintel.types import AdapterState, Update
 
 class UpdateRejected(ValueError):
     """An update failed validation; the message says which check."""
+
+
+@dataclass(frozen=True)
+class ClaimLimits:
+    """The most a client can truthfully report for one job, from the server's knowledge of its shard."""
+
+    max_samples: int
+    """Training examples in the client's shard."""
+    max_steps: int
+    max_tokens: int
+    max_flops: float
+    """FLOPs of ``max_steps`` full batches at the maximum sequence length."""
+    dense_bytes: int
+    """Bytes of the dense delta; ``wire_bytes`` (a compressed upload) can only be smaller."""
+
+
+def check_claims(update: Update, limits: ClaimLimits) -> tuple[Update, str | None]:
+    """``update`` with ``num_samples`` capped to the shard, and a note if it was capped.
+
+    Raises :class:`UpdateRejected` when a self-reported value is impossible: a loss that is not a finite
+    non-negative number, or FLOPs, steps, tokens or wire bytes outside ``[0, limit]``.
+    """
+    cid = update.client_id
+    loss = update.train_loss
+    if not isinstance(loss, int | float) or not math.isfinite(loss) or loss < 0:
+        raise UpdateRejected(f"client {cid}: reported training loss {loss!r} is not a finite non-negative number")
+    for name, value, bound in (("flops", update.flops, limits.max_flops), ("steps", update.steps, limits.max_steps),
+                               ("tokens", update.tokens, limits.max_tokens)):
+        if not isinstance(value, int | float) or not math.isfinite(value) or not 0 <= value <= bound * (1 + 1e-9):
+            raise UpdateRejected(f"client {cid}: reported {name} {value!r} outside [0, {bound:.4g}] for its shard")
+    wb = update.wire_bytes
+    if wb is not None and (not isinstance(wb, int) or not 0 < wb <= limits.dense_bytes):
+        raise UpdateRejected(f"client {cid}: reported wire bytes {wb!r} outside (0, {limits.dense_bytes}]")
+    if not isinstance(update.num_samples, int) or update.num_samples <= 0:
+        raise UpdateRejected(f"client {cid}: num_samples must be a positive integer, got {update.num_samples!r}")
+    if update.num_samples > limits.max_samples:
+        note = f"client {cid}: claimed {update.num_samples} samples, capped to its shard's {limits.max_samples}"
+        return dataclasses.replace(update, num_samples=limits.max_samples), note
+    return update, None
 
 
 def update_norm(delta: AdapterState) -> float:

@@ -45,8 +45,12 @@ class FederatedData:
         return [c.domain for c in self.clients]
 
 
-def load_records(cfg: DataConfig) -> list[dict]:
-    """Rows of the configured dataset through ``datasets.load_dataset("json", ...)``."""
+def load_records(cfg: DataConfig, task: str | None = None) -> list[dict]:
+    """Rows of the configured dataset through ``datasets.load_dataset("json", ...)``.
+
+    A row whose text (or, for ``task`` classification, label) is null or missing is a :class:`DatasetError`
+    naming the file, the line and the field: it would otherwise train as the string "None" or a class of its own.
+    """
     import datasets
 
     datasets.disable_progress_bars()
@@ -72,6 +76,13 @@ def load_records(cfg: DataConfig) -> list[dict]:
         if column not in ds.column_names:
             raise DatasetError(f"data.{key}: column {column!r} not in {ds.column_names}")
     rows = ds.to_list()
+    required = fields + ([("label_field", cfg.label_field)] if task == "classification" else [])
+    for setting, name in required:
+        bad = next((i for i, r in enumerate(rows) if r.get(name) is None), None)
+        if bad is not None:
+            where = _locate(files, bad) if files else f"{cfg.dataset}, row {bad + 1}"
+            raise DatasetError(f"{where}: {name!r} is null or missing (data.{setting}: {name}); "
+                               "fix or remove the row")
     if cfg.domains:
         known = {str(r.get(cfg.domain_field)) for r in rows}
         unknown = [d for d in cfg.domains if d not in known]
@@ -99,6 +110,24 @@ def load_hf_dataset(cfg: DataConfig) -> object:
         raise DatasetError(f"data.dataset: cannot load {what}: {type(err).__name__}: {text}{hint}") from None
 
 
+def _locate(files: list[str], index: int) -> str:
+    """``file, line N`` (JSON Lines) or ``file, row N`` (a JSON array) of the ``index``-th row of ``files``."""
+    import datasets
+
+    for f in files:
+        if not f.endswith(".json"):
+            lines = [n for n, line in enumerate(Path(f).read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+            if index < len(lines):
+                return f"{f}, line {lines[index]}"
+            index -= len(lines)
+        else:
+            n = len(datasets.load_dataset("json", data_files=[f], split="train"))
+            if index < n:
+                return f"{f}, row {index + 1}"
+            index -= n
+    return f"{', '.join(files)}, row {index + 1}"
+
+
 def dataset_task(cfg: DataConfig) -> str | None:
     """The task a built-in dataset is for (None for user JSON)."""
     return BUILTIN_DATASETS[cfg.dataset][0] if cfg.dataset in BUILTIN_DATASETS else None
@@ -115,7 +144,7 @@ def build_federated_data(
     expected = dataset_task(cfg)
     if expected is not None and expected != task:
         raise DatasetError(f"data.dataset: {cfg.dataset} is a {expected} dataset but model.task is {task}")
-    rows = load_records(cfg)
+    rows = load_records(cfg, task)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xDA7A]))
     texts = [str(r[cfg.text_field]) for r in rows] if not cfg.instruction else []
     domains = [str(r.get(cfg.domain_field, "all")) for r in rows]

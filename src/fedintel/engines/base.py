@@ -35,6 +35,9 @@ class ClientFailure:
 
     client_id: int
     reason: str
+    kind: str = "failed"
+    """The event recorded for it: ``failed`` (crash, timeout, bad reply), ``diverged`` (NaN/Inf loss) or
+    ``rejected`` (implausible self-reported values)."""
 
 
 class Engine(ABC):

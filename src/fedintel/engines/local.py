@@ -44,8 +44,11 @@ class LocalEngine(Engine):
             return run_train_job(w.cfg, w.slot, w.data.clients[job.client_id].train, job,
                                  seed=job.seed(w.cfg.federation.seed), pad_id=w.pad_id, shape=w.shape,
                                  update_hook=self.update_hook)
-        except TrainingDiverged:
-            raise  # a diverging loss stops the run (the last good checkpoint is kept)
+        except TrainingDiverged as err:
+            if w.cfg.federation.on_client_diverged == "stop":
+                raise  # stops the run (the last good checkpoint is kept)
+            log.warning("client %d diverged; its update is dropped: %s", job.client_id, err)
+            return ClientFailure(job.client_id, str(err), kind="diverged")
         except Exception as err:  # a crashing client is dropped; the round goes on without it
             log.warning("client %d failed: %s", job.client_id, err)
             return ClientFailure(job.client_id, f"{type(err).__name__}: {err}")

@@ -18,13 +18,25 @@ Two conversions from RDP to ``(epsilon, delta)`` are offered:
 Limits: the simulator samples a fixed number of clients per round without replacement; accounting it as
 Poisson sampling at the same rate is the usual approximation (as in McMahan et al. 2018). Adjacency is
 add/remove one client (all of its data).
+
+Amplification by subsampling is claimed only where selection really is uniform random (a synchronous scheme
+with ``network.selection: random`` or no network, and not the clustered ``similarity`` round in which every
+client trains). Dropped or rejected clients only lower a sampled client's inclusion probability, so they keep
+that bound. Everywhere else (``fastest_k``, ``deadline``, ``federation.scheme: async``) the same clients may be
+chosen every time, so each client is accounted by its actual participation record
+(:func:`participation_epsilon`): every aggregation that included its update is one Gaussian release without
+amplification (with its update in one release ``k`` times, e.g. twice in a FedBuff buffer, that release has
+sensitivity ``kC``, i.e. multiplier ``sigma / k``), and the run reports the worst client's epsilon. Under
+asynchrony each buffer flush is a release; under local DP each upload is one (sensitivity ``2C``). How much
+privacy asynchrony costs is an open question of the paper (section V); this accounting makes no claim
+beyond the participation record it is given.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Literal
 
@@ -97,6 +109,41 @@ def compute_epsilon(
     with _quiet_absl():
         acc.compose(_event(noise_multiplier, sample_rate), steps)
     return rdp_to_epsilon(acc.orders, acc.rdp, delta, conversion)
+
+
+def participation_epsilon(
+    noise_multiplier: float,
+    releases: Mapping[int, int],
+    delta: float,
+    conversion: Conversion = "tight",
+) -> float:
+    """Epsilon of one client from its participation record, without amplification by sampling.
+
+    ``releases`` maps a multiplicity ``k`` (the client's update was in that release ``k`` times) to the number
+    of such releases; each is a Gaussian mechanism with multiplier ``noise_multiplier / k``.
+    """
+    _check(noise_multiplier, 1.0, delta)
+    if not any(n > 0 for n in releases.values()):
+        return 0.0
+    if noise_multiplier == 0:
+        return math.inf
+    acc = dp_accounting.rdp.RdpAccountant(list(RDP_ORDERS))
+    with _quiet_absl():
+        for k, n in sorted(releases.items()):
+            if n > 0:
+                acc.compose(dp_accounting.GaussianDpEvent(noise_multiplier / k), n)
+    return rdp_to_epsilon(acc.orders, acc.rdp, delta, conversion)
+
+
+def worst_client_epsilon(
+    noise_multiplier: float,
+    records: Mapping[int, Mapping[int, int]],
+    delta: float,
+    conversion: Conversion = "tight",
+) -> float:
+    """The largest :func:`participation_epsilon` over clients (``records``: client id -> its releases)."""
+    distinct = {tuple(sorted((k, n) for k, n in r.items() if n > 0)) for r in records.values()}
+    return max((participation_epsilon(noise_multiplier, dict(d), delta, conversion) for d in distinct), default=0.0)
 
 
 class PrivacyAccountant:

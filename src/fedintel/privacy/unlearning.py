@@ -38,6 +38,7 @@ import torch
 from fedintel.config import ConfigError, ExperimentConfig, dump_config, load_config
 from fedintel.tracking.checkpoint import checkpoint_path, latest_checkpoint, list_checkpoints, save_checkpoint
 from fedintel.tracking.progress import Reporter
+from fedintel.tracking.rundir import run_lock
 from fedintel.tracking.store import MetricsStore
 from fedintel.types import AdapterState, Update
 
@@ -451,11 +452,15 @@ def forget_approximate(
 
 
 def forget(run_dir: Path, client_id: int, method: str = "exact", **kwargs: Any) -> ForgetResult:
-    """Dispatch to :func:`forget_exact` or :func:`forget_approximate` (``method`` ``exact|approximate``)."""
-    if method == "exact":
-        kwargs.pop("recovery_rounds", None)
-        return forget_exact(run_dir, client_id, **kwargs)
-    if method == "approximate":
+    """Dispatch to :func:`forget_exact` or :func:`forget_approximate` (``method`` ``exact|approximate``).
+
+    Holds ``run_dir``'s lock while it reads the run, so no ``run``/``resume`` of it interleaves.
+    """
+    if method not in ("exact", "approximate"):
+        raise ConfigError(f"--method: {method!r} is not one of exact, approximate")
+    with run_lock(Path(run_dir), "forget"):
+        if method == "exact":
+            kwargs.pop("recovery_rounds", None)
+            return forget_exact(run_dir, client_id, **kwargs)
         kwargs.pop("scope", None)
         return forget_approximate(run_dir, client_id, **kwargs)
-    raise ConfigError(f"--method: {method!r} is not one of exact, approximate")

@@ -90,11 +90,15 @@ class AsyncScheme(Scheme):
         state["last_version"][cid] = version
         job = TrainJob(cid, state["global"], version, version + 1, salt)
         result = self.engine.train([job])[0]
+        if isinstance(result, Update):
+            record.uploads[cid] += 1
+        result = self.check_claims(result, record)
         self.reporter.client_done(state["arrivals"], cid, getattr(result, "train_loss", float("nan")))
         nbytes = state_nbytes(state["global"])
         entry: dict[str, Any] = {"client_id": cid, "base_version": version, "start_s": now_s, "base": state["global"]}
         if isinstance(result, ClientFailure):
-            entry.update(failed=result.reason, finish_s=now_s + OUTAGE_RETRY_S)
+            kind = "dropped" if result.kind == "failed" else result.kind  # this scheme's name for a failure
+            entry.update(failed=result.reason, failed_kind=kind, finish_s=now_s + OUTAGE_RETRY_S)
         else:
             entry.update(update=dataclasses.asdict(result))
             net = self.world.network
@@ -132,8 +136,10 @@ class AsyncScheme(Scheme):
             state["arrivals"] += 1
             cid = job["client_id"]
             record.clients.setdefault(cid, {})
-            if job.get("failed") or job.get("dropped"):
-                record.events.append((cid, "dropped", job.get("failed") or f"{job['dropped']} (simulated network)"))
+            if job.get("failed"):
+                record.events.append((cid, job.get("failed_kind", "dropped"), job["failed"]))
+            elif job.get("dropped"):
+                record.events.append((cid, "dropped", f"{job['dropped']} (simulated network)"))
             else:
                 update = Update(**job["update"])
                 totals["bytes_up"] += update.nbytes
@@ -176,7 +182,8 @@ class AsyncScheme(Scheme):
             record.events.append((cid, "stale", f"staleness {s} > async.max_staleness {a.max_staleness}"))
             return "stale"
         try:
-            validate_update(update, state["global"], max_norm=self.world.cfg.federation.max_update_norm)
+            validate_update(update, state["global"], max_norm=self.world.cfg.federation.max_update_norm,
+                            expected_version=job["base_version"])
         except UpdateRejected as err:
             record.events.append((cid, "rejected", str(err)))
             return "rejected"

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from fedintel.aggregation.base import Aggregator
-from fedintel.aggregation.validate import UpdateRejected, validate_update
+from fedintel.aggregation.validate import ClaimLimits, UpdateRejected, check_claims, validate_update
 from fedintel.engines.base import ClientFailure, Engine, TrainJob
 from fedintel.network.report import summarize_round
 from fedintel.network.simulator import ClientJob
 from fedintel.optimizers import build_optimizer
 from fedintel.tracking.progress import NullReporter, Reporter
+from fedintel.training.flops import train_flops
 from fedintel.types import AdapterState, Update, state_nbytes
 from fedintel.world import World, derive_seed
 
@@ -32,6 +34,10 @@ class RoundRecord:
     metrics: dict[str, float] = field(default_factory=dict)
     clients: dict[int, dict[str, float]] = field(default_factory=dict)
     events: list[tuple[int | None, str, str]] = field(default_factory=list)
+    aggregations: list[dict[int, int]] = field(default_factory=list)
+    """Per aggregation: client id -> how many of its updates it combined (a DP release each)."""
+    uploads: Counter[int] = field(default_factory=Counter)
+    """Updates each client sent this round (under local DP, each is a release)."""
 
 
 def add_state(state: AdapterState, delta: AdapterState, scale: float = 1.0) -> AdapterState:
@@ -115,11 +121,42 @@ class Scheme(ABC):
         nbytes = state_nbytes(self.world.initial_state)
         return sorted(net.select(round_idx, list(candidates), k, rng, self.world.estimated_flops(), nbytes))
 
-    def train(self, round_idx: int, jobs: list[TrainJob]) -> list[Result]:
-        """Run ``jobs`` on the engine, reporting progress per client."""
-        return self.engine.train(
+    def train(self, round_idx: int, jobs: list[TrainJob], record: RoundRecord | None = None) -> list[Result]:
+        """Run ``jobs`` on the engine, reporting progress per client; self-reported values are checked
+        (:meth:`check_claims`) before anything (clock, weights, metrics) uses them."""
+        results = self.engine.train(
             jobs, on_done=lambda r: self.reporter.client_done(round_idx, r.client_id, getattr(r, "train_loss", float("nan")))
         )
+        if record is not None:
+            record.uploads.update(r.client_id for r in results if isinstance(r, Update))
+        return [self.check_claims(r, record) for r in results]
+
+    def claim_limits(self, client_id: int) -> ClaimLimits:
+        """The most client ``client_id`` can truthfully report for one job (its shard as the server knows it)."""
+        w = self.world
+        n = len(w.data.clients[client_id].train)
+        spec = w.local_spec()
+        steps = spec.num_steps(max(n, 1))
+        seq = w.cfg.data.max_length
+        tokens = steps * min(spec.batch_size, max(n, 1)) * seq
+        return ClaimLimits(max_samples=n, max_steps=steps, max_tokens=tokens,
+                           max_flops=train_flops(w.shape, tokens, seq), dense_bytes=state_nbytes(w.initial_state))
+
+    def check_claims(self, result: Result, record: RoundRecord | None = None) -> Result:
+        """``result`` with its claimed samples capped to the client's shard, or a ``rejected``
+        :class:`ClientFailure` if a self-reported value (loss, FLOPs, steps, tokens, bytes) is impossible."""
+        if not isinstance(result, Update):
+            return result
+        try:
+            result, note = check_claims(result, self.claim_limits(result.client_id))
+        except UpdateRejected as err:
+            log.warning("rejected update: %s", err)
+            return ClientFailure(result.client_id, str(err), kind="rejected")
+        if note is not None:
+            log.warning("%s", note)
+            if record is not None:
+                record.events.append((result.client_id, "capped", note))
+        return result
 
     # -- the network clock ---------------------------------------------------------------------------
     def apply_network(
@@ -181,10 +218,11 @@ class Scheme(ABC):
     # -- what arrives --------------------------------------------------------------------------------
     def screen(
         self, results: Sequence[Result], reference: AdapterState, record: RoundRecord,
-        expected_version: int | None = None, bytes_down: int | None = None,
+        expected_version: int | Mapping[int, int] | None = None, bytes_down: int | None = None,
     ) -> list[Update]:
         """Validate every result; record accepted and rejected clients; return the accepted updates.
 
+        ``expected_version``: the global version every client trained from, or one per client id.
         ``bytes_down`` is what each client downloaded (default: the size of ``reference``).
         """
         accepted = []
@@ -193,7 +231,7 @@ class Scheme(ABC):
         for res in results:
             row = record.clients.setdefault(res.client_id, {})
             if isinstance(res, ClientFailure):
-                record.events.append((res.client_id, "failed", res.reason))
+                record.events.append((res.client_id, res.kind, res.reason))
                 row.update(accepted=0.0, bytes_down=float(down))
                 continue
             row.update(
@@ -201,7 +239,9 @@ class Scheme(ABC):
                 bytes_down=float(down), tokens=float(res.tokens), flops=res.flops, steps=float(res.steps),
             )
             try:
-                validate_update(res, reference, max_norm=max_norm, expected_version=expected_version)
+                version = (expected_version.get(res.client_id) if isinstance(expected_version, Mapping)
+                           else expected_version)
+                validate_update(res, reference, max_norm=max_norm, expected_version=version)
             except UpdateRejected as err:
                 log.warning("rejected update: %s", err)
                 record.events.append((res.client_id, "rejected", str(err)))
@@ -224,6 +264,7 @@ class Scheme(ABC):
         self.aggregator.set_round(round_idx)
         self.aggregator.round_dropped = list(dropped)
         delta = self.aggregator.aggregate(updates, reference)
+        record.aggregations.append(dict(Counter(u.client_id for u in updates)))
         record.metrics.update(self.aggregator.last_stats)
         if self.contributions is not None:  # output.save_client_updates (approximate unlearning)
             self.contributions.append({"reference": reference, "updates": list(updates), "delta": delta})

@@ -90,10 +90,11 @@ class ClusteredScheme(Scheme):
         version = {cid: state["versions"][max(state["assignment"][cid], 0)] for cid in chosen}
         opt = {cid: state["optimizer"][max(state["assignment"][cid], 0)] for cid in chosen}
         results = self.train(round_idx, [TrainJob(cid, start[cid], version[cid], round_idx,
-                                                  extras=self.optimizer.downlink(opt[cid], cid)) for cid in chosen])
+                                                  extras=self.optimizer.downlink(opt[cid], cid)) for cid in chosen],
+                             record)
         down = state_nbytes(self.world.initial_state) + self.optimizer.downlink_nbytes(state["optimizer"][0])
         arrived = self.apply_network(round_idx, state["totals"], results, record, down)
-        accepted = self.screen(arrived, self.world.initial_state, record, bytes_down=down)
+        accepted = self.screen(arrived, self.world.initial_state, record, expected_version=version, bytes_down=down)
         if forming:
             labels = clustering.cluster_by_similarity(
                 [u.delta for u in accepted], c.num_clusters, c.algorithm, derive_seed(fed.seed, 19)

@@ -29,7 +29,7 @@ class FedAvgScheme(Scheme):
         g, opt = state["global"], state.get("optimizer", {})  # checkpoints before federated optimizers lack it
         chosen = self.choose_clients(round_idx, range(fed.num_clients), fed.clients_per_round)
         jobs = [TrainJob(cid, g, state["version"], round_idx, extras=self.optimizer.downlink(opt, cid)) for cid in chosen]
-        results = self.train(round_idx, jobs)
+        results = self.train(round_idx, jobs, record)
         down = state_nbytes(g) + self.optimizer.downlink_nbytes(opt)
         arrived = self.apply_network(round_idx, state["totals"], results, record, down)
         accepted = self.screen(arrived, g, record, expected_version=state["version"], bytes_down=down)

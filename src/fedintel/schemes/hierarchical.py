@@ -63,11 +63,11 @@ class HierarchicalScheme(Scheme):
         totals = state["totals"]
         chosen = self.choose_clients(round_idx, range(fed.num_clients), fed.clients_per_round)
         jobs = [TrainJob(cid, tiers[0][self.client_edge[cid]], state["version"], round_idx) for cid in chosen]
-        results = self.train(round_idx, jobs)
+        results = self.train(round_idx, jobs, record)
         nbytes = state_nbytes(state["global"])
         cells = [[c for c in chosen if self.client_edge[c] == e] for e in range(h.tiers[0].nodes)]
         arrived = self.apply_network(round_idx, totals, results, record, nbytes, groups=cells)
-        accepted = self.screen(arrived, state["global"], record)
+        accepted = self.screen(arrived, state["global"], record, expected_version=state["version"])
         # 1. every edge server aggregates its own clients
         for e in range(h.tiers[0].nodes):
             members = [u for u in accepted if self.client_edge[u.client_id] == e]

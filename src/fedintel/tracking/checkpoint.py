@@ -1,16 +1,21 @@
 """Atomic checkpoints: written to a temporary file, fsynced, then renamed over the final name.
 
 A run killed at any moment leaves either the previous checkpoint or the new one, never a torn file.
+Checkpoints are read with ``torch.load(weights_only=True)``: tensors and plain values only, so a checkpoint
+file can never run code (a pickled object is refused like a damaged file).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
+
+log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"round_(\d+)\.pt$")
 
@@ -51,10 +56,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def latest_checkpoint(run_dir: Path) -> dict[str, Any] | None:
-    """The newest readable checkpoint (a damaged newest file falls back to the one before)."""
+    """The newest readable checkpoint (a damaged newest file falls back to the one before, with a warning)."""
     for _, path in reversed(list_checkpoints(run_dir)):
         try:
             return load_checkpoint(path)
-        except Exception:  # a damaged file: try the previous one
+        except Exception as err:  # a damaged (or code-carrying) file: try the previous one
+            log.warning("checkpoint %s is unreadable (%s: %s); falling back to the one before",
+                        path, type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
             continue
     return None

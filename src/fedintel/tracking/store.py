@@ -9,14 +9,40 @@ Tables::
 
 Query it with any SQLite client, e.g.
 ``SELECT round, value FROM round_metrics WHERE name = 'eval_loss' ORDER BY round``.
+
+Any SQLite failure (a damaged or foreign file, a full disk, a database locked too long) surfaces as a
+:class:`StoreError` naming the file, which the CLI prints as one line.
 """
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
+
+from fedintel.tracking.rundir import RunDirError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class StoreError(RunDirError):
+    """The metrics store could not be read or written; the message names the file and the SQLite error."""
+
+
+def _clear_errors(method: F) -> F:
+    @functools.wraps(method)
+    def wrapper(self: MetricsStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as err:
+            raise StoreError(f"metrics store {self.path}: {err} ({type(err).__name__}); "
+                             "check the file, the disk and that no other process holds it") from None
+
+    return wrapper  # type: ignore[return-value]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -42,11 +68,20 @@ class MetricsStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.conn = sqlite3.connect(self.path, timeout=30)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=FULL")
-        self.conn.executescript(SCHEMA)
-        self.conn.commit()
+        self.conn: sqlite3.Connection = self._open()
+
+    @_clear_errors
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.executescript(SCHEMA)
+            conn.commit()
+        except sqlite3.Error:
+            conn.close()
+            raise
+        return conn
 
     def close(self) -> None:
         self.conn.close()
@@ -154,6 +189,11 @@ class MetricsStore:
             q += " AND kind=?"
             args += (kind,)
         return list(self.conn.execute(q + " ORDER BY round", args))
+
+
+for _name in ("start_run", "set_status", "log_round", "truncate_after", "run_ids", "run_info", "series", "rounds",
+              "client_rows", "events"):
+    setattr(MetricsStore, _name, _clear_errors(getattr(MetricsStore, _name)))
 
 
 def finished_rounds(run_dir: Path) -> list[dict[str, float]] | None:

@@ -291,10 +291,10 @@ class FlowerEngine(Engine):
             self._fingerprints[client_id] = m.shard_fingerprint(train.input_ids, train.labels)
         return self._fingerprints[client_id]
 
-    def _fail(self, h: JobHandle, reason: str) -> None:
+    def _fail(self, h: JobHandle, reason: str, kind: str = "failed") -> None:
         log.warning("client %d: %s", h.job.client_id, reason)
         self.stats.failures += 1
-        self._done[h.seq] = (h, ClientFailure(h.job.client_id, reason))
+        self._done[h.seq] = (h, ClientFailure(h.job.client_id, reason, kind))
 
     def _collect(self) -> None:
         """Pull every reply that has arrived; resolve timed-out jobs."""
@@ -327,12 +327,20 @@ class FlowerEngine(Engine):
         try:
             status, reason = m.outcome(reply)
             if status == "diverged":
-                raise TrainingDiverged(reason)
+                if self.world.cfg.federation.on_client_diverged == "stop":
+                    raise TrainingDiverged(reason)
+                self._fail(h, reason or f"client {cid} diverged", kind="diverged")
+                return
             if m.DELTA_KEY in reply.content:
                 self.stats.bytes_up += reply.content[m.DELTA_KEY].count_bytes()
             update = m.update_from_reply(reply, cid)
+        except TrainingDiverged:
+            raise  # federation.on_client_diverged: stop
         except m.ProtocolError as err:
             self._fail(h, f"SuperNode {h.node_id}: {err}")
+            return
+        except Exception as err:  # noqa: BLE001 - a reply must never kill the ServerApp
+            self._fail(h, f"SuperNode {h.node_id}: malformed reply ({type(err).__name__}: {err})")
             return
         log.info("client %d on node %d: %.1f s round trip (node: setup %.1f s, train %.1f s)", cid, h.node_id,
                  self.stats.node_seconds[-1], update.metrics.get("node_setup_s", float("nan")),

@@ -13,7 +13,9 @@ A training job travels as one Flower ``Message`` of type ``train`` whose :class:
 The reply holds ``delta`` (the client's adapter minus the start, an ``ArrayRecord``) and ``result`` (a
 ``MetricRecord`` with ``num-samples``, ``train-loss``, ``steps``, ``tokens``, ``flops``, ``wire-bytes`` for
 rank-sliced LoRA uploads, and node timings in seconds). A client whose training loss diverged replies with ``status`` = ``diverged`` in ``outcome`` (a
-``ConfigRecord``) so the server stops the run exactly as the local engine does.
+``ConfigRecord``) so the server drops that client or stops the run (``federation.on_client_diverged``) exactly as
+the local engine does. The decoders raise :class:`ProtocolError` for any malformed reply (missing or
+non-numeric field, bad layout), which the engine turns into that client's failure.
 
 Discovery uses a ``query`` message: each SuperNode answers with the client ids whose shards it holds.
 
@@ -77,17 +79,35 @@ def state_to_record(state: AdapterState) -> ArrayRecord:
 
 
 def record_to_state(record: ArrayRecord) -> AdapterState:
-    """The inverse of :func:`state_to_record`: writable CPU tensors, bit-identical to the sender's."""
+    """The inverse of :func:`state_to_record`: writable CPU tensors, bit-identical to the sender's.
+
+    Raises :class:`ProtocolError` for anything malformed (not an ``ArrayRecord``, bad layout JSON, sizes).
+    """
+    if not isinstance(record, ArrayRecord):
+        raise ProtocolError(f"adapter record is a {type(record).__name__}, expected an ArrayRecord")
+    try:
+        return _record_to_state(record)
+    except ProtocolError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, UnicodeDecodeError, RuntimeError) as err:
+        raise ProtocolError(f"malformed adapter record ({type(err).__name__}: {err})") from None
+
+
+def _record_to_state(record: ArrayRecord) -> AdapterState:
     import torch
 
     if LAYOUT_KEY not in record:  # one Array per tensor (any Flower peer)
         return {k: torch.from_numpy(arr.numpy().copy()) for k, arr in record.items()}
     layout = json.loads(record[LAYOUT_KEY].numpy().tobytes().decode())
+    if not isinstance(layout, list) or not all(isinstance(e, dict) for e in layout):
+        raise ProtocolError("adapter layout is not a list of tensor entries")
     flat = {k.removeprefix(PACKED_PREFIX): arr.numpy() for k, arr in record.items() if k.startswith(PACKED_PREFIX)}
     offsets = dict.fromkeys(flat, 0)
     state: AdapterState = {}
     for entry in layout:
-        dt, shape = entry["dtype"], tuple(entry["shape"])
+        dt, shape = str(entry["dtype"]), tuple(entry["shape"])
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise ProtocolError(f"adapter layout: bad shape {list(shape)} for {entry['name']!r}")
         n = 1
         for d in shape:
             n *= d
@@ -170,12 +190,32 @@ def diverged_content(client_id: int, reason: str) -> RecordDict:
     return RecordDict({OUTCOME_KEY: ConfigRecord({"status": "diverged", "client-id": int(client_id), "reason": reason})})
 
 
+STATUSES = ("ok", "diverged")
+
+
 def outcome(reply: Message) -> tuple[str, str]:
-    """``(status, reason)`` of a reply without an error: ``ok`` or ``diverged``."""
+    """``(status, reason)`` of a reply without an error: ``ok`` or ``diverged``; else :class:`ProtocolError`."""
     rec = reply.content.get(OUTCOME_KEY)
-    if rec is None:
-        raise ProtocolError(f"reply has no '{OUTCOME_KEY}' record (records: {sorted(reply.content)})")
-    return str(rec["status"]), str(rec.get("reason", ""))
+    if not isinstance(rec, ConfigRecord):
+        raise ProtocolError(f"reply has no '{OUTCOME_KEY}' config record (records: {sorted(reply.content)})")
+    status = rec.get("status")
+    if status not in STATUSES:
+        raise ProtocolError(f"reply status {status!r} is not one of {list(STATUSES)}")
+    return str(status), str(rec.get("reason", ""))[:1000]
+
+
+def _number(res: Any, key: str, *, integer: bool = False) -> float:
+    """``res[key]`` as a finite number (an integer if ``integer``), else :class:`ProtocolError`."""
+    import math
+
+    if key not in res:
+        raise ProtocolError(f"training reply's '{RESULT_KEY}' lacks {key!r}")
+    v = res[key]
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise ProtocolError(f"training reply's {key!r} is {v!r}, expected a finite number")
+    if integer and v != int(v):
+        raise ProtocolError(f"training reply's {key!r} is {v!r}, expected an integer")
+    return v
 
 
 def update_from_reply(reply: Message, client_id: int) -> Update:
@@ -185,21 +225,24 @@ def update_from_reply(reply: Message, client_id: int) -> Update:
     content = reply.content
     if DELTA_KEY not in content or RESULT_KEY not in content:
         raise ProtocolError(f"training reply lacks '{DELTA_KEY}'/'{RESULT_KEY}' (records: {sorted(content)})")
+    if not isinstance(content[RESULT_KEY], MetricRecord):
+        raise ProtocolError(f"training reply's '{RESULT_KEY}' is a {type(content[RESULT_KEY]).__name__}, expected a MetricRecord")
     res = dict(content[RESULT_KEY])
-    got = int(content[OUTCOME_KEY]["client-id"]) if OUTCOME_KEY in content else client_id
+    got = _number(dict(content[OUTCOME_KEY]), "client-id", integer=True) if OUTCOME_KEY in content else client_id
     if got != client_id:
         raise ProtocolError(f"reply for client {got} arrived for a job of client {client_id}")
-    timings = {k.replace("-", "_"): float(v) for k, v in res.items() if k.startswith("node-")}
-    extra = {"wire_bytes": int(res["wire-bytes"])} if "wire-bytes" in res else {}
+    timings = {k.replace("-", "_"): float(_number(res, k)) for k in res if k.startswith("node-")}
+    extra = {"wire_bytes": int(_number(res, "wire-bytes", integer=True))} if "wire-bytes" in res else {}
+    # value bounds (non-negative, plausible for the client's shard) are the server's screening, not the decoder's
     return Update(
         client_id=client_id,
         delta=record_to_state(content[DELTA_KEY]),
-        num_samples=int(res["num-samples"]),
-        base_version=int(res["base-version"]),
-        train_loss=float(res["train-loss"]),
-        steps=int(res["steps"]),
-        tokens=int(res["tokens"]),
-        flops=float(res["flops"]),
+        num_samples=int(_number(res, "num-samples", integer=True)),
+        base_version=int(_number(res, "base-version", integer=True)),
+        train_loss=float(_number(res, "train-loss")),
+        steps=int(_number(res, "steps", integer=True)),
+        tokens=int(_number(res, "tokens", integer=True)),
+        flops=float(_number(res, "flops")),
         metrics=timings,
         **extra,
     )

@@ -82,8 +82,11 @@ class WallClockAsyncScheme(AsyncScheme):
             job = self._flying.pop(handle.seq)
             state["arrivals"] += 1
             cid = job["client_id"]
+            if isinstance(result, Update):
+                record.uploads[cid] += 1
+            result = self.check_claims(result, record)
             if isinstance(result, ClientFailure):
-                record.events.append((cid, "failed", result.reason))
+                record.events.append((cid, result.kind, result.reason))
             else:
                 update: Update = result
                 outcome = self.arrive(round_idx, state, job, update, record)
