@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fedintel.cli import main
+from fedintel.config import ConfigError
 from fedintel.experiment import resume_experiment, run_experiment
 from fedintel.tracking.checkpoint import checkpoint_path, latest_checkpoint, list_checkpoints
 from fedintel.tracking.rundir import RunDirError, run_lock
@@ -73,8 +74,8 @@ def test_a_second_process_on_a_run_directory_gets_a_clear_error(interrupted, tin
             resume_experiment(interrupted)
         with pytest.raises(RunDirError, match="in use"):
             forget(interrupted, 0)
-        with pytest.raises(RunDirError, match="in use"):
-            run_experiment(tiny_cfg(), interrupted)
+        with pytest.raises((RunDirError, ConfigError), match="in use|already holds a run"):
+            run_experiment(tiny_cfg(), interrupted)  # refused before anything is built or written
         assert main(["resume", str(interrupted)]) == 2
         assert "in use" in capsys.readouterr().err
     assert _rounds(interrupted) == before
