@@ -109,7 +109,7 @@ def test_killing_the_serving_process_mid_batch_loses_no_request(servers, expecte
     assert any(a.retried and a.attempts[0].path == victim_path for a in answers)  # in-flight ones moved
 
 
-def test_flaky_links_are_retried(servers, expected, links):
+def test_flaky_links_are_retried(servers, expected):
     group, workers = servers
     alive = [w for w in workers if w.alive()]
     assert len(alive) == 2
@@ -118,7 +118,7 @@ def test_flaky_links_are_retried(servers, expected, links):
     try:
         paths = [AccessPath("d2d", links[0].address, availability=0.6),
                  AccessPath("rsu", links[1].address, availability=0.6)]
-        client = MultiAccessClient(paths, links, policy="round_robin", timeout=5.0, cooldown_s=0.0, max_rounds=6)
+        client = MultiAccessClient(paths, group.security, policy="round_robin", timeout=5.0, cooldown_s=0.0, max_rounds=6)
         answers = client.map(request_for, 8, concurrency=2)
         client.close()
     finally:
