@@ -315,7 +315,12 @@ class Channel:
     @property
     def encrypted(self) -> bool:
         """Whether this connection runs over TLS."""
-        return isinstance(self.sock, ssl.SSLSocket)
+        return isinstance(self.sock, TLSStream)
+
+    @property
+    def raw(self) -> socket.socket:
+        """The TCP socket underneath (the ciphertext stream, under TLS)."""
+        return self.sock.sock if isinstance(self.sock, TLSStream) else self.sock
 
     # ---------------------------------------------------------------- handshake
     @classmethod
@@ -333,7 +338,7 @@ class Channel:
             raise PeerTimeout(f"connecting to {address} timed out after {connect_timeout:g} s") from None
         except OSError as err:
             raise PeerClosed(f"cannot connect to device at {address}: {err.strerror or err}") from None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _tune(sock)
         return cls.client_on(sock, security, address, timeout, max_frame_bytes, connect_timeout + timeout,
                              server_name or host)
 
@@ -357,7 +362,7 @@ class Channel:
     ) -> Channel:
         """Run the server side of the TLS handshake on an accepted connection (closed on failure)."""
         if sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _tune(sock)
         if not security.insecure:
             sock = _handshake(sock, security.server_context(), peer, timeout, server_side=True)
         sock.settimeout(timeout)
@@ -533,8 +538,23 @@ class Channel:
             got += k
 
 
+SOCKET_BUFFER_BYTES = 4 << 20
+"""Send and receive buffer asked for each connection: a whole activation fits, so a sender rarely waits for
+the receiver to be scheduled (the kernel may grant less)."""
+
+
+def _tune(sock: socket.socket) -> None:
+    """No Nagle delay; socket buffers of :data:`SOCKET_BUFFER_BYTES`."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER_BYTES)
+        except OSError:
+            pass
+
+
 def _peer_name(sock: socket.socket) -> str:
-    if not isinstance(sock, ssl.SSLSocket):
+    if not isinstance(sock, TLSStream):
         return ""
     cert = sock.getpeercert() or {}
     for rdn in cert.get("subject", ()):
@@ -544,17 +564,118 @@ def _peer_name(sock: socket.socket) -> str:
     return ""
 
 
+class TLSStream:
+    """A TLS connection over a socket, through :class:`ssl.MemoryBIO` s.
+
+    The socket-like subset the channel uses (``sendall``, ``recv_into``, ``settimeout``, ``close``).
+    Ciphertext moves in large reads and writes, many 16 KiB TLS records per system call, where
+    :class:`ssl.SSLSocket` makes one write and two reads per record (on a 393 KB activation, 48 system
+    calls instead of about 150 per round trip; some 15 % faster here, within the noise of a loaded machine).
+    """
+
+    CHUNK = 1 << 18
+    """Bytes encrypted, then sent, at a time (bounds the memory a large frame takes in ciphertext)."""
+
+    def __init__(self, sock: socket.socket, ctx: ssl.SSLContext, server_side: bool, server_name: str | None) -> None:
+        self.sock = sock
+        self.family = sock.family
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._tls = ctx.wrap_bio(self._in, self._out, server_side=server_side,
+                                 server_hostname=None if server_side else server_name)
+        self._buf = bytearray(self.CHUNK)
+
+    def do_handshake(self) -> None:
+        """Run the TLS handshake (raises ``ssl.SSLError``, ``TimeoutError``, ``OSError``)."""
+        while True:
+            try:
+                self._tls.do_handshake()
+            except ssl.SSLWantReadError:
+                self._flush()
+                self._fill()
+                continue
+            except ssl.SSLError:
+                self._flush_quietly()  # our alert tells the peer why
+                raise
+            self._flush()
+            return
+
+    def sendall(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt and send all of ``data``."""
+        view = memoryview(data).cast("B")
+        try:
+            for i in range(0, len(view), self.CHUNK):
+                chunk = view[i:i + self.CHUNK]
+                while chunk:
+                    chunk = chunk[self._tls.write(chunk):]
+                self._flush()
+        except ssl.SSLError:
+            self._flush_quietly()
+            raise
+
+    def recv_into(self, buf: memoryview | bytearray, nbytes: int = 0) -> int:
+        """Decrypt up to ``nbytes`` bytes into ``buf``; 0 when the peer closed the connection."""
+        n = nbytes or len(buf)
+        while True:
+            try:
+                return self._tls.read(n, buf)
+            except ssl.SSLWantReadError:
+                self._fill()
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return 0
+            except ssl.SSLError:
+                self._flush_quietly()
+                raise
+
+    def _fill(self) -> None:
+        k = self.sock.recv_into(self._buf)
+        if k:
+            self._in.write(memoryview(self._buf)[:k])
+        else:
+            self._in.write_eof()
+
+    def _flush(self) -> None:
+        data = self._out.read()
+        if data:
+            self.sock.sendall(data)
+
+    def _flush_quietly(self) -> None:
+        try:
+            self._flush()
+        except OSError:
+            pass
+
+    def settimeout(self, timeout: float | None) -> None:
+        """Timeout of each socket operation, seconds."""
+        self.sock.settimeout(timeout)
+
+    def fileno(self) -> int:
+        """The socket's file descriptor (-1 once closed)."""
+        return self.sock.fileno()
+
+    def version(self) -> str | None:
+        """The negotiated TLS version, e.g. ``"TLSv1.3"``."""
+        return self._tls.version()
+
+    def getpeercert(self) -> dict[str, Any]:
+        """The peer's verified certificate, as :meth:`ssl.SSLSocket.getpeercert` gives it."""
+        return self._tls.getpeercert() or {}
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.sock.close()
+
+
 def _handshake(sock: socket.socket, ctx: ssl.SSLContext, peer: str, timeout: float, server_side: bool,
-               server_name: str | None = None) -> ssl.SSLSocket:
-    """Wrap ``sock`` in TLS and complete the handshake within ``timeout`` seconds; close it on failure."""
+               server_name: str | None = None) -> TLSStream:
+    """Run TLS over ``sock`` and complete the handshake within ``timeout`` seconds; close it on failure."""
     try:
-        tsock = ctx.wrap_socket(sock, server_side=server_side, server_hostname=None if server_side else server_name,
-                                do_handshake_on_connect=False)
+        tsock = TLSStream(sock, ctx, server_side, server_name)
     except (ssl.SSLError, ValueError) as err:
         sock.close()
         raise HandshakeError(f"TLS set-up for {peer} failed: {err}") from None
     try:
-        tsock.settimeout(timeout)
+        sock.settimeout(timeout)
         tsock.do_handshake()
     except ssl.SSLCertVerificationError as err:
         tsock.close()
@@ -687,14 +808,13 @@ class FrameServer:
         with self._lock:
             for c in list(self._conns):
                 try:
-                    socket.socket.shutdown(c, socket.SHUT_RDWR)  # the TCP socket, also under TLS
+                    c.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
 
     def _serve_conn(self, conn: socket.socket, peer: str) -> None:
         with self._lock:
             self._conns.add(conn)
-        ch: Channel | None = None
         try:
             try:
                 ch = Channel.server(conn, self.security, peer, self.timeout, self.max_frame_bytes)
@@ -702,9 +822,6 @@ class FrameServer:
                 self.rejected += 1
                 log.warning("rejected connection from %s: %s", peer, err)
                 return
-            with self._lock:
-                self._conns.discard(conn)
-                self._conns.add(ch.sock)
             while not self.stopping.is_set():
                 try:
                     msg = ch.recv(idle_timeout=self.idle_timeout)
@@ -717,7 +834,7 @@ class FrameServer:
                     try:
                         ch.send(Message("error", {"error": str(err), "kind": type(err).__name__, "_close": True}))
                         if isinstance(err, FrameTooLarge):
-                            _drain(ch.sock, seconds=2.0)  # let the sender finish so it can read why
+                            _drain(ch.raw, seconds=2.0)  # let the sender finish so it can read why
                     except (ProtocolError, OSError):
                         pass
                     ch.close()
@@ -736,14 +853,10 @@ class FrameServer:
         finally:
             with self._lock:
                 self._conns.discard(conn)
-                if ch is not None:
-                    self._conns.discard(ch.sock)
-            for s in (conn, ch.sock if ch is not None else None):
-                try:
-                    if s is not None:
-                        s.close()
-                except OSError:
-                    pass
+            try:
+                conn.close()
+            except OSError:
+                pass
 
 
 class Client:
