@@ -339,8 +339,12 @@ class Channel:
         except OSError as err:
             raise PeerClosed(f"cannot connect to device at {address}: {err.strerror or err}") from None
         _tune(sock)
-        return cls.client_on(sock, security, address, timeout, max_frame_bytes, connect_timeout + timeout,
-                             server_name or host)
+        try:
+            return cls.client_on(sock, security, address, timeout, max_frame_bytes, connect_timeout + timeout,
+                                 server_name or host)
+        except BaseException:
+            sock.close()  # idempotent: a failed handshake has closed it already
+            raise
 
     @classmethod
     def client_on(
