@@ -190,6 +190,19 @@ def ensure_device_cert(cert_dir: str | Path, name: str, hosts: Sequence[str] = D
     return issue_device_cert(cert_dir, name, hosts)
 
 
+def write_device_certs(out: str | Path, names: Sequence[str], hosts: Sequence[str] = DEFAULT_HOSTS) -> list[Path]:
+    """A CA in ``out`` (kept if there) and a certificate for each device name, valid for ``hosts``; the files."""
+    for n in names:
+        check_name(n)  # before anything is written
+    ca_crt, ca_key = ca_paths(out)
+    if not ca_crt.is_file():
+        write_ca(out)
+    files = [ca_crt, ca_key]
+    for n in dict.fromkeys(names):
+        files += issue_device_cert(out, n, hosts)
+    return files
+
+
 def _check_files(cert_dir: str | Path, name: str) -> tuple[Path, Path, Path]:
     ca = ca_paths(cert_dir)[0]
     crt, key = device_paths(cert_dir, name)
