@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/inference.py [--quick]
 
-1. transport: round trip of an authenticated frame to a device process (1x1xhidden and 1x128x768 fp32);
+1. transport: round trip of a frame to a device process over mutual TLS (1x1xhidden and 1x128x768 fp32;
+   TLS against plain TCP: benchmarks/tls_links.py);
 2. split runtime: SmolLM2-135M tokens/s in one process vs 2 and 3 stage processes; added time per hop;
 3. speculative decoding and the confidence cascade vs always asking the large model (SmolLM2-135M, 30
    layers, fp32, on an edge process; the end device's small model is its int8 version, or an early exit);
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import threading
 import time
 
@@ -35,7 +37,7 @@ from fedintel.inference.multiaccess import (
     simulate_multiaccess,
 )
 from fedintel.inference.planner import DeviceSpec, LinkSpec
-from fedintel.inference.protocol import new_key
+from fedintel.inference.protocol import LinkSecurity
 from fedintel.inference.simulate import ModelCost, cascade_s, remote_generate_s, speculative_s
 from fedintel.inference.speculative import speculative_generate
 from fedintel.inference.split import SplitPipeline
@@ -69,9 +71,9 @@ def table(title: str, cols: list[str], rows: list[list[str]]) -> None:
     console.print(t)
 
 
-def bench_transport(key: bytes, reps: int) -> None:
+def bench_transport(security: LinkSecurity, reps: int) -> None:
     rows = []
-    with WorkerGroup(key) as group:
+    with WorkerGroup(security) as group:
         (w,) = group.start([("echo", ["--model", "tiny-llama"])])
         c = group.client(w)
         for name, t in [("1x1x576 fp32 (SmolLM2 hidden)", torch.randn(1, 1, 576)),
@@ -85,17 +87,17 @@ def bench_transport(key: bytes, reps: int) -> None:
                 ts.append(time.perf_counter() - t0)
             rows.append([name, f"{statistics.median(ts) * 1e3:.3f}", f"{sorted(ts)[int(0.9 * len(ts))] * 1e3:.3f}"])
         c.close()
-    table("transport: authenticated round trip to a device process (HMAC-SHA256, no pickle)",
+    table("transport: round trip to a device process over mutual TLS 1.3 (no pickle)",
           ["payload", "median ms", "p90 ms"], rows)
 
 
-def bench_split(key: bytes, new_tokens: int, reps: int) -> None:
+def bench_split(security: LinkSecurity, new_tokens: int, reps: int) -> None:
     """Single process vs 2 and 3 stage processes, interleaved; the best of ``reps`` runs of each (the
     machine is shared, so the minimum is the least disturbed measurement)."""
     lm = load_base_model(ModelConfig(name="smollm2-135m"))
     ids = chat_ids(lm.tokenizer, PROMPTS[0])
     configs: list[tuple[str, list[int]]] = [("1 (this process)", []), ("2 processes", [15]), ("3 processes", [10, 20])]
-    pipes = {name: SplitPipeline.launch("smollm2-135m", cuts, 30, key=key) for name, cuts in configs[1:]}
+    pipes = {name: SplitPipeline.launch("smollm2-135m", cuts, 30, security=security) for name, cuts in configs[1:]}
     lms = {configs[0][0]: LocalLM(lm.model), **pipes}
     best = {name: float("inf") for name, _ in configs}
     tokens: dict[str, list[int]] = {}
@@ -126,7 +128,7 @@ def bench_split(key: bytes, new_tokens: int, reps: int) -> None:
            "time ratio", "same tokens"], rows)
 
 
-def bench_vertical(key: bytes, new_tokens: int, early_exit: list[int]) -> None:
+def bench_vertical(security: LinkSecurity, new_tokens: int, early_exit: list[int]) -> None:
     big = load_base_model(ModelConfig(name="smollm2-135m"))
     tok, eos = big.tokenizer, big.tokenizer.eos_token_id
     prompts = [chat_ids(tok, p) for p in PROMPTS]
@@ -140,7 +142,7 @@ def bench_vertical(key: bytes, new_tokens: int, early_exit: list[int]) -> None:
         small = load_base_model(ModelConfig(name="smollm2-135m", num_layers=nl))
         drafts.append((f"early exit {nl}/30 layers", small.model, ModelCost.of(small.model.config)))
     spec_rows, casc_rows = [], []
-    with SplitPipeline.launch("smollm2-135m", [], 30, key=key) as edge:
+    with SplitPipeline.launch("smollm2-135m", [], 30, security=security) as edge:
         greedy_generate(edge, prompts[0], 4)
         refs = [greedy_generate(edge, p, new_tokens, eos) for p in prompts]
         sim_large = sum(remote_generate_s(c_big, edge_dev, link, len(p), len(r.tokens))
@@ -184,17 +186,17 @@ MA_SPECS = [("cellular-edge", 0.015, 0.95, 100e6, 0.5), ("d2d-neighbour", 0.005,
             ("rsu", 0.01, 0.9, 50e6, 0.1)]
 
 
-def ma_scenario(key: bytes, scenario: str, requests: int) -> list[str]:
+def ma_scenario(security: LinkSecurity, scenario: str, requests: int) -> list[str]:
     from concurrent.futures import ThreadPoolExecutor
 
     failures = scenario != "no failures"
-    with WorkerGroup(key) as group:
+    with WorkerGroup(security) as group:
         workers = group.start([(n, ["--model", "smollm2-135m", "--num-layers", "4"]) for n, *_ in MA_SPECS])
         links = [FaultyLink(w.address, latency_s=lat, drop_prob=(1 - av) if failures else 0.0, seed=i)
                  for i, (w, (_, lat, av, _, _)) in enumerate(zip(workers, MA_SPECS, strict=True))]
         paths = [AccessPath(n, lk.address, rate_bps=rate, latency_s=lat, availability=av if failures else 1.0,
                             cost_per_mb=cost) for lk, (n, lat, av, rate, cost) in zip(links, MA_SPECS, strict=True)]
-        client = MultiAccessClient(paths, key, "fastest", timeout=10.0, cooldown_s=1.0, max_rounds=4)
+        client = MultiAccessClient(paths, group.security, "fastest", timeout=10.0, cooldown_s=1.0, max_rounds=4)
         victim = workers[rank_paths(paths, "fastest", client.request_bytes)[0]]
         done = [0]
 
@@ -228,8 +230,8 @@ def ma_scenario(key: bytes, scenario: str, requests: int) -> list[str]:
             f"{sim.success_rate:.2%}", f"{sim.mean_s * 1e3:.1f}"]
 
 
-def bench_multiaccess(key: bytes, requests: int) -> None:
-    rows = [ma_scenario(key, sc, requests) for sc in ("no failures", "drops (1 - availability)", "drops + node killed")]
+def bench_multiaccess(security: LinkSecurity, requests: int) -> None:
+    rows = [ma_scenario(security, sc, requests) for sc in ("no failures", "drops (1 - availability)", "drops + node killed")]
     table(f"multi-access, policy fastest, {requests} requests (8 tokens, SmolLM2 4 layers), one in flight; a relay per path adds its latency",
           ["scenario", "answered", "retried", "mean ms", "p95 ms", "simulated success", "simulated mean ms"], rows)
 
@@ -240,12 +242,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    key = new_key()
+    security = LinkSecurity.fresh(tempfile.mkdtemp(prefix="fedintel-bench-tls-"))  # one CA for every device here
     t0 = time.time()
-    bench_transport(key, 200 if args.quick else 500)
-    bench_split(key, 16 if args.quick else 32, 2 if args.quick else 4)
-    bench_vertical(key, 16 if args.quick else 24, [] if args.quick else [20])
-    bench_multiaccess(key, 18 if args.quick else 30)
+    bench_transport(security, 200 if args.quick else 500)
+    bench_split(security, 16 if args.quick else 32, 2 if args.quick else 4)
+    bench_vertical(security, 16 if args.quick else 24, [] if args.quick else [20])
+    bench_multiaccess(security, 18 if args.quick else 30)
     console.print(f"total {time.time() - t0:.0f} s")
 
 

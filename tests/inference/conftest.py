@@ -1,4 +1,5 @@
-"""Shared fixtures: a shared key, saved random models, and a check that no device process outlives a test."""
+"""Shared fixtures: the links' TLS identity, saved random models, and a check that no device process outlives
+a test."""
 
 from __future__ import annotations
 
@@ -9,14 +10,17 @@ import pytest
 import torch
 
 from fedintel.inference.launcher import child_pids
+from fedintel.inference.protocol import LinkSecurity
 
 torch.set_num_threads(1)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(scope="session")
-def key() -> bytes:
-    return bytes(range(32))
+def links(tmp_path_factory) -> LinkSecurity:
+    """This test process's mutual-TLS identity ('origin') under a CA made for the session; device processes
+    started with it get their own certificates of the same CA."""
+    return LinkSecurity.fresh(tmp_path_factory.mktemp("tls"), "origin")
 
 
 @pytest.fixture(autouse=True, scope="module")

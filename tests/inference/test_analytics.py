@@ -25,7 +25,7 @@ def test_aggregation_rules():
     assert pick_answer([("Paris", -1.0), ("Lyon", -0.1)], "score") == ("Lyon", 1)
 
 
-def test_federated_beats_every_single_device_on_non_iid_data(tmp_path, key):
+def test_federated_beats_every_single_device_on_non_iid_data(tmp_path, links):
     rows = domain_corpus(DOMAINS, per_domain=40, seed=1)
     test, train = rows[:60], rows[60:]
     specs = []
@@ -35,7 +35,7 @@ def test_federated_beats_every_single_device_on_non_iid_data(tmp_path, key):
         path = write_labelled(tmp_path / f"device{k}.jsonl", [t for t, _ in mine + others], [y for _, y in mine + others])
         specs.append((f"device{k}", ["--role", "classifier", "--model", "minilm-l6", "--train-data", str(path),
                                      "--num-labels", str(len(DOMAINS))]))
-    with WorkerGroup(key) as group:
+    with WorkerGroup(links) as group:
         workers = group.start(specs)
         fed = FederatedClassifier({w.name: group.client(w) for w in workers}, "mean_probs", min_devices=3)
         texts, labels = [t for t, _ in test], [y for _, y in test]

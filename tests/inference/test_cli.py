@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 
 import pytest
+from cryptography import x509
 
 from fedintel.inference.cli import MODES, add_infer_parser, main
 from fedintel.inference.config import InferConfigError, load_infer_config
@@ -56,5 +58,28 @@ def test_split_mode_runs_and_leaves_no_process(tmp_path, capsys):
     assert "identical output" in out and "True" in out
     assert child_pids() == []
     assert main(["infer", "split", "-c", str(cfg), "--stages", "127.0.0.1:1"]) == 2
+    assert "stages: running devices are reached over mutual TLS: pass --certs DIR" in capsys.readouterr().out
+    assert main(["infer", "certs", "--out", str(tmp_path / "certs")]) == 0
+    assert main(["infer", "split", "-c", str(cfg), "--stages", "127.0.0.1:1", "--certs", str(tmp_path / "certs")]) == 2
     assert "unreachable" in capsys.readouterr().out
+    assert main(["infer", "split", "-c", str(cfg), "--stages", "10.1.2.3:7000", "--insecure"]) == 2
+    assert "plaintext links are for loopback only" in capsys.readouterr().out
     assert main(["infer", "plan", "--model", "tiny-llama", "--cuts", "5"]) == 2
+
+
+def test_certs_command_issues_device_certificates_for_given_hosts(tmp_path, capsys):
+    out = tmp_path / "certs"
+    assert main(["infer", "certs", "--out", str(out), "--device", "stage0", "--host", "10.0.0.5"]) == 0
+    assert str(out / "stage0.key") in capsys.readouterr().out
+    ca = x509.load_pem_x509_certificate((out / "ca.crt").read_bytes())
+    crt = x509.load_pem_x509_certificate((out / "stage0.crt").read_bytes())
+    crt.verify_directly_issued_by(ca)
+    san = crt.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["stage0"]
+    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.0.0.5")]
+    assert (out / "stage0.key").stat().st_mode & 0o077 == 0 and (out / "ca.key").stat().st_mode & 0o077 == 0
+    before = (out / "ca.crt").read_bytes()
+    assert main(["infer", "certs", "--out", str(out), "--device", "stage1"]) == 0  # the CA is kept
+    assert (out / "ca.crt").read_bytes() == before and (out / "stage1.crt").is_file()
+    assert main(["infer", "certs", "--out", str(out), "--device", "../evil"]) == 2
+    assert "device name '../evil'" in capsys.readouterr().err

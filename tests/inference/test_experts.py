@@ -57,11 +57,11 @@ def make_adapter(base_dir, out_dir):
     return peft_model.merge_and_unload().eval()
 
 
-def test_ensemble_routes_subtasks_to_expert_processes(encoder, corpus, model_dirs, key, tmp_path):
+def test_ensemble_routes_subtasks_to_expert_processes(encoder, corpus, model_dirs, links, tmp_path):
     train, _, _ = corpus
     router = EmbeddingRouter(encoder, {"trivia": train["trivia"], "tech_support": train["tech_support"]})
     merged = make_adapter(model_dirs["large"], tmp_path / "tech_adapter")
-    with WorkerGroup(key) as group:
+    with WorkerGroup(links) as group:
         w = group.start([("trivia", ["--model", str(model_dirs["large"])]),
                          ("tech_support", ["--model", str(model_dirs["large"]), "--adapter",
                                            str(tmp_path / "tech_adapter")])])

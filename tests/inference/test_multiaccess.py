@@ -25,8 +25,8 @@ MAX_NEW = 6
 
 
 @pytest.fixture(scope="module")
-def servers(model_dirs, key):
-    group = WorkerGroup(key)
+def servers(model_dirs, links):
+    group = WorkerGroup(links)
     args = ["--model", str(model_dirs["large"]), "--delay", "0.03"]
     workers = group.start([("edge", args), ("neighbour", args), ("rsu", args)])
     yield group, workers
@@ -71,10 +71,10 @@ def test_policies_rank_paths():
     assert simulate_multiaccess(only_bad, "fastest", 10, 1e3).success_rate == 0.0
 
 
-def test_killing_the_serving_process_mid_batch_loses_no_request(servers, expected, key):
+def test_killing_the_serving_process_mid_batch_loses_no_request(servers, expected, links):
     group, workers = servers
     paths = paths_for(workers)
-    client = MultiAccessClient(paths, key, policy="fastest", timeout=5.0, cooldown_s=30.0)
+    client = MultiAccessClient(paths, links, policy="fastest", timeout=5.0, cooldown_s=30.0)
     first = rank_paths(paths, "fastest", client.request_bytes)[0]
     victim, victim_path = workers[first], paths[first].name  # the node the policy prefers
 
@@ -109,7 +109,7 @@ def test_killing_the_serving_process_mid_batch_loses_no_request(servers, expecte
     assert any(a.retried and a.attempts[0].path == victim_path for a in answers)  # in-flight ones moved
 
 
-def test_flaky_links_are_retried(servers, expected, key):
+def test_flaky_links_are_retried(servers, expected):
     group, workers = servers
     alive = [w for w in workers if w.alive()]
     assert len(alive) == 2
@@ -118,7 +118,7 @@ def test_flaky_links_are_retried(servers, expected, key):
     try:
         paths = [AccessPath("d2d", links[0].address, availability=0.6),
                  AccessPath("rsu", links[1].address, availability=0.6)]
-        client = MultiAccessClient(paths, key, policy="round_robin", timeout=5.0, cooldown_s=0.0, max_rounds=6)
+        client = MultiAccessClient(paths, group.security, policy="round_robin", timeout=5.0, cooldown_s=0.0, max_rounds=6)
         answers = client.map(request_for, 8, concurrency=2)
         client.close()
     finally:
@@ -129,14 +129,14 @@ def test_flaky_links_are_retried(servers, expected, key):
     assert [a.reply.tensors["tokens"].tolist() for a in answers] == expected[:8]
 
 
-def test_every_path_down_is_a_clear_bounded_failure(servers, key):
+def test_every_path_down_is_a_clear_bounded_failure(servers, links):
     paths = [AccessPath("gone", "127.0.0.1:1"), AccessPath("also-gone", "127.0.0.1:2")]
-    client = MultiAccessClient(paths, key, timeout=1.0, connect_timeout=0.5)
+    client = MultiAccessClient(paths, links, timeout=1.0, connect_timeout=0.5)
     t0 = time.monotonic()
     with pytest.raises(AllPathsFailed, match="failed on every path .*gone: cannot connect"):
         client.request("ping")
     assert time.monotonic() - t0 < 10
-    bad = MultiAccessClient(paths_for(servers[1]), key)
+    bad = MultiAccessClient(paths_for(servers[1]), links)
     with pytest.raises(Exception, match="context"):
         bad.request("generate", {"prompt": "word " * 200, "max_new_tokens": 8})
     bad.close()

@@ -11,10 +11,18 @@ import torch
 
 from fedintel.config import ModelConfig
 from fedintel.inference.launcher import LaunchError
-from fedintel.inference.protocol import Client, Message
+from fedintel.inference.protocol import (
+    Client,
+    HandshakeError,
+    IntegrityError,
+    Message,
+    PeerClosed,
+    parse_address,
+)
 from fedintel.inference.split import SplitError, SplitPipeline
 from fedintel.inference.stage import LocalLM, greedy_generate
 from fedintel.models.loader import load_base_model
+from tests.inference.mitm import Mitm
 
 PROMPT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
 
@@ -25,8 +33,8 @@ def tiny():
 
 
 @pytest.fixture(scope="module")
-def tiny_split(key):
-    with SplitPipeline.launch("tiny-llama", [1], 2, key=key) as pipe:
+def tiny_split(links):
+    with SplitPipeline.launch("tiny-llama", [1], 2, security=links) as pipe:
         yield pipe
 
 
@@ -47,11 +55,11 @@ def test_tiny_split_equals_single_process(tiny, tiny_split):
     assert len(tiny_split.stats.compute_s[-1]) == 2  # both stages computed every step
 
 
-def test_smollm2_three_stages_equal_single_process(key):
+def test_smollm2_three_stages_equal_single_process(links):
     lm = load_base_model(ModelConfig(name="smollm2-135m", num_layers=4))
     ids = lm.tokenizer(PROMPT)["input_ids"]
     ref = greedy_generate(LocalLM(lm.model), ids, 8, keep_logits=True)
-    with SplitPipeline.launch("smollm2-135m", [1, 3], 4, num_layers=4, key=key) as pipe:
+    with SplitPipeline.launch("smollm2-135m", [1, 3], 4, num_layers=4, security=links) as pipe:
         assert [(s.start, s.end) for s in pipe.stages] == [(0, 1), (1, 3), (3, 4)]
         out = greedy_generate(pipe, ids, 8, keep_logits=True)
     assert_same(out, ref)
@@ -66,12 +74,12 @@ def test_prompt_longer_than_context_is_refused(tiny_split):
         tiny_split.step(sid, torch.tensor([[5] * 600]), 0)
 
 
-def test_out_of_sync_and_bad_requests_are_clear(tiny_split, key):
+def test_out_of_sync_and_bad_requests_are_clear(tiny_split, links):
     sid = tiny_split.open_session()
     tiny_split.step(sid, torch.tensor([[1, 2, 3]]), 0)
     with pytest.raises(SplitError, match="out of sync.*3 cached tokens, request starts at position 7"):
         tiny_split.step(sid, torch.tensor([[4]]), 7)
-    c = Client(tiny_split.addresses[1], key)
+    c = Client(tiny_split.addresses[1], links)
     with pytest.raises(Exception, match="expects hidden states"):
         c.request("forward", {"session": "q", "pos": 0}, {"hidden": torch.zeros(1, 2, 3)})
     with pytest.raises(Exception, match="unknown operation"):
@@ -79,18 +87,21 @@ def test_out_of_sync_and_bad_requests_are_clear(tiny_split, key):
     c.close()
 
 
-def test_tampered_and_replayed_frames_never_reach_the_model(tiny_split, key):
-    c = Client(tiny_split.addresses[0], key)
+def test_tampered_and_replayed_frames_never_reach_the_model(tiny_split, links):
+    c = Client(tiny_split.addresses[0], links)
     before = c.request("ping").meta["forwards"]
-    ch = c.channel()
-    frame = bytearray(ch.encode(Message("forward", {"session": "t", "pos": 0, "n_logits": 1},
-                                        {"input_ids": torch.tensor([[1, 2, 3]])})))
-    frame[-33] ^= 0x04  # last payload byte
-    ch.send_bytes(bytes(frame))
-    reply = ch.recv()
-    assert reply.op == "error" and reply.meta["kind"] == "IntegrityError"
-    c.close()
-    ch = c.channel()
+    host, port = parse_address(tiny_split.addresses[0])
+    mitm = Mitm((host, port))
+    try:  # a record changed in transit fails TLS's integrity check on the device
+        t = Client(mitm.address, links, server_name="stage0")
+        t.request("ping")
+        mitm.arm("flip")
+        with pytest.raises((IntegrityError, PeerClosed)):
+            t.request("forward", {"session": "t", "pos": 0, "n_logits": 1}, {"input_ids": torch.tensor([[1, 2, 3]])})
+        t.close()
+    finally:
+        mitm.close()
+    ch = c.channel()  # a frame sent again on the same connection is a replay
     frame = ch.encode(Message("forward", {"session": "r", "pos": 0}, {"input_ids": torch.tensor([[1, 2]])}))
     ch.send_bytes(frame)
     assert ch.recv().op == "ok"
@@ -102,26 +113,41 @@ def test_tampered_and_replayed_frames_never_reach_the_model(tiny_split, key):
     c.close()
 
 
-def test_oversized_message_is_rejected_by_the_device(tiny_split, key):
-    c = Client(tiny_split.addresses[0], key, max_frame_bytes=1 << 30)
+def test_launch_gives_each_stage_its_own_certificate_of_a_fresh_ca(tiny, links):
+    with SplitPipeline.launch("tiny-llama", [1], 2) as pipe:  # no security given: a fresh CA for this launch
+        ca_dir = pipe.security.cert_dir
+        assert ca_dir is not None and (ca_dir / "ca.crt").is_file()
+        assert [p.name for p in sorted(ca_dir.glob("*.crt"))] == ["ca.crt", "origin.crt", "stage0.crt", "stage1.crt"]
+        assert all((ca_dir / f"{n}.key").stat().st_mode & 0o077 == 0 for n in ("ca", "origin", "stage0", "stage1"))
+        assert [pipe.clients[i].channel().peer_name for i in (0, 1)] == ["stage0", "stage1"]
+        assert [pipe.clients[i].request("ping").meta["name"] for i in (0, 1)] == ["stage0", "stage1"]
+        ids = tiny.tokenizer("hello there")["input_ids"]
+        assert greedy_generate(pipe, ids, 3).tokens == greedy_generate(LocalLM(tiny.model), ids, 3).tokens
+        with pytest.raises(HandshakeError):  # a process of another CA (the test session's) is not let in
+            Client(pipe.addresses[0], links).request("ping")
+    assert not ca_dir.exists()  # the launch's CA and keys go with it
+
+
+def test_oversized_message_is_rejected_by_the_device(tiny_split, links):
+    c = Client(tiny_split.addresses[0], links, max_frame_bytes=1 << 30)
     with pytest.raises(Exception, match="exceeds max_frame_bytes"):
         c.request("forward", {"session": "big", "pos": 0}, {"input_ids": torch.zeros(1, 9_000_000, dtype=torch.int64)})
     c.close()
 
 
-def test_wrong_order_and_wrong_role_are_refused(tiny_split, key):
+def test_wrong_order_and_wrong_role_are_refused(tiny_split, links):
     with pytest.raises(SplitError, match="expected it to start at layer 0"):
-        SplitPipeline.connect(list(reversed(tiny_split.addresses)), key)
+        SplitPipeline.connect(list(reversed(tiny_split.addresses)), links)
     with pytest.raises(SplitError, match="last stage is missing"):
-        SplitPipeline.connect(tiny_split.addresses[:1], key)
+        SplitPipeline.connect(tiny_split.addresses[:1], links)
     with pytest.raises(SplitError, match="unreachable"):
-        SplitPipeline.connect(["127.0.0.1:1"], key)
+        SplitPipeline.connect(["127.0.0.1:1"], links)
     assert tiny_split.step(tiny_split.open_session(), torch.tensor([[1]]), 0).argmax.numel() == 1  # untouched
 
 
-def test_bad_worker_arguments_fail_at_launch(key):
+def test_bad_worker_arguments_fail_at_launch(links):
     with pytest.raises(LaunchError, match="not a non-empty slice"):
-        SplitPipeline.launch("tiny-llama", [], 2, key=key, extra_args=["--layers", "0:5"])
+        SplitPipeline.launch("tiny-llama", [], 2, security=links, extra_args=["--layers", "0:5"])
 
 
 def test_a_dead_stage_gives_a_clear_error_without_hanging(tiny_split, tiny):

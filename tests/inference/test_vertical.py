@@ -20,8 +20,8 @@ PROMPTS = [[1, 50 + i, 300 + 7 * i, 2] for i in range(8)]
 
 
 @pytest.fixture(scope="module")
-def target(model_dirs, key):
-    with SplitPipeline.launch(str(model_dirs["large"]), [1], 3, key=key) as pipe:
+def target(model_dirs, links):
+    with SplitPipeline.launch(str(model_dirs["large"]), [1], 3, security=links) as pipe:
         yield pipe
 
 

@@ -2,7 +2,7 @@
 
 Modules (import what you use; nothing heavy is imported here):
 
-``protocol``     authenticated length-prefixed frames (HMAC-SHA256, replay protection, raw tensors, no pickle)
+``protocol``     length-prefixed frames over mutual TLS (``LinkSecurity``; sequence numbers, size limits, raw tensors, no pickle)
 ``worker``       the device process: serves a model, a slice of one, or a local classifier
 ``launcher``     start device processes on this machine and never leave one behind
 ``stage``        a contiguous slice of a decoder; ``IncrementalLM``; greedy decoding; int8 drafts

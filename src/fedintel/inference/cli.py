@@ -1,9 +1,10 @@
-"""``fedintel infer {plan,split,speculative,cascade,multiaccess,experts,analytics}``.
+"""``fedintel infer {plan,split,speculative,cascade,multiaccess,experts,analytics,certs}``.
 
 Each mode starts its devices as processes on this machine (or joins running ones, for ``split
---stages``), runs a small workload over loopback sockets, prints a table with the latency measured here
+--stages``), runs a small workload over mutual-TLS loopback links (a fresh CA per run unless ``--certs
+DIR``; plaintext only with ``--insecure``, on loopback), prints a table with the latency measured here
 and the latency simulated for the configured devices and links, and stops every process it started,
-also on errors and Ctrl-C.
+also on errors and Ctrl-C. ``certs`` writes a CA and device certificates for devices started by hand.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def add_infer_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``fedintel infer`` and its modes on ``subparsers`` (from ``add_subparsers``)."""
     p = subparsers.add_parser("infer", help="collaborative inference across device processes",
                               description="Collaborative inference: each mode starts device processes, runs a "
-                              "workload over authenticated loopback sockets and reports measured and simulated "
+                              "workload over mutual-TLS loopback links and reports measured and simulated "
                               "latency.")
     modes = p.add_subparsers(dest="infer_mode", metavar="MODE", required=True)
     helps = {
@@ -64,7 +65,7 @@ def add_infer_parser(subparsers: Any) -> argparse.ArgumentParser:
             sp.add_argument("--cuts", default=None, help="override: comma-separated cut points, e.g. 10,20")
         if mode == "split":
             sp.add_argument("--stages", default=None, help="comma-separated addresses of running stage workers "
-                            "(key from FEDINTEL_INFER_KEY or the config)")
+                            "(their CA in --certs DIR)")
             sp.add_argument("--no-reference", action="store_true", help="skip the single-process comparison")
         if mode in ("speculative", "cascade"):
             sp.add_argument("--draft-model", default=None, help="override: the small model")
@@ -77,8 +78,35 @@ def add_infer_parser(subparsers: Any) -> argparse.ArgumentParser:
             sp.add_argument("--policy", default=None, help="override: fastest|cheapest|most_available|weighted|round_robin")
             sp.add_argument("--requests", type=int, default=None)
             sp.add_argument("--kill-after", type=int, default=None, help="kill the preferred node after N answers")
+        if mode != "plan":
+            sp.add_argument("--certs", default=None, metavar="DIR", help="override tls_dir: the CA (and ca.key to "
+                            "issue device certificates) for the links; default: a fresh CA for this run")
+            sp.add_argument("--insecure", action="store_true", default=None,
+                            help="plaintext links without authentication (loopback addresses only)")
         sp.set_defaults(func=_entry(mode))
+    c = modes.add_parser("certs", help="write a CA and device certificates for devices started by hand",
+                         description="Write a CA (unless DIR has one) and a certificate per --device, valid for the "
+                         "device name and each --host; plus 'origin', the certificate of the querying process.")
+    c.add_argument("--out", required=True, metavar="DIR")
+    c.add_argument("--device", action="append", default=[], metavar="NAME", help="a device name (repeat)")
+    c.add_argument("--host", action="append", default=None, metavar="HOST",
+                   help="an IP address or DNS name the devices are reached at (repeat; default 127.0.0.1, localhost)")
+    c.set_defaults(func=_cmd_certs)
     return p
+
+
+def _cmd_certs(args: argparse.Namespace) -> int:
+    """``fedintel infer certs``: the CA and device certificates, printed as a list of files."""
+    from fedintel.tls import write_device_certs
+
+    try:
+        files = write_device_certs(args.out, ["origin", *args.device], args.host or ["127.0.0.1", "localhost"])
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for f in files:
+        print(f)
+    return 0
 
 
 def _entry(mode: str) -> Callable[[argparse.Namespace], int]:
@@ -91,10 +119,12 @@ def _entry(mode: str) -> Callable[[argparse.Namespace], int]:
 def _apply_overrides(cfg: InferConfig, args: argparse.Namespace) -> InferConfig:
     upd: dict[str, Any] = {}
     for field in ("model", "num_layers", "prompt", "max_new_tokens", "draft_model", "draft_num_layers", "k",
-                  "threshold", "policy", "requests", "kill_after"):
+                  "threshold", "policy", "requests", "kill_after", "insecure"):
         v = getattr(args, field, None)
         if v is not None:
             upd[field] = v
+    if getattr(args, "certs", None):
+        upd["tls_dir"] = args.certs
     if getattr(args, "cuts", None):
         upd["cuts"] = [int(x) for x in args.cuts.split(",") if x.strip()]
     if getattr(args, "stages", None):
@@ -133,10 +163,22 @@ def run_mode(mode: str, args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _key(cfg: InferConfig) -> bytes:
-    from fedintel.inference.protocol import new_key, parse_key
+def _security(cfg: InferConfig, joining: str = "") -> Any:
+    """This process's LinkSecurity from the config; ``None``: a fresh CA for the devices launched.
 
-    return parse_key(cfg.key) if cfg.key else new_key()
+    ``joining`` names the config field listing running devices, which must share a CA with us."""
+    from fedintel.inference.config import InferConfigError
+    from fedintel.inference.protocol import LinkSecurity
+
+    if cfg.insecure:
+        return LinkSecurity.plaintext()
+    if cfg.tls_dir:
+        return LinkSecurity.tls(cfg.tls_dir, "origin")
+    if joining:
+        raise InferConfigError(f"{joining}: running devices are reached over mutual TLS: pass --certs DIR (tls_dir, "
+                               "their CA and a certificate for 'origin', from `fedintel infer certs`), or --insecure "
+                               "for plaintext on loopback")
+    return None
 
 
 def _load(name: str, num_layers: int | None) -> Any:
@@ -221,13 +263,12 @@ def mode_split(cfg: InferConfig, args: argparse.Namespace, console: Any) -> int:
     ids = _ids(lm.tokenizer, cfg.prompt, cfg.chat)
     total = len(lm.model.model.layers)
     plan = _plan(cfg, console, len(ids), lm.model.config)
-    key = _key(cfg)
     if cfg.stages:
-        pipe = SplitPipeline.connect(cfg.stages, key, cfg.timeout_s)
+        pipe = SplitPipeline.connect(cfg.stages, _security(cfg, "stages"), cfg.timeout_s)
     else:
         console.print(f"starting {len(plan.stages)} stage processes: layers "
                       + ", ".join(f"{a}:{b}" for _, a, b in plan.stages))
-        pipe = SplitPipeline.launch(cfg.model, plan.cuts, total, cfg.num_layers, key=key, threads=cfg.threads,
+        pipe = SplitPipeline.launch(cfg.model, plan.cuts, total, cfg.num_layers, security=_security(cfg), threads=cfg.threads,
                                     timeout=cfg.timeout_s)
     with pipe:
         layout = ", ".join(f"{s.address}:{s.start}:{s.end}" for s in pipe.stages)
@@ -286,7 +327,7 @@ def mode_speculative(cfg: InferConfig, args: argparse.Namespace, console: Any) -
     dname, small = _draft(cfg)
     ids = _ids(big.tokenizer, cfg.prompt, cfg.chat)
     eos = big.tokenizer.eos_token_id
-    with SplitPipeline.launch(cfg.model, [], len(big.model.model.layers), cfg.num_layers, key=_key(cfg),
+    with SplitPipeline.launch(cfg.model, [], len(big.model.model.layers), cfg.num_layers, security=_security(cfg),
                               threads=cfg.threads, timeout=cfg.timeout_s) as edge:
         draft = LocalLM(small.model)
         greedy_generate(edge, ids[:4], 2)
@@ -321,7 +362,7 @@ def mode_cascade(cfg: InferConfig, args: argparse.Namespace, console: Any) -> in
     big = _load(cfg.model, cfg.num_layers)
     dname, small = _draft(cfg)
     prompts = [_ids(big.tokenizer, p, cfg.chat) for p in (cfg.prompts or DEFAULT_PROMPTS)]
-    with SplitPipeline.launch(cfg.model, [], len(big.model.model.layers), cfg.num_layers, key=_key(cfg),
+    with SplitPipeline.launch(cfg.model, [], len(big.model.model.layers), cfg.num_layers, security=_security(cfg),
                               threads=cfg.threads, timeout=cfg.timeout_s) as edge:
         casc = Cascade(LocalLM(small.model), edge, cfg.threshold, cfg.confidence, cfg.max_new_tokens,
                        big.tokenizer.eos_token_id)
@@ -355,10 +396,10 @@ def mode_multiaccess(cfg: InferConfig, args: argparse.Namespace, console: Any) -
 
     paths_cfg = cfg.paths or default_paths()
     cfg = cfg.model_copy(update={"paths": paths_cfg})
-    key = _key(cfg)
     prompts = cfg.prompts or DEFAULT_PROMPTS
     links: list[FaultyLink] = []
-    with WorkerGroup(key, threads=cfg.threads) as group:
+    security = _security(cfg, "paths.address" if any(p.address for p in paths_cfg) else "")
+    with WorkerGroup(security, threads=cfg.threads) as group:
         need = [p for p in paths_cfg if p.address is None]
         workers = group.start([(p.name, _worker_model_args(cfg.model, cfg.num_layers)) for p in need])
         launched = {p.name: w for p, w in zip(need, workers, strict=True)}
@@ -369,7 +410,7 @@ def mode_multiaccess(cfg: InferConfig, args: argparse.Namespace, console: Any) -
             links.append(link)
             addresses.append(link.address)
         paths = cfg.access_paths(addresses)
-        client = MultiAccessClient(paths, key, cfg.policy, timeout=cfg.timeout_s, cooldown_s=2.0, max_rounds=4)
+        client = MultiAccessClient(paths, group.security, cfg.policy, timeout=cfg.timeout_s, cooldown_s=2.0, max_rounds=4)
         preferred = paths_cfg[rank_paths(paths, cfg.policy, client.request_bytes)[0]].name
         answered = [0]
         lock = threading.Lock()
@@ -434,7 +475,7 @@ def mode_experts(cfg: InferConfig, args: argparse.Namespace, console: Any) -> in
     test = [(t, domains[y]) for t, y in rows_all if t not in used]
     router = EmbeddingRouter(Encoder("minilm-l6"), train)
     acc = routing_accuracy(router, [t for t, _ in test], [d for _, d in test])
-    with WorkerGroup(_key(cfg), threads=cfg.threads) as group:
+    with WorkerGroup(_security(cfg), threads=cfg.threads) as group:
         specs = []
         for d in domains:
             extra = ["--adapter", cfg.adapters[d]] if d in cfg.adapters else []
@@ -488,7 +529,7 @@ def mode_analytics(cfg: InferConfig, args: argparse.Namespace, console: Any) -> 
     t.add_column("federated accuracy", justify="right")
     t.add_column("best single device", justify="right")
     t.add_column("bytes up", justify="right")
-    with WorkerGroup(_key(cfg), threads=cfg.threads) as group:
+    with WorkerGroup(_security(cfg), threads=cfg.threads) as group:
         workers = group.start(specs)
         for method in ("mean_probs", "weighted_probs", "vote"):
             fed = FederatedClassifier({w.name: group.client(w, cfg.timeout_s) for w in workers}, method)

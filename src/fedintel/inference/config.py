@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fedintel.inference.multiaccess import POLICIES, AccessPath
 from fedintel.inference.planner import DeviceSpec, LinkSpec, chain_links
+from fedintel.inference.protocol import is_loopback, parse_address
 
 
 class InferConfigError(ValueError):
@@ -68,7 +69,9 @@ class InferConfig(_S):
     draft_model: str | None = Field(None, description="Small model for speculative/cascade; default: the model.")
     draft_num_layers: int | None = Field(None, ge=1, description="Layers of the small model (early-exit draft).")
     draft_quantize: bool = Field(False, description="Run the small model with int8 dynamic quantisation.")
-    key: str | None = Field(None, description="Shared HMAC key (hex, >= 16 bytes); default: a random one per run.")
+    tls_dir: str | None = Field(None, description="Certificate directory (ca.crt, and ca.key to issue device "
+                                "certificates; or ca.crt plus origin.crt/.key); default: a fresh CA per run.")
+    insecure: bool = Field(False, description="Plaintext links without authentication; loopback addresses only.")
     timeout_s: float = Field(30.0, gt=0, description="Socket timeout for every request, seconds.")
     threads: int = Field(1, ge=1, description="torch threads per device process.")
     prompt: str = "What is the capital of France?"
@@ -96,8 +99,26 @@ class InferConfig(_S):
     adapters: dict[str, str] = Field(default_factory=dict, description="Domain -> PEFT adapter dir (experts).")
     num_devices: int = Field(3, ge=1, description="Devices in federated analytics.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _old_keys(cls, data: object) -> object:
+        if isinstance(data, dict) and "key" in data:
+            raise ValueError("key: the shared HMAC key is gone: links are mutual TLS (tls_dir: a certificate "
+                             "directory, default a fresh CA per run; insecure: true for plaintext on loopback)")
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> InferConfig:
+        if self.insecure and self.tls_dir:
+            raise ValueError("insecure: true and tls_dir contradict each other: plaintext links use no certificates")
+        if self.insecure:
+            remote = [(f"stages.{i}", a) for i, a in enumerate(self.stages or [])]
+            remote += [(f"paths.{i}.address", p.address) for i, p in enumerate(self.paths) if p.address]
+            for where, addr in remote:
+                host = parse_address(addr)[0]
+                if not is_loopback(host):
+                    raise ValueError(f"insecure: plaintext links are for loopback only, but {where} is {addr}; "
+                                     "drop insecure to use mutual TLS")
         if self.devices and len(self.links) != len(self.devices) - 1:
             raise ValueError(f"links: {len(self.links)} links given for {len(self.devices)} devices in a chain; "
                              f"need {len(self.devices) - 1}")
@@ -159,3 +180,4 @@ def load_infer_config(path: str | Path | None) -> InferConfig:
             msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
             msgs.append(f"{loc}: {msg}" if loc else msg)
         raise InferConfigError(f"{path}: " + "; ".join(msgs)) from None
+

@@ -1,9 +1,13 @@
 """Start device processes on this machine, wait until they listen, and never leave one behind.
 
-Each worker is ``python -m fedintel.inference.worker ...`` with the shared key in its environment (not
-on its command line, where other users could read it) and ``--parent-pid`` so it exits by itself if we
-die. :class:`WorkerGroup` is a context manager; every group also registers with ``atexit``, and a
-group that fails to start kills whatever it had started before raising.
+Each worker is ``python -m fedintel.inference.worker ...`` with ``--parent-pid`` so it exits by itself if
+we die, and its own TLS certificate: the group issues one per worker, named after it, from the CA of its
+:class:`~fedintel.inference.protocol.LinkSecurity` (by default a fresh CA written into the group's private
+work directory, mode 0700, and deleted with the group), and passes ``--certs DIR --name NAME``; private
+keys are files of mode 0600, never on a command line or in the environment. With plaintext security the
+workers get ``--insecure`` and listen on loopback only. :class:`WorkerGroup` is a context manager; every
+group also registers with ``atexit``, and a group that fails to start kills whatever it had started before
+raising.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import logging
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +28,7 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedintel.inference.protocol import KEY_ENV, Client, ProtocolError, RemoteError
+from fedintel.inference.protocol import Client, LinkSecurity, ProtocolError, RemoteError
 
 log = logging.getLogger(__name__)
 
@@ -61,20 +66,28 @@ class WorkerProcess:
 
 
 class WorkerGroup:
-    """Device processes started together and stopped together."""
+    """Device processes started together and stopped together.
 
-    def __init__(self, key: bytes, threads: int = 1, start_timeout: float = 120.0) -> None:
-        self.key = key
+    ``security`` is this process's side of the links (:class:`LinkSecurity`); ``None`` writes a fresh CA
+    for this group into its work directory (removed on :meth:`close`). Workers get certificates of the
+    same CA, so a group's workers and its clients trust each other and nothing else.
+    """
+
+    def __init__(self, security: LinkSecurity | None = None, threads: int = 1, start_timeout: float = 120.0) -> None:
         self.threads = threads
         self.start_timeout = start_timeout
         self.workers: list[WorkerProcess] = []
         self._logdir = Path(tempfile.mkdtemp(prefix="fedintel-workers-"))
+        self._own_ca: Path | None = None
+        if security is None:
+            self._own_ca = self._logdir / "tls"
+            security = LinkSecurity.fresh(self._own_ca)
+        self.security = security
         _LIVE.add(self)
 
     def start(self, specs: list[tuple[str, list[str]]]) -> list[WorkerProcess]:
         """Start one worker per ``(name, worker args)`` in parallel and wait until all are ready."""
         env = dict(os.environ)
-        env[KEY_ENV] = self.key.hex()
         env.setdefault("OMP_NUM_THREADS", str(self.threads))
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -83,7 +96,7 @@ class WorkerGroup:
         try:
             for name, args in specs:
                 log_path = self._logdir / f"{name}.log"
-                cmd = [sys.executable, "-m", "fedintel.inference.worker", *args,
+                cmd = [sys.executable, "-m", "fedintel.inference.worker", *args, *self.security.device(name).worker_args(),
                        "--parent-pid", str(os.getpid()), "--threads", str(self.threads)]
                 with open(log_path, "wb") as errf:
                     popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errf, stdin=subprocess.DEVNULL,
@@ -126,8 +139,8 @@ class WorkerGroup:
         return str(info["address"])
 
     def client(self, w: WorkerProcess, timeout: float = 30.0) -> Client:
-        """A client for worker ``w``."""
-        return Client(w.address, self.key, timeout=timeout)
+        """A client for worker ``w`` that checks, over TLS, that the server's certificate names ``w``."""
+        return Client(w.address, self.security, timeout=timeout, server_name=None if self.security.insecure else w.name)
 
     def kill(self, w: WorkerProcess) -> None:
         """Kill one worker at once (SIGKILL), as a crash would."""
@@ -144,11 +157,13 @@ class WorkerGroup:
             _kill(w, graceful=False)
         self.workers = []
         _LIVE.discard(self)
+        if self._own_ca is not None:
+            shutil.rmtree(self._own_ca, ignore_errors=True)
 
     def _stop_one(self, w: WorkerProcess) -> None:
         if w.alive() and w.address:
             try:
-                Client(w.address, self.key, timeout=2.0, connect_timeout=1.0).request("shutdown")
+                Client(w.address, self.security, timeout=2.0, connect_timeout=1.0).request("shutdown")
             except (ProtocolError, RemoteError, OSError):
                 pass
         _kill(w)

@@ -8,7 +8,8 @@ middle of the answer) the request is sent again on the next path, and the failed
 ``deadline_s`` ran out, and then with an error naming each attempt.
 
 :class:`FaultyLink` is a real TCP relay that adds a path's latency and serialisation delay and drops a
-share of requests, to inject path failures on loopback. :func:`simulate_multiaccess` gives the same
+share of requests, to inject path failures on loopback; it relays the TLS stream as it is (it sees only
+ciphertext and cannot answer in a device's name). :func:`simulate_multiaccess` gives the same
 policy's success rate and latency under the network model (Monte Carlo over availabilities).
 """
 
@@ -24,7 +25,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fedintel.inference.protocol import Client, Message, ProtocolError, RemoteError, parse_address
+from fedintel.inference.protocol import (
+    Client,
+    LinkSecurity,
+    Message,
+    ProtocolError,
+    RemoteError,
+    parse_address,
+)
 
 if TYPE_CHECKING:  # torch only in annotations: the CLI's --help stays fast
     import torch
@@ -125,7 +133,7 @@ class MultiAccessAnswer:
 class MultiAccessClient:
     """Sends requests over the best working path and retries on the others when one fails."""
 
-    def __init__(self, paths: Sequence[AccessPath], key: bytes, policy: str = "fastest", timeout: float = 10.0,
+    def __init__(self, paths: Sequence[AccessPath], security: LinkSecurity, policy: str = "fastest", timeout: float = 10.0,
                  connect_timeout: float = 2.0, cooldown_s: float = 5.0, max_rounds: int = 2,
                  deadline_s: float = 60.0, request_bytes: float = 2048.0) -> None:
         if not paths:
@@ -135,7 +143,7 @@ class MultiAccessClient:
             raise ValueError(f"path names must be unique, got {names}")
         rank_paths(paths, policy, request_bytes)  # validates the policy name
         self.paths = list(paths)
-        self.key = key
+        self.security = security
         self.policy = policy
         self.timeout = timeout
         self.connect_timeout = connect_timeout
@@ -156,7 +164,7 @@ class MultiAccessClient:
         c = clients.get(i)
         if c is None:
             p = self.paths[i]
-            c = clients[i] = Client(p.address, self.key, timeout=self.timeout, connect_timeout=self.connect_timeout)
+            c = clients[i] = Client(p.address, self.security, timeout=self.timeout, connect_timeout=self.connect_timeout)
             with self._lock:
                 self._all_clients.append(c)
         return c

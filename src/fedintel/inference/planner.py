@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from fedintel.training.flops import ModelShape, forward_flops
 
 FRAME_OVERHEAD_BYTES = 256
-"""Bytes of framing per message (prefix, JSON header, HMAC tag), roughly."""
+"""Bytes of framing per message (prefix, JSON header, TLS records: 22 bytes per 16 KiB), roughly."""
 
 
 class PlanError(ValueError):

@@ -1,54 +1,65 @@
-"""The wire protocol between devices: authenticated, length-prefixed frames carrying raw tensors.
+"""The wire protocol between devices: length-prefixed frames carrying raw tensors over mutual TLS.
 
-One frame on the wire::
+One frame on the wire (inside the TLS stream)::
 
     prefix   17 bytes  struct "!4sBIQ": magic b"FEDI", version, header length (u32), payload length (u64)
     header   JSON      {"seq": n, "op": "...", "meta": {...}, "tensors": [{name, dtype, shape, offset, nbytes}]}
     payload  raw bytes the tensors, each 64-byte aligned, little-endian (no pickle anywhere)
-    tag      32 bytes  HMAC-SHA256(session key, direction || prefix || header || payload)
 
-A connection starts with a handshake: the server sends a random nonce, the client answers with its own
-nonce, both tagged with the shared key. The *session key* is ``HMAC(key, "fedintel-session" || server
-nonce || client nonce)``, so a frame recorded on one connection fails the integrity check on any other,
-and every frame carries a sequence number that must grow by one, so a frame replayed on the same
-connection is rejected too. The direction byte stops a frame being reflected back to its sender.
+**Links are mutual TLS** (the standard library's :mod:`ssl`, TLS 1.3 at least). Every device process has
+its own certificate signed by the run's CA (:mod:`fedintel.tls`, the tooling behind ``fedintel deploy
+certs``); both sides require and verify the peer's certificate, and a client checks the server's name:
+the host it dialled (127.0.0.1, a DNS name) or, when it knows it, the device name it expects. A peer with
+a certificate of another CA, without one, or speaking plaintext fails the handshake
+(:class:`HandshakeError`). TLS encrypts prompts and hidden states and gives every connection fresh keys,
+so a record tampered with, reordered, replayed, or recorded on one connection and injected into another
+fails TLS's integrity check (:class:`IntegrityError`) and the connection closes; the handler never sees it.
+TLS 1.3 0-RTT data (the one replayable part of TLS) is never enabled by :mod:`ssl`.
+
+Every frame also carries a sequence number that must grow by one per connection (a second check within a
+connection, and the only one in plaintext mode, :class:`ReplayError`). Across reconnects, each new
+connection is a new TLS session; a request that a client re-sends after a reconnect is a retry the
+client chose, and a split stage applies a forward only at the position its KV cache expects, so a
+duplicate never advances a session twice.
+
+Plaintext (``LinkSecurity.plaintext()``, ``--insecure``) exists for loopback experiments only: a plaintext
+server or client on a non-loopback address is refused with a :class:`ValueError`.
 
 Limits are checked on the prefix, before anything is read: a header over :data:`MAX_HEADER_BYTES` or a
 frame over ``max_frame_bytes`` closes the connection with a :class:`FrameTooLarge` error. Every socket
-operation has a timeout.
+operation, the TLS handshake included, has a timeout.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import ipaddress
 import json
 import logging
 import math
-import os
 import socket
+import ssl
 import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from fedintel import tls as _tls
+
 log = logging.getLogger(__name__)
 
 MAGIC = b"FEDI"
-VERSION = 1
+VERSION = 2
 PREFIX = struct.Struct("!4sBIQ")
-TAG_BYTES = 32
-NONCE_BYTES = 16
 MAX_HEADER_BYTES = 1 << 20
 DEFAULT_MAX_FRAME_BYTES = 64 << 20
 DEFAULT_TIMEOUT_S = 30.0
 ALIGN = 64
-KEY_ENV = "FEDINTEL_INFER_KEY"
 SERVER_IDLE_S = 3600.0
 """A server closes a connection that sends nothing for this long (seconds)."""
 RECONNECT_IDLE_S = 600.0
@@ -73,8 +84,13 @@ class ProtocolError(RuntimeError):
     """A frame could not be sent or was rejected; the connection it came on is no longer usable."""
 
 
+class HandshakeError(ProtocolError):
+    """The TLS handshake failed: the peer's certificate is not from this run's CA, is missing, names
+    another device, or the peer does not speak TLS (or refused our certificate)."""
+
+
 class IntegrityError(ProtocolError):
-    """A frame's HMAC tag does not match: it was tampered with, or the peer uses another key."""
+    """A TLS record failed its integrity check (tampered, corrupted, replayed or from another connection)."""
 
 
 class ReplayError(ProtocolError):
@@ -111,28 +127,98 @@ class Message:
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def parse_key(key: str | bytes | None) -> bytes:
-    """The shared HMAC key as bytes: ``bytes`` as is, ``str`` as hex (or as UTF-8 when not hex).
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an IP address or ``localhost``) is this machine's loopback interface."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
-    ``None`` reads the ``FEDINTEL_INFER_KEY`` environment variable. A key shorter than 16 bytes is refused.
+
+class LinkSecurity:
+    """How one process secures its links: mutual TLS as device ``name`` of the CA in ``cert_dir``, or
+    plaintext (loopback only).
+
+    Build it with :meth:`tls`, :meth:`fresh` or :meth:`plaintext`. The ``ssl`` contexts are built once, on
+    first use. :meth:`device` gives the security of another device of the same CA (issuing its certificate
+    when the CA key is there), which is how the launcher equips each process it starts.
     """
-    if key is None:
-        key = os.environ.get(KEY_ENV)
-        if not key:
-            raise ValueError(f"no shared key: pass one or set the {KEY_ENV} environment variable (hex)")
-    if isinstance(key, str):
-        try:
-            key = bytes.fromhex(key)
-        except ValueError:
-            key = key.encode()
-    if len(key) < 16:
-        raise ValueError(f"the shared key must be at least 16 bytes, got {len(key)}")
-    return key
 
+    def __init__(self, cert_dir: str | Path | None, name: str = "origin") -> None:
+        self.cert_dir = Path(cert_dir).resolve() if cert_dir is not None else None
+        self.name = _tls.check_name(name) if cert_dir is not None else name
+        self._server: ssl.SSLContext | None = None
+        self._client: ssl.SSLContext | None = None
+        self._lock = threading.Lock()
 
-def new_key() -> bytes:
-    """A fresh random 32-byte key."""
-    return os.urandom(32)
+    @classmethod
+    def tls(cls, cert_dir: str | Path, name: str = "origin", hosts: Sequence[str] = _tls.DEFAULT_HOSTS,
+            issue: bool = True) -> LinkSecurity:
+        """Device ``name`` of the CA in ``cert_dir``; with ``issue``, its certificate is issued (for
+        ``hosts``) when the directory has the CA key but no certificate for ``name`` yet."""
+        if issue:
+            crt, key = _tls.device_paths(cert_dir, name)
+            if not (crt.is_file() and key.is_file()) and _tls.ca_paths(cert_dir)[1].is_file():
+                _tls.issue_device_cert(cert_dir, name, hosts)
+        sec = cls(cert_dir, name)
+        sec.client_context()  # fail now, with the missing file named, not at the first request
+        return sec
+
+    @classmethod
+    def fresh(cls, cert_dir: str | Path, name: str = "origin") -> LinkSecurity:
+        """A new CA written into ``cert_dir`` and device ``name``'s certificate from it."""
+        _tls.write_ca(cert_dir)
+        return cls.tls(cert_dir, name)
+
+    @classmethod
+    def plaintext(cls) -> LinkSecurity:
+        """No TLS: frames in clear, no authentication. For experiments on loopback only."""
+        return cls(None, "")
+
+    @property
+    def insecure(self) -> bool:
+        """Whether links are plaintext."""
+        return self.cert_dir is None
+
+    def device(self, name: str, hosts: Sequence[str] = _tls.DEFAULT_HOSTS) -> LinkSecurity:
+        """The security of device ``name`` under the same CA (its certificate issued if missing)."""
+        if self.cert_dir is None:
+            return LinkSecurity.plaintext()
+        _tls.ensure_device_cert(self.cert_dir, name, hosts)
+        return LinkSecurity(self.cert_dir, name)
+
+    def worker_args(self) -> list[str]:
+        """The worker command-line options that give a device process this security."""
+        return ["--insecure"] if self.cert_dir is None else ["--certs", str(self.cert_dir), "--name", self.name]
+
+    def server_context(self) -> ssl.SSLContext:
+        """The server-side mutual-TLS context (built once)."""
+        if self.cert_dir is None:
+            raise ValueError("plaintext links have no TLS context")
+        with self._lock:
+            if self._server is None:
+                self._server = _tls.server_context(self.cert_dir, self.name)
+            return self._server
+
+    def client_context(self) -> ssl.SSLContext:
+        """The client-side mutual-TLS context (built once)."""
+        if self.cert_dir is None:
+            raise ValueError("plaintext links have no TLS context")
+        with self._lock:
+            if self._client is None:
+                self._client = _tls.client_context(self.cert_dir, self.name)
+            return self._client
+
+    def check_host(self, host: str, what: str) -> None:
+        """Refuse plaintext on a non-loopback ``host`` (``what`` says where it came from)."""
+        if self.insecure and not is_loopback(host):
+            raise ValueError(f"{what} {host!r} is not a loopback address: plaintext links (--insecure / insecure: "
+                             "true) are for loopback experiments only; drop --insecure to use mutual TLS")
+
+    def __repr__(self) -> str:
+        return "LinkSecurity(plaintext)" if self.insecure else f"LinkSecurity({str(self.cert_dir)!r}, {self.name!r})"
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -202,21 +288,21 @@ def _decode_tensors(specs: Any, payload: bytearray) -> dict[str, torch.Tensor]:
 
 
 class Channel:
-    """One authenticated connection: frames out with a growing sequence number, frames in checked.
+    """One connection (mutual TLS, or plaintext on loopback): frames out with a growing sequence number,
+    frames in checked.
 
-    Build it with :meth:`client` or :meth:`server`, which run the handshake. Not thread-safe: one
-    request/reply at a time (callers hold a lock).
+    Build it with :meth:`client` or :meth:`server`, which run the TLS handshake. ``peer_name`` is the
+    common name of the peer's certificate ("" in plaintext). Not thread-safe: one request/reply at a time
+    (callers hold a lock).
     """
 
     def __init__(
-        self, sock: socket.socket, session_key: bytes, is_client: bool, peer: str,
-        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, timeout: float = DEFAULT_TIMEOUT_S,
+        self, sock: socket.socket, peer: str, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        timeout: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         self.sock = sock
         self.peer = peer
-        self._key = session_key
-        self._out_dir = b"C" if is_client else b"S"
-        self._in_dir = b"S" if is_client else b"C"
+        self.peer_name = _peer_name(sock)
         self.max_frame_bytes = max_frame_bytes
         self.timeout = timeout
         self.send_seq = 0
@@ -226,53 +312,65 @@ class Channel:
         self.bytes_sent = 0
         self.bytes_received = 0
 
+    @property
+    def encrypted(self) -> bool:
+        """Whether this connection runs over TLS."""
+        return isinstance(self.sock, TLSStream)
+
+    @property
+    def raw(self) -> socket.socket:
+        """The TCP socket underneath (the ciphertext stream, under TLS)."""
+        return self.sock.sock if isinstance(self.sock, TLSStream) else self.sock
+
     # ---------------------------------------------------------------- handshake
     @classmethod
     def client(
-        cls, address: str, key: bytes, timeout: float = DEFAULT_TIMEOUT_S, connect_timeout: float = 5.0,
-        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        cls, address: str, security: LinkSecurity, timeout: float = DEFAULT_TIMEOUT_S, connect_timeout: float = 5.0,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, server_name: str | None = None,
     ) -> Channel:
-        """Connect to ``address`` and authenticate with ``key``."""
+        """Connect to ``address`` and run the TLS handshake; the server's certificate must name
+        ``server_name`` (default: the host of ``address``)."""
         host, port = parse_address(address)
+        security.check_host(host, "device address")
         try:
             sock = socket.create_connection((host, port), timeout=connect_timeout)
         except TimeoutError:
             raise PeerTimeout(f"connecting to {address} timed out after {connect_timeout:g} s") from None
         except OSError as err:
             raise PeerClosed(f"cannot connect to device at {address}: {err.strerror or err}") from None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _tune(sock)
         try:
-            return cls.client_on(sock, key, address, timeout, max_frame_bytes, connect_timeout + timeout)
+            return cls.client_on(sock, security, address, timeout, max_frame_bytes, connect_timeout + timeout,
+                                 server_name or host)
         except BaseException:
-            sock.close()
+            sock.close()  # idempotent: a failed handshake has closed it already
             raise
 
     @classmethod
     def client_on(
-        cls, sock: socket.socket, key: bytes, peer: str, timeout: float = DEFAULT_TIMEOUT_S,
+        cls, sock: socket.socket, security: LinkSecurity, peer: str, timeout: float = DEFAULT_TIMEOUT_S,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, handshake_timeout: float | None = None,
+        server_name: str = "localhost",
     ) -> Channel:
-        """Run the client side of the handshake on a connected socket."""
+        """Run the client side of the TLS handshake on a connected socket (closed on failure)."""
+        if not security.insecure:
+            sock = _handshake(sock, security.client_context(), peer, handshake_timeout or timeout,
+                              server_side=False, server_name=server_name)
         sock.settimeout(timeout)
-        server_nonce = _recv_hello(sock, key, b"S", b"", peer, handshake_timeout or timeout)
-        client_nonce = os.urandom(NONCE_BYTES)
-        _send_hello(sock, key, b"C", server_nonce + client_nonce)
-        return cls(sock, _session_key(key, server_nonce, client_nonce), True, peer, max_frame_bytes, timeout)
+        return cls(sock, peer, max_frame_bytes, timeout)
 
     @classmethod
     def server(
-        cls, sock: socket.socket, key: bytes, peer: str, timeout: float = DEFAULT_TIMEOUT_S,
+        cls, sock: socket.socket, security: LinkSecurity, peer: str, timeout: float = DEFAULT_TIMEOUT_S,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     ) -> Channel:
-        """Authenticate an accepted connection."""
+        """Run the server side of the TLS handshake on an accepted connection (closed on failure)."""
         if sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _tune(sock)
+        if not security.insecure:
+            sock = _handshake(sock, security.server_context(), peer, timeout, server_side=True)
         sock.settimeout(timeout)
-        server_nonce = os.urandom(NONCE_BYTES)
-        _send_hello(sock, key, b"S", server_nonce)
-        both = _recv_hello(sock, key, b"C", server_nonce, peer, timeout)
-        client_nonce = both[NONCE_BYTES:]
-        return cls(sock, _session_key(key, server_nonce, client_nonce), False, peer, max_frame_bytes, timeout)
+        return cls(sock, peer, max_frame_bytes, timeout)
 
     # ---------------------------------------------------------------- frames
     def encode(self, msg: Message) -> bytes:
@@ -292,12 +390,7 @@ class Channel:
                 f"frame of {total} bytes exceeds max_frame_bytes={self.max_frame_bytes} (to {self.peer})"
             )
         prefix = PREFIX.pack(MAGIC, VERSION, len(header), payload_len)
-        mac = hmac.new(self._key, self._out_dir, hashlib.sha256)
-        mac.update(prefix)
-        mac.update(header)
-        for c in chunks:
-            mac.update(c)
-        return b"".join([prefix, header, *chunks, mac.digest()])
+        return b"".join([prefix, header, *chunks])
 
     def send_bytes(self, data: bytes) -> None:
         """Send an already encoded frame."""
@@ -306,6 +399,9 @@ class Channel:
         except TimeoutError:
             self.close()
             raise PeerTimeout(f"sending to {self.peer} timed out after {self.timeout:g} s") from None
+        except ssl.SSLError as err:
+            self.broken = True
+            raise _tls_failure(err, self.peer) from None
         except OSError as err:
             self.broken = True
             raise PeerClosed(f"connection to {self.peer} lost while sending: {err}") from None
@@ -340,20 +436,9 @@ class Channel:
             payload = bytearray(payload_len)
             if payload_len:
                 self._recv_into(payload, timeout)
-            tag = self._recv_exact(TAG_BYTES, timeout, timeout)
         except ProtocolError:
             self.broken = True
             raise
-        mac = hmac.new(self._key, self._in_dir, hashlib.sha256)
-        mac.update(prefix)
-        mac.update(header)
-        mac.update(payload)
-        if not hmac.compare_digest(mac.digest(), tag):
-            self.broken = True
-            raise IntegrityError(
-                f"integrity check failed on a frame from {self.peer}: HMAC mismatch (tampered, "
-                "corrupted, recorded on another connection, or the peer uses a different key); frame dropped"
-            )
         try:
             head = json.loads(header)
             seq = int(head["seq"])
@@ -379,7 +464,7 @@ class Channel:
         except ProtocolError:
             self.broken = True
             raise
-        self.bytes_received += PREFIX.size + header_len + payload_len + TAG_BYTES
+        self.bytes_received += PREFIX.size + header_len + payload_len
         return Message(op, meta, tensors)
 
     def request(self, msg: Message, timeout: float | None = None) -> Message:
@@ -445,6 +530,8 @@ class Channel:
                 raise PeerTimeout(
                     f"{self.peer} did not answer within {first_timeout if not started and first_timeout else timeout:g} s"
                 ) from None
+            except ssl.SSLError as err:
+                raise _tls_failure(err, self.peer) from None
             except OSError as err:
                 raise PeerClosed(f"connection to {self.peer} lost: {err}") from None
             if k == 0:
@@ -455,49 +542,178 @@ class Channel:
             got += k
 
 
-def _session_key(key: bytes, server_nonce: bytes, client_nonce: bytes) -> bytes:
-    return hmac.new(key, b"fedintel-session" + server_nonce + client_nonce, hashlib.sha256).digest()
+SOCKET_BUFFER_BYTES = 4 << 20
+"""Send and receive buffer asked for each connection: a whole activation fits, so a sender rarely waits for
+the receiver to be scheduled (the kernel may grant less)."""
 
 
-def _send_hello(sock: socket.socket, key: bytes, direction: bytes, body: bytes) -> None:
-    tag = hmac.new(key, b"fedintel-hello" + direction + body, hashlib.sha256).digest()
+def _tune(sock: socket.socket) -> None:
+    """No Nagle delay; socket buffers of :data:`SOCKET_BUFFER_BYTES`."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER_BYTES)
+        except OSError:
+            pass
+
+
+def _peer_name(sock: socket.socket) -> str:
+    if not isinstance(sock, TLSStream):
+        return ""
+    cert = sock.getpeercert() or {}
+    for rdn in cert.get("subject", ()):
+        for k, v in rdn:
+            if k == "commonName":
+                return str(v)
+    return ""
+
+
+class TLSStream:
+    """A TLS connection over a socket, through :class:`ssl.MemoryBIO` s.
+
+    The socket-like subset the channel uses (``sendall``, ``recv_into``, ``settimeout``, ``close``).
+    Ciphertext moves in large reads and writes, many 16 KiB TLS records per system call, where
+    :class:`ssl.SSLSocket` makes one write and two reads per record (on a 393 KB activation, 48 system
+    calls instead of about 150 per round trip; some 15 % faster here, within the noise of a loaded machine).
+    """
+
+    CHUNK = 1 << 18
+    """Bytes encrypted, then sent, at a time (bounds the memory a large frame takes in ciphertext)."""
+
+    def __init__(self, sock: socket.socket, ctx: ssl.SSLContext, server_side: bool, server_name: str | None) -> None:
+        self.sock = sock
+        self.family = sock.family
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._tls = ctx.wrap_bio(self._in, self._out, server_side=server_side,
+                                 server_hostname=None if server_side else server_name)
+        self._buf = bytearray(self.CHUNK)
+
+    def do_handshake(self) -> None:
+        """Run the TLS handshake (raises ``ssl.SSLError``, ``TimeoutError``, ``OSError``)."""
+        while True:
+            try:
+                self._tls.do_handshake()
+            except ssl.SSLWantReadError:
+                self._flush()
+                self._fill()
+                continue
+            except ssl.SSLError:
+                self._flush_quietly()  # our alert tells the peer why
+                raise
+            self._flush()
+            return
+
+    def sendall(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt and send all of ``data``."""
+        view = memoryview(data).cast("B")
+        try:
+            for i in range(0, len(view), self.CHUNK):
+                chunk = view[i:i + self.CHUNK]
+                while chunk:
+                    chunk = chunk[self._tls.write(chunk):]
+                self._flush()
+        except ssl.SSLError:
+            self._flush_quietly()
+            raise
+
+    def recv_into(self, buf: memoryview | bytearray, nbytes: int = 0) -> int:
+        """Decrypt up to ``nbytes`` bytes into ``buf``; 0 when the peer closed the connection."""
+        n = nbytes or len(buf)
+        while True:
+            try:
+                return self._tls.read(n, buf)
+            except ssl.SSLWantReadError:
+                self._fill()
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return 0
+            except ssl.SSLError:
+                self._flush_quietly()
+                raise
+
+    def _fill(self) -> None:
+        k = self.sock.recv_into(self._buf)
+        if k:
+            self._in.write(memoryview(self._buf)[:k])
+        else:
+            self._in.write_eof()
+
+    def _flush(self) -> None:
+        data = self._out.read()
+        if data:
+            self.sock.sendall(data)
+
+    def _flush_quietly(self) -> None:
+        try:
+            self._flush()
+        except OSError:
+            pass
+
+    def settimeout(self, timeout: float | None) -> None:
+        """Timeout of each socket operation, seconds."""
+        self.sock.settimeout(timeout)
+
+    def fileno(self) -> int:
+        """The socket's file descriptor (-1 once closed)."""
+        return self.sock.fileno()
+
+    def version(self) -> str | None:
+        """The negotiated TLS version, e.g. ``"TLSv1.3"``."""
+        return self._tls.version()
+
+    def getpeercert(self) -> dict[str, Any]:
+        """The peer's verified certificate, as :meth:`ssl.SSLSocket.getpeercert` gives it."""
+        return self._tls.getpeercert() or {}
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.sock.close()
+
+
+def _handshake(sock: socket.socket, ctx: ssl.SSLContext, peer: str, timeout: float, server_side: bool,
+               server_name: str | None = None) -> TLSStream:
+    """Run TLS over ``sock`` and complete the handshake within ``timeout`` seconds; close it on failure."""
     try:
-        sock.sendall(MAGIC + bytes([VERSION, len(body)]) + body + tag)
-    except OSError as err:
-        raise PeerClosed(f"handshake failed while sending: {err}") from None
-
-
-def _recv_hello(sock: socket.socket, key: bytes, direction: bytes, expect_prefix: bytes, peer: str,
-                timeout: float) -> bytes:
-    sock.settimeout(timeout)
+        tsock = TLSStream(sock, ctx, server_side, server_name)
+    except (ssl.SSLError, ValueError) as err:
+        sock.close()
+        raise HandshakeError(f"TLS set-up for {peer} failed: {err}") from None
     try:
-        head = _read_n(sock, 6)
-        if head[:4] != MAGIC:
-            raise ProtocolError(f"{peer} is not a fedintel device (bad handshake magic {head[:4]!r})")
-        if head[4] != VERSION:
-            raise ProtocolError(f"{peer} speaks protocol version {head[4]}, expected {VERSION}")
-        body = _read_n(sock, head[5])
-        tag = _read_n(sock, TAG_BYTES)
+        sock.settimeout(timeout)
+        tsock.do_handshake()
+    except ssl.SSLCertVerificationError as err:
+        tsock.close()
+        hint = "not of this run's CA" + ("" if server_side else f", or not valid for {server_name!r}")
+        raise HandshakeError(f"TLS handshake with {peer} failed: its certificate was refused "
+                             f"({err.verify_message}; {hint}?)") from None
+    except ssl.SSLError as err:
+        tsock.close()
+        raise HandshakeError(f"TLS handshake with {peer} failed: {_ssl_reason(err)} (no certificate, a "
+                             "certificate of another CA, or not a TLS peer)") from None
     except TimeoutError:
-        raise PeerTimeout(f"handshake with {peer} timed out after {timeout:g} s") from None
+        tsock.close()
+        raise PeerTimeout(f"TLS handshake with {peer} timed out after {timeout:g} s") from None
     except OSError as err:
-        raise PeerClosed(f"handshake with {peer} failed: {err}") from None
-    want = hmac.new(key, b"fedintel-hello" + direction + body, hashlib.sha256).digest()
-    if not hmac.compare_digest(want, tag):
-        raise IntegrityError(f"handshake with {peer} failed: HMAC mismatch (the devices use different keys?)")
-    if len(body) != len(expect_prefix) + NONCE_BYTES or not body.startswith(expect_prefix):
-        raise ReplayError(f"handshake with {peer} failed: stale or replayed nonce")
-    return body
+        tsock.close()
+        raise HandshakeError(f"TLS handshake with {peer} failed: the connection closed ({err.strerror or err}); "
+                             "the peer refused our certificate or does not speak TLS") from None
+    return tsock
 
 
-def _read_n(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionResetError("peer closed the connection")
-        buf += chunk
-    return bytes(buf)
+def _ssl_reason(err: ssl.SSLError) -> str:
+    return str(err.reason or err).lower().replace("_", " ")
+
+
+def _tls_failure(err: ssl.SSLError, peer: str) -> ProtocolError:
+    """The protocol error for a TLS failure after the handshake (reading or writing a record)."""
+    if isinstance(err, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+        return PeerClosed(f"{peer} closed the TLS connection")
+    reason = _ssl_reason(err)
+    if "certificate" in reason or "unknown ca" in reason or "handshake" in reason:
+        # TLS 1.3: a client learns that the server refused its certificate at its first read
+        return HandshakeError(f"{peer} refused our certificate ({reason})")
+    return IntegrityError(f"TLS record from {peer} failed its integrity check ({reason}): tampered with, corrupted, "
+                          "replayed or injected from another connection; connection closed")
 
 
 def _drain(sock: socket.socket, seconds: float, limit: int = 1 << 28) -> None:
@@ -524,21 +740,26 @@ Handler = Callable[[Message], Message]
 
 
 class FrameServer:
-    """A threaded TCP server: one thread per connection, each frame passed to ``handler``.
+    """A threaded TCP server: one thread per connection (TLS handshake included), each frame passed to
+    ``handler``.
 
-    A handler exception becomes an ``error`` reply naming the exception; a frame that fails the
-    integrity, replay or size check gets an ``error`` reply (when the stream is still in sync) and the
-    connection is closed; the handler never sees it.
+    A handler exception becomes an ``error`` reply naming the exception; a connection that fails the TLS
+    handshake is closed (counted in ``rejected``); a frame that fails the integrity, replay or size check
+    gets an ``error`` reply (when the stream is still in sync) and the connection is closed; the handler
+    never sees it. Plaintext ``security`` is refused on a non-loopback ``host`` (``ValueError``).
     """
 
     def __init__(
-        self, handler: Handler, key: bytes, host: str = "127.0.0.1", port: int = 0,
+        self, handler: Handler, security: LinkSecurity, host: str = "127.0.0.1", port: int = 0,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, timeout: float = DEFAULT_TIMEOUT_S,
         idle_timeout: float = SERVER_IDLE_S, max_connections: int = 256,
     ) -> None:
+        security.check_host(host, "listen address")
+        if not security.insecure:
+            security.server_context()  # a missing certificate fails here, before we listen
         self.handler = handler
         self.max_connections = max_connections
-        self.key = key
+        self.security = security
         self.max_frame_bytes = max_frame_bytes
         self.timeout = timeout
         self.idle_timeout = idle_timeout
@@ -600,7 +821,7 @@ class FrameServer:
             self._conns.add(conn)
         try:
             try:
-                ch = Channel.server(conn, self.key, peer, self.timeout, self.max_frame_bytes)
+                ch = Channel.server(conn, self.security, peer, self.timeout, self.max_frame_bytes)
             except ProtocolError as err:
                 self.rejected += 1
                 log.warning("rejected connection from %s: %s", peer, err)
@@ -617,7 +838,7 @@ class FrameServer:
                     try:
                         ch.send(Message("error", {"error": str(err), "kind": type(err).__name__, "_close": True}))
                         if isinstance(err, FrameTooLarge):
-                            _drain(conn, seconds=2.0)  # let the sender finish so it can read why
+                            _drain(ch.raw, seconds=2.0)  # let the sender finish so it can read why
                     except (ProtocolError, OSError):
                         pass
                     ch.close()
@@ -645,17 +866,22 @@ class FrameServer:
 class Client:
     """A thread-safe request/reply client for one device address, connecting lazily.
 
+    Over TLS the server's certificate must name ``server_name`` when given (the device name expected
+    there), else the host of ``address``. Plaintext ``security`` is refused for a non-loopback address.
+
     After any transport error the connection is dropped; the next request reconnects. Requests are not
     retried here: retrying is a policy decision (see :mod:`fedintel.inference.multiaccess`).
     """
 
     def __init__(
-        self, address: str, key: bytes, timeout: float = DEFAULT_TIMEOUT_S, connect_timeout: float = 5.0,
-        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        self, address: str, security: LinkSecurity, timeout: float = DEFAULT_TIMEOUT_S, connect_timeout: float = 5.0,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, server_name: str | None = None,
     ) -> None:
-        parse_address(address)
+        host, _ = parse_address(address)
+        security.check_host(host, "device address")
         self.address = address
-        self.key = key
+        self.security = security
+        self.server_name = server_name
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.max_frame_bytes = max_frame_bytes
@@ -676,7 +902,8 @@ class Client:
             if self._ch is not None:
                 self._ch.close()
             self._ch = Channel.client(
-                self.address, self.key, self.timeout, self.connect_timeout, self.max_frame_bytes
+                self.address, self.security, self.timeout, self.connect_timeout, self.max_frame_bytes,
+                self.server_name,
             )
         return self._ch
 

@@ -6,8 +6,9 @@ if asked, the logits) back along the chain. A :class:`SplitPipeline` is an
 :class:`~fedintel.inference.stage.IncrementalLM`, so greedy and speculative decoding run over it as over
 a model in this process.
 
-``SplitPipeline.launch`` starts the stages as processes on this machine; ``SplitPipeline.connect`` joins
-stages already running anywhere (``python -m fedintel.inference.worker --layers a:b --host 0.0.0.0``).
+``SplitPipeline.launch`` starts the stages as processes on this machine (each with its own certificate of a
+fresh CA, unless given one); ``SplitPipeline.connect`` joins stages already running anywhere (``python -m
+fedintel.inference.worker --layers a:b --certs DIR --name stage0 --host 0.0.0.0``). Every hop is mutual TLS.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from fedintel.inference.launcher import WorkerGroup
 from fedintel.inference.protocol import (
     DEFAULT_TIMEOUT_S,
     Client,
+    LinkSecurity,
     ProtocolError,
     RemoteError,
-    new_key,
 )
 from fedintel.inference.stage import StepOutput
 
@@ -71,17 +72,25 @@ def stage_bounds(cuts: list[int], total: int) -> list[tuple[int, int]]:
 
 
 class SplitPipeline:
-    """A chain of stage devices that together hold one causal LM."""
+    """A chain of stage devices that together hold one causal LM.
 
-    def __init__(self, addresses: list[str], key: bytes, timeout: float = DEFAULT_TIMEOUT_S,
-                 group: WorkerGroup | None = None) -> None:
+    ``names``, when known (launched stages), are the device names each stage's certificate must carry;
+    otherwise each stage's certificate must be valid for the host of its address.
+    """
+
+    def __init__(self, addresses: list[str], security: LinkSecurity, timeout: float = DEFAULT_TIMEOUT_S,
+                 group: WorkerGroup | None = None, names: list[str] | None = None) -> None:
         if not addresses:
             raise SplitError("a split pipeline needs at least one stage address")
-        self.key = key
+        if names is not None and len(names) != len(addresses):
+            raise SplitError(f"{len(names)} stage names for {len(addresses)} stage addresses")
+        self.security = security
         self.timeout = timeout
         self.group = group
         self.addresses = list(addresses)
-        self.clients = [Client(a, key, timeout=timeout) for a in addresses]
+        self.names = names if names is not None and not security.insecure else None
+        self.clients = [Client(a, security, timeout=timeout, server_name=self.names[i] if self.names else None)
+                        for i, a in enumerate(addresses)]
         self.stats = HopStats()
         self.stages: list[StageInfo] = []
         try:
@@ -94,17 +103,19 @@ class SplitPipeline:
 
     # ------------------------------------------------------------------ set-up
     @classmethod
-    def connect(cls, addresses: list[str], key: bytes, timeout: float = DEFAULT_TIMEOUT_S) -> SplitPipeline:
+    def connect(cls, addresses: list[str], security: LinkSecurity, timeout: float = DEFAULT_TIMEOUT_S,
+                names: list[str] | None = None) -> SplitPipeline:
         """Join stages already running at ``addresses`` (in pipeline order)."""
-        return cls(addresses, key, timeout)
+        return cls(addresses, security, timeout, names=names)
 
     @classmethod
     def launch(cls, model: str, cuts: list[int], total_layers: int, num_layers: int | None = None,
-               key: bytes | None = None, threads: int = 1, timeout: float = DEFAULT_TIMEOUT_S,
+               security: LinkSecurity | None = None, threads: int = 1, timeout: float = DEFAULT_TIMEOUT_S,
                start_timeout: float = 120.0, extra_args: list[str] | None = None) -> SplitPipeline:
-        """Start one process per stage on this machine (layers cut at ``cuts``) and connect them."""
-        key = key or new_key()
-        group = WorkerGroup(key, threads=threads, start_timeout=start_timeout)
+        """Start one process per stage on this machine (layers cut at ``cuts``) and connect them.
+
+        ``security`` ``None``: a fresh CA for these stages (see :class:`WorkerGroup`)."""
+        group = WorkerGroup(security, threads=threads, start_timeout=start_timeout)
         try:
             specs = []
             for i, (a, b) in enumerate(stage_bounds(cuts, total_layers)):
@@ -113,7 +124,7 @@ class SplitPipeline:
                     args += ["--num-layers", str(num_layers)]
                 specs.append((f"stage{i}", args))
             workers = group.start(specs)
-            return cls([w.address for w in workers], key, timeout, group)
+            return cls([w.address for w in workers], group.security, timeout, group, [w.name for w in workers])
         except BaseException:
             group.close()
             raise
@@ -147,7 +158,8 @@ class SplitPipeline:
             raise SplitError(f"the stages cover layers 0:{expect} of {infos[0].total}: the last stage is missing")
         for i in range(len(infos)):
             nxt = self.addresses[i + 1] if i + 1 < len(infos) else None
-            self._call(i, "configure", {"next": nxt})
+            nxt_name = self.names[i + 1] if nxt and self.names else None
+            self._call(i, "configure", {"next": nxt, "next_name": nxt_name})
         self.stages = infos
 
     # ------------------------------------------------------------------ IncrementalLM

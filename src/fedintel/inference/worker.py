@@ -1,9 +1,10 @@
-"""One device: a process that serves a model (or a slice of one) over the authenticated protocol.
+"""One device: a process that serves a model (or a slice of one) over mutual-TLS links.
 
-Run it by hand on any machine (the shared key comes from ``FEDINTEL_INFER_KEY``, hex)::
+Run it by hand on any machine, with a certificate issued for it by the run's CA (``fedintel infer certs
+--out DIR --device stage0 --host 10.0.0.5``; copy ``ca.crt``, ``stage0.crt`` and ``stage0.key``)::
 
-    FEDINTEL_INFER_KEY=... python -m fedintel.inference.worker --model smollm2-135m --layers 0:15 \\
-        --host 0.0.0.0 --port 7001
+    python -m fedintel.inference.worker --model smollm2-135m --layers 0:15 \\
+        --certs DIR --name stage0 --host 0.0.0.0 --port 7001
 
 or let :func:`fedintel.inference.launcher.launch` start it on this machine. When ready it prints one JSON
 line ``{"ready": true, "address": "host:port", "pid": ...}`` on stdout. It exits on a ``shutdown``
@@ -44,10 +45,10 @@ from fedintel.inference.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     Client,
     FrameServer,
+    LinkSecurity,
     Message,
     ProtocolError,
     RemoteError,
-    parse_key,
 )
 
 log = logging.getLogger("fedintel.inference.worker")
@@ -68,9 +69,9 @@ class Session:
 class Worker:
     """The request handler of one device."""
 
-    def __init__(self, args: argparse.Namespace, key: bytes) -> None:
+    def __init__(self, args: argparse.Namespace, security: LinkSecurity) -> None:
         self.args = args
-        self.key = key
+        self.security = security
         self.role = args.role
         self.forwards = 0
         self.requests = 0
@@ -141,7 +142,7 @@ class Worker:
         return fn(msg)
 
     def op_ping(self, msg: Message) -> Message:
-        info: dict[str, Any] = {"role": self.role, "model": self.model_name, "pid": os.getpid(),
+        info: dict[str, Any] = {"role": self.role, "name": self.security.name, "model": self.model_name, "pid": os.getpid(),
                                 "forwards": self.forwards, "requests": self.requests, "sessions": len(self.sessions)}
         if self.role == "lm":
             info.update(start=self.stage.start, end=self.stage.end, total=self.total_layers,
@@ -154,14 +155,15 @@ class Worker:
         return Message("ok", {}, msg.tensors)
 
     def op_configure(self, msg: Message) -> Message:
-        nxt = msg.meta.get("next")
+        nxt, nxt_name = msg.meta.get("next"), msg.meta.get("next_name")
         with self.lock:
             if self.next is not None:
                 self.next.close()
             self.next, self.next_address = None, None
             if nxt:
-                self.next = Client(str(nxt), self.key, timeout=self.args.timeout,
-                                   max_frame_bytes=self.args.max_frame_bytes)
+                self.next = Client(str(nxt), self.security, timeout=self.args.timeout,
+                                   max_frame_bytes=self.args.max_frame_bytes,
+                                   server_name=str(nxt_name) if nxt_name and not self.security.insecure else None)
                 self.next_address = str(nxt)
         return Message("ok", {"next": self.next_address})
 
@@ -376,8 +378,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sessions", type=int, default=64)
     p.add_argument("--delay", type=float, default=0.0, help="extra seconds per request (emulates a slow device)")
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this process is no longer the parent")
-    p.add_argument("--key-env", default="FEDINTEL_INFER_KEY", help="environment variable holding the hex key")
+    p.add_argument("--certs", default=None, metavar="DIR",
+                   help="certificate directory: ca.crt, NAME.crt, NAME.key (mutual TLS, the default)")
+    p.add_argument("--name", default=None, help="this device's name: its certificate in --certs")
+    p.add_argument("--insecure", action="store_true",
+                   help="plaintext links, no authentication: loopback experiments only")
     return p
+
+
+def link_security(args: argparse.Namespace) -> LinkSecurity:
+    """The worker's link security from ``--certs``/``--name`` or ``--insecure`` (``ValueError`` if unclear)."""
+    if args.insecure:
+        if args.certs:
+            raise ValueError("--insecure and --certs contradict each other: pass one")
+        sec = LinkSecurity.plaintext()
+        sec.check_host(args.host, "--host")
+        return sec
+    if not args.certs or not args.name:
+        raise ValueError("pass --certs DIR and --name NAME (this device's certificate, from `fedintel infer certs`), "
+                         "or --insecure for plaintext on loopback")
+    return LinkSecurity.tls(args.certs, args.name, issue=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -390,13 +410,13 @@ def main(argv: list[str] | None = None) -> int:
         threading.Thread(target=_watch_parent, args=(args.parent_pid, stop), daemon=True).start()
     torch.set_num_threads(max(1, args.threads))
     try:
-        key = parse_key(os.environ.get(args.key_env))
+        security = link_security(args)
     except ValueError as err:
         print(json.dumps({"ready": False, "error": str(err)}), flush=True)
         return 2
     try:
-        worker = Worker(args, key)
-        server = FrameServer(worker.handle, key, args.host, args.port, args.max_frame_bytes, args.timeout)
+        worker = Worker(args, security)
+        server = FrameServer(worker.handle, security, args.host, args.port, args.max_frame_bytes, args.timeout)
     except Exception as err:
         print(json.dumps({"ready": False, "error": f"{type(err).__name__}: {err}"}), flush=True)
         return 2
