@@ -99,7 +99,7 @@ def _san(names: Sequence[str]) -> x509.SubjectAlternativeName:
 
 
 def _validity(days: int) -> tuple[datetime.datetime, datetime.datetime]:
-    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)  # tolerate small clock skew
+    now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)  # tolerate small clock skew
     return now, now + datetime.timedelta(days=days)
 
 
