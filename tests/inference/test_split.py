@@ -66,6 +66,27 @@ def test_smollm2_three_stages_equal_single_process(links):
     assert len(set(out.tokens)) > 1  # a real model, a real answer
 
 
+def test_bf16_stages_equal_a_bf16_single_process(links):
+    """Stages honour the runtime's precision (--dtype): they match a bf16 model, not the fp32 one."""
+    from fedintel.runtime import Runtime
+
+    lm16 = load_base_model(ModelConfig(name="smollm2-135m", num_layers=4), Runtime(torch.device("cpu"), torch.bfloat16))
+    lm32 = load_base_model(ModelConfig(name="smollm2-135m", num_layers=4))
+    assert next(lm16.model.parameters()).dtype == torch.bfloat16
+    ids = lm16.tokenizer(PROMPT)["input_ids"]
+    ref16 = greedy_generate(LocalLM(lm16.model), ids, 4, keep_logits=True)
+    ref32 = greedy_generate(LocalLM(lm32.model), ids, 4, keep_logits=True)
+    with SplitPipeline.launch("smollm2-135m", [2], 4, num_layers=4, security=links,
+                              extra_args=["--device", "cpu", "--dtype", "bfloat16"]) as pipe:
+        out = greedy_generate(pipe, ids, 4, keep_logits=True)
+
+    def dmax(a, b):
+        return max(float((x - y).abs().max()) for x, y in zip(a.logits, b.logits, strict=True))
+
+    assert out.tokens == ref16.tokens
+    assert dmax(out, ref16) < 0.25 * dmax(out, ref32), (dmax(out, ref16), dmax(out, ref32))
+
+
 def test_prompt_longer_than_context_is_refused(tiny_split):
     with pytest.raises(ValueError, match="exceeds the model's context of 512"):
         greedy_generate(tiny_split, [5] * 510, 8)

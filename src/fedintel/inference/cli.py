@@ -181,11 +181,18 @@ def _security(cfg: InferConfig, joining: str = "") -> Any:
     return None
 
 
-def _load(name: str, num_layers: int | None) -> Any:
-    from fedintel.config import ModelConfig
+def _load(name: str, num_layers: int | None, cfg: Any = None) -> Any:
+    from fedintel.config import ModelConfig, RuntimeConfig
     from fedintel.models.loader import load_base_model
+    from fedintel.runtime import resolve_runtime
 
-    return load_base_model(ModelConfig(name=name, num_layers=num_layers))
+    runtime = resolve_runtime(RuntimeConfig(device=cfg.device, dtype=cfg.dtype), apply_threads=False) if cfg else None
+    return load_base_model(ModelConfig(name=name, num_layers=num_layers), *([runtime] if runtime else []))
+
+
+def _runtime_args(cfg: Any) -> list[str]:
+    """Worker arguments that place a device process on ``cfg``'s device and precision."""
+    return ["--device", cfg.device, "--dtype", cfg.dtype]
 
 
 def _ids(tok: Any, text: str, chat: bool) -> list[int]:
@@ -259,7 +266,7 @@ def mode_split(cfg: InferConfig, args: argparse.Namespace, console: Any) -> int:
     from fedintel.inference.stage import LocalLM, greedy_generate
 
     torch.set_num_threads(cfg.threads)
-    lm = _load(cfg.model, cfg.num_layers)
+    lm = _load(cfg.model, cfg.num_layers, cfg)
     ids = _ids(lm.tokenizer, cfg.prompt, cfg.chat)
     total = len(lm.model.model.layers)
     plan = _plan(cfg, console, len(ids), lm.model.config)
@@ -269,7 +276,7 @@ def mode_split(cfg: InferConfig, args: argparse.Namespace, console: Any) -> int:
         console.print(f"starting {len(plan.stages)} stage processes: layers "
                       + ", ".join(f"{a}:{b}" for _, a, b in plan.stages))
         pipe = SplitPipeline.launch(cfg.model, plan.cuts, total, cfg.num_layers, security=_security(cfg), threads=cfg.threads,
-                                    timeout=cfg.timeout_s)
+                                    timeout=cfg.timeout_s, extra_args=_runtime_args(cfg))
     with pipe:
         layout = ", ".join(f"{s.address}:{s.start}:{s.end}" for s in pipe.stages)
         greedy_generate(pipe, ids[:4], 2)  # warm-up
@@ -323,12 +330,12 @@ def mode_speculative(cfg: InferConfig, args: argparse.Namespace, console: Any) -
     from fedintel.inference.stage import LocalLM, greedy_generate
 
     torch.set_num_threads(cfg.threads)
-    big = _load(cfg.model, cfg.num_layers)
+    big = _load(cfg.model, cfg.num_layers, cfg)
     dname, small = _draft(cfg)
     ids = _ids(big.tokenizer, cfg.prompt, cfg.chat)
     eos = big.tokenizer.eos_token_id
     with SplitPipeline.launch(cfg.model, [], len(big.model.model.layers), cfg.num_layers, security=_security(cfg),
-                              threads=cfg.threads, timeout=cfg.timeout_s) as edge:
+                              threads=cfg.threads, timeout=cfg.timeout_s, extra_args=_runtime_args(cfg)) as edge:
         draft = LocalLM(small.model)
         greedy_generate(edge, ids[:4], 2)
         ref = greedy_generate(edge, ids, cfg.max_new_tokens, eos)
@@ -359,11 +366,11 @@ def mode_cascade(cfg: InferConfig, args: argparse.Namespace, console: Any) -> in
     from fedintel.inference.stage import LocalLM
 
     torch.set_num_threads(cfg.threads)
-    big = _load(cfg.model, cfg.num_layers)
+    big = _load(cfg.model, cfg.num_layers, cfg)
     dname, small = _draft(cfg)
     prompts = [_ids(big.tokenizer, p, cfg.chat) for p in (cfg.prompts or DEFAULT_PROMPTS)]
     with SplitPipeline.launch(cfg.model, [], len(big.model.model.layers), cfg.num_layers, security=_security(cfg),
-                              threads=cfg.threads, timeout=cfg.timeout_s) as edge:
+                              threads=cfg.threads, timeout=cfg.timeout_s, extra_args=_runtime_args(cfg)) as edge:
         casc = Cascade(LocalLM(small.model), edge, cfg.threshold, cfg.confidence, cfg.max_new_tokens,
                        big.tokenizer.eos_token_id)
         rep = casc.run(prompts)

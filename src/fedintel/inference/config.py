@@ -74,6 +74,9 @@ class InferConfig(_S):
     insecure: bool = Field(False, description="Plaintext links without authentication; loopback addresses only.")
     timeout_s: float = Field(30.0, gt=0, description="Socket timeout for every request, seconds.")
     threads: int = Field(1, ge=1, description="torch threads per device process.")
+    device: str = Field("cpu", description="Where device processes compute: cpu | cuda | cuda:N | mps | auto.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weights and activations of the device processes (hidden states travel in it).")
     prompt: str = "What is the capital of France?"
     prompts: list[str] | None = Field(None, description="Several prompts (cascade, multiaccess); default: built in.")
     max_new_tokens: int = Field(16, ge=1)
@@ -109,6 +112,10 @@ class InferConfig(_S):
 
     @model_validator(mode="after")
     def _check(self) -> InferConfig:
+        from fedintel.config import DEVICE_PATTERN
+
+        if not DEVICE_PATTERN.match(self.device):
+            raise ValueError(f"device: {self.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
         if self.insecure and self.tls_dir:
             raise ValueError("insecure: true and tls_dir contradict each other: plaintext links use no certificates")
         if self.insecure:

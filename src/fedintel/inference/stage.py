@@ -109,6 +109,7 @@ class StageModel(torch.nn.Module):
         Returns hidden states ``(1, n, hidden)``, or on the last stage the logits ``(1, n_logits, vocab)``
         of the last ``n_logits`` positions (0: all).
         """
+        x = x.to(self.device)
         if self.first:
             if x.dtype not in (torch.int64, torch.int32) or x.dim() != 2:
                 raise StageError(f"the first stage expects input_ids (1, n) int64, got {tuple(x.shape)} {x.dtype}")
@@ -124,7 +125,7 @@ class StageModel(torch.nn.Module):
         n = hidden.shape[1]
         if past + n > self.max_context:
             raise StageError(f"{past + n} tokens exceed the model's context of {self.max_context} tokens")
-        position_ids = torch.arange(past, past + n).unsqueeze(0)
+        position_ids = torch.arange(past, past + n, device=hidden.device).unsqueeze(0)
         mask = create_causal_mask(self.config, hidden, None, cache, position_ids)
         pos_emb = self.rotary(hidden, position_ids=position_ids)
         for layer in self.layers:
@@ -133,10 +134,15 @@ class StageModel(torch.nn.Module):
                 position_embeddings=pos_emb, **{self._cache_kw: cache},
             )
         if not self.last:
-            return hidden
+            return hidden.cpu()  # the wire (and the next stage) take CPU tensors; a no-op on the CPU
         if n_logits:
             hidden = hidden[:, -n_logits:]
-        return self.lm_head(self.norm(hidden)).float()
+        return self.lm_head(self.norm(hidden)).float().cpu()
+
+    @property
+    def device(self) -> torch.device:
+        """Where the stage's weights live."""
+        return next(self.layers.parameters()).device
 
     @property
     def lm_dtype(self) -> torch.dtype:
@@ -209,8 +215,9 @@ class LocalLM:
         if pos + ids.shape[1] > self.max_context:
             raise StageError(f"{pos + ids.shape[1]} tokens exceed the model's context of {self.max_context}")
         t0 = time.perf_counter()
-        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=n_logits, **{self._cache_kw: cache})
-        logits = out.logits[0, -n_logits:].float() if n_logits else out.logits[0].float()
+        out = self.model(input_ids=ids.to(self.model.device), use_cache=True, logits_to_keep=n_logits,
+                         **{self._cache_kw: cache})
+        logits = (out.logits[0, -n_logits:] if n_logits else out.logits[0]).float().cpu()
         return StepOutput(logits.argmax(-1), logits if want_logits else None, time.perf_counter() - t0)
 
     def truncate(self, session: str, length: int) -> None:

@@ -90,9 +90,10 @@ class Worker:
 
     # ------------------------------------------------------------------ loading
     def _load_lm(self) -> None:
-        from fedintel.config import ModelConfig
+        from fedintel.config import ModelConfig, RuntimeConfig
         from fedintel.inference.stage import StageModel, num_layers_of
         from fedintel.models.loader import load_base_model
+        from fedintel.runtime import resolve_runtime
 
         a = self.args
         total = _total_layers(a.model, a.num_layers)
@@ -102,7 +103,8 @@ class Worker:
         load_layers = a.num_layers
         if not a.adapter and a.model != "tiny-llama":
             load_layers = end  # layers after this stage are never loaded
-        lm = load_base_model(ModelConfig(name=a.model, num_layers=load_layers))
+        runtime = resolve_runtime(RuntimeConfig(device=a.device, dtype=a.dtype), apply_threads=False)
+        lm = load_base_model(ModelConfig(name=a.model, num_layers=load_layers), runtime)
         model = lm.model
         if a.adapter:
             from peft import PeftModel
@@ -373,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0: any free port (reported on stdout)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--device", default="cpu", help="where the stage computes: cpu, cuda, cuda:N, mps or auto")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="the stage's weights and activations (sent in this dtype too)")
     p.add_argument("--timeout", type=float, default=30.0, help="socket timeout, seconds")
     p.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES)
     p.add_argument("--max-sessions", type=int, default=64)
