@@ -129,6 +129,10 @@ class DataConfig(_Section):
     subset: str | None = Field(None, description="Configuration name of an hf: dataset (e.g. 'sst2' of glue).")
     split: str = Field("train", description="Split of an hf: dataset to read (e.g. 'train', 'train[:10%]').")
     text_field: str = "text"
+    text_pair_field: str | None = Field(
+        None, description="Sentence-pair tasks: the second text's column; the tokenizer joins the two with its "
+        "own separator (e.g. [SEP]). Rows where it is null are single sentences.",
+    )
     prompt_field: str | None = Field(
         None, description="Instruction data: the prompt column. With response_field, examples are formatted with "
         "the tokenizer's chat template and the loss covers the response tokens only.",
@@ -152,6 +156,9 @@ class DataConfig(_Section):
             raise ValueError("data.dataset: 'hf:' needs a dataset id or directory, e.g. hf:stanfordnlp/sst2")
         if (self.prompt_field is None) != (self.response_field is None):
             raise ValueError("data.prompt_field and data.response_field: set both for instruction data, or neither")
+        if self.text_pair_field is not None and self.prompt_field is not None:
+            raise ValueError("data.text_pair_field and data.prompt_field: sentence pairs and instruction data exclude "
+                             "each other")
         if self.system_field is not None and self.prompt_field is None:
             raise ValueError("data.system_field needs data.prompt_field and data.response_field")
         return self
@@ -333,6 +340,9 @@ class ExperimentConfig(_Section):
         if self.runtime.num_workers > 1 and self.engine != "local":
             raise ValueError("runtime.workers / runtime.devices: worker processes belong to the local engine; "
                              "on engine: flower each SuperNode is a worker")
+        if self.data.text_pair_field is not None and self.engine == "flower":
+            raise ValueError("data.text_pair_field: sentence pairs are not supported on engine: flower yet (its shards "
+                             "hold one text per row); use engine: local")
         if self.data.instruction and self.engine == "flower":
             raise ValueError("data.prompt_field: instruction data is not supported on engine: flower yet (its shards "
                              "hold plain text); use engine: local")

@@ -13,6 +13,7 @@ import glob
 import io
 import json
 import os
+import random
 import re
 import subprocess
 import tarfile
@@ -153,6 +154,70 @@ def _technical() -> Iterator[Record]:
                 yield {"text": rec["text"], "domain": "technical"}
 
 
+def _dict_pairs(name: str) -> Iterator[tuple[str, str]]:
+    """(headword, definition) of a dictd dictionary, the definition without its leading headword."""
+    for rec in _dict_entries(name):
+        body = str(rec["text"])
+        head, _, rest = body.partition(" ")
+        if head and len(rest) >= 30:
+            yield head, rest
+
+
+TASKS4_PER_TASK = 1500  # rows per task, half of each label
+
+
+def _balanced(rows: list[Record], rng: random.Random, n: int) -> list[Record]:
+    """``n`` rows, half with label 0 and half with label 1 (fewer if a label runs short)."""
+    by = {0: [r for r in rows if r["label"] == 0], 1: [r for r in rows if r["label"] == 1]}
+    for v in by.values():
+        rng.shuffle(v)
+    k = min(n // 2, len(by[0]), len(by[1]))
+    out = by[0][:k] + by[1][:k]
+    rng.shuffle(out)
+    return out
+
+
+def _matching_pairs(pairs: list[tuple[str, str]], rng: random.Random, n: int, domain: str) -> list[Record]:
+    """Sentence pairs: (a, its own b) labelled 1 and (a, another item's b) labelled 0, balanced."""
+    rng.shuffle(pairs)
+    pairs = pairs[:n]
+    out: list[Record] = []
+    for i, (a, b) in enumerate(pairs):
+        if i % 2 == 0:
+            out.append({"text": a, "text_pair": b, "label": 1, "domain": domain})
+        else:
+            other = b
+            while other == b:  # another item's b (chatterbot repeats some answers)
+                j = rng.randrange(len(pairs) - 1)
+                other = pairs[j + (j >= i)][1]
+            out.append({"text": a, "text_pair": other, "label": 0, "domain": domain})
+    return out
+
+
+def _tasks4() -> Iterator[Record]:
+    """Four classification tasks that differ in kind (the paper's SST-2 / Amazon / QNLI / QQP structure).
+
+    - ``movies``: sentiment of a movie-review snippet (VADER, Pang & Lee: SST-2's source). 1 = positive.
+    - ``amazon``: sentiment of an Amazon review snippet (VADER; Amazon polarity's role). 1 = positive.
+    - ``qa``: does this answer respond to this question (chatterbot Q/A pairs against answers of other
+      questions; QNLI's role). 1 = it does.
+    - ``definitions``: is this the definition of this term (FOLDOC / Jargon File headwords against other
+      entries' definitions; a sentence-pair task like QQP). 1 = it is.
+    Pairs are stored as ``text`` and ``text_pair`` (set ``data.text_pair_field: text_pair``; the tokenizer joins
+    them with its own separator). Every task has 1500 rows with balanced labels, drawn with a fixed seed.
+    """
+    rng = random.Random(1234)
+    vader = list(_vader())
+    for domain in ("movies", "amazon"):
+        rows = [{"text": r["text"], "text_pair": None, "label": r["label"], "domain": domain}
+                for r in vader if r["domain"] == domain]
+        yield from _balanced(rows, rng, TASKS4_PER_TASK)
+    qa = [(str(r["prompt"]), str(r["response"])) for r in _chatterbot()]
+    yield from _matching_pairs(qa, rng, TASKS4_PER_TASK, "qa")
+    defs = [(h, d[:400]) for name in ("foldoc", "jargon") for h, d in _dict_pairs(name)]
+    yield from _matching_pairs(defs, rng, TASKS4_PER_TASK, "definitions")
+
+
 def _generation4() -> Iterator[Record]:
     """Four distinct generation domains (the paper's Fig. 6a analogue of four academic disciplines)."""
     yield from _bible()
@@ -171,6 +236,8 @@ BUILTIN_DATASETS: dict[str, tuple[str, Callable[[], Iterator[Record]], str]] = {
     "technical": ("causal_lm", _technical, "FOLDOC + Jargon File definitions (Debian dict-foldoc, dict-jargon)"),
     "generation4": ("causal_lm", _generation4, "bible + fortunes + technical + dialogue: 4 generation domains"),
     "vader": ("classification", _vader, "human-rated sentiment in 4 domains: tweets, movies, amazon, nyt"),
+    "tasks4": ("classification", _tasks4, "4 tasks that differ in kind: movie and Amazon sentiment, question/answer "
+               "match, term/definition match (pairs: data.text_pair_field: text_pair)"),
 }
 
 

@@ -75,8 +75,15 @@ def load_records(cfg: DataConfig, task: str | None = None) -> list[dict]:
     for key, column in fields:
         if column not in ds.column_names:
             raise DatasetError(f"data.{key}: column {column!r} not in {ds.column_names}")
+    if cfg.text_pair_field is not None:
+        fields.append(("text_pair_field", cfg.text_pair_field))
+        if cfg.text_pair_field not in ds.column_names:
+            raise DatasetError(f"data.text_pair_field: column {cfg.text_pair_field!r} not in {ds.column_names}")
+    elif "text_pair" in ds.column_names and any(v is not None for v in ds["text_pair"]):
+        raise DatasetError(f"data.text_pair_field: {cfg.dataset} holds sentence pairs in column 'text_pair'; set "
+                           "data.text_pair_field: text_pair (else the second sentence would be dropped)")
     rows = ds.to_list()
-    required = fields + ([("label_field", cfg.label_field)] if task == "classification" else [])
+    required = [f for f in fields if f[0] != "text_pair_field"] + ([("label_field", cfg.label_field)] if task == "classification" else [])
     for setting, name in required:
         bad = next((i for i, r in enumerate(rows) if r.get(name) is None), None)
         if bad is not None:
@@ -186,7 +193,9 @@ def build_federated_data(
                 [str(rows[i][cfg.prompt_field]) for i in idx], [str(rows[i][cfg.response_field]) for i in idx],
                 tokenizer, cfg.max_length, [rows[i].get(cfg.system_field) for i in idx] if cfg.system_field else None,
             )
-        return tokenize([texts[i] for i in idx], tokenizer, cfg.max_length, [labels[i] for i in idx] if labels else None)
+        pairs = [rows[i].get(cfg.text_pair_field) for i in idx] if cfg.text_pair_field else None
+        return tokenize([texts[i] for i in idx], tokenizer, cfg.max_length, [labels[i] for i in idx] if labels else None,
+                        [None if p is None else str(p) for p in pairs] if pairs is not None else None)
 
     clients = []
     for cid, shard in enumerate(shards):

@@ -36,11 +36,30 @@ class TokenizedSet:
 
 
 def tokenize(
-    texts: list[str], tokenizer: PreTrainedTokenizerBase, max_length: int, labels: list[int] | None = None
+    texts: list[str], tokenizer: PreTrainedTokenizerBase, max_length: int, labels: list[int] | None = None,
+    pairs: list[str | None] | None = None,
 ) -> TokenizedSet:
-    """Tokenise ``texts`` with truncation to ``max_length`` tokens (an EOS is appended for causal LMs)."""
+    """Tokenise ``texts`` with truncation to ``max_length`` tokens (an EOS is appended for causal LMs).
+
+    ``pairs`` (sentence-pair tasks): a second text per example, joined by the tokenizer with its own separator
+    and truncated longest-first; ``None`` entries are single sentences.
+    """
     if not texts:
         return TokenizedSet([], [] if labels is not None else None)
+    if pairs is not None and any(p is not None for p in pairs):
+        ids = [[] for _ in texts]
+        paired = [i for i, p in enumerate(pairs) if p is not None]
+        single = [i for i, p in enumerate(pairs) if p is None]
+        if paired:
+            enc = tokenizer([texts[i] for i in paired], [str(pairs[i]) for i in paired], truncation="longest_first",
+                            max_length=max_length, add_special_tokens=True)
+            for i, x in zip(paired, enc["input_ids"], strict=True):
+                ids[i] = list(x)
+        if single:
+            enc = tokenizer([texts[i] for i in single], truncation=True, max_length=max_length, add_special_tokens=True)
+            for i, x in zip(single, enc["input_ids"], strict=True):
+                ids[i] = list(x)
+        return TokenizedSet(ids, labels)
     enc = tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True)
     ids = [list(x) for x in enc["input_ids"]]
     if labels is None and tokenizer.eos_token_id is not None:
