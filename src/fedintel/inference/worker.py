@@ -67,7 +67,10 @@ class Session:
 
 
 class Worker:
-    """The request handler of one device."""
+    """The request handler of one device. ``runtime`` (CPU float32 here) places the model it loads; a
+    subclass that runs its stages device-aware (``fedintel.serving.device``) sets another before loading."""
+
+    runtime: Any = None
 
     def __init__(self, args: argparse.Namespace, security: LinkSecurity) -> None:
         self.args = args
@@ -102,7 +105,10 @@ class Worker:
         load_layers = a.num_layers
         if not a.adapter and a.model != "tiny-llama":
             load_layers = end  # layers after this stage are never loaded
-        lm = load_base_model(ModelConfig(name=a.model, num_layers=load_layers))
+        if self.runtime is None:
+            lm = load_base_model(ModelConfig(name=a.model, num_layers=load_layers))
+        else:
+            lm = load_base_model(ModelConfig(name=a.model, num_layers=load_layers), self.runtime)
         model = lm.model
         if a.adapter:
             from peft import PeftModel
@@ -400,9 +406,11 @@ def link_security(args: argparse.Namespace) -> LinkSecurity:
     return LinkSecurity.tls(args.certs, args.name, issue=False)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: load, listen, print the ready line, serve until told to stop."""
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, worker_cls: type[Worker] = Worker,
+         parser: argparse.ArgumentParser | None = None) -> int:
+    """Entry point: load, listen, print the ready line, serve until told to stop (``worker_cls`` and
+    ``parser``: a worker with more operations, e.g. ``fedintel.serving.device``)."""
+    args = (parser or build_parser()).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format=f"[worker {os.getpid()}] %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
@@ -415,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"ready": False, "error": str(err)}), flush=True)
         return 2
     try:
-        worker = Worker(args, security)
+        worker = worker_cls(args, security)
         server = FrameServer(worker.handle, security, args.host, args.port, args.max_frame_bytes, args.timeout)
     except Exception as err:
         print(json.dumps({"ready": False, "error": f"{type(err).__name__}: {err}"}), flush=True)
