@@ -31,14 +31,15 @@ if ! ls "$CACHE"/downloads/[vV]ader[sS]entiment-3.3.2.tar.gz >/dev/null 2>&1; th
     || echo "warning: could not download the vadersentiment sdist; the 'vader' dataset will be unavailable" >&2
 fi
 # Debian text corpora (domains for generation). Needs root and apt; skipped with a warning otherwise.
-APT_PKGS="fortunes fortunes-min bible-kjv dict-foldoc dict-jargon"
+# chromium + chromium-driver: the headless browser the chat-page test of `fedintel serve` drives.
+APT_PKGS="fortunes fortunes-min bible-kjv dict-foldoc dict-jargon chromium chromium-driver"
 missing=""
 for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null) \
-      || echo "warning: apt-get install of$missing failed; those corpora will be unavailable" >&2
+      || echo "warning: apt-get install of$missing failed; those corpora (and the browser test) will be unavailable" >&2
   else
-    echo "warning: not root; install$missing with apt to use those corpora" >&2
+    echo "warning: not root; install$missing with apt to use those corpora (and the browser test)" >&2
   fi
 fi

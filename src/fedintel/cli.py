@@ -27,6 +27,7 @@ EXTENSIONS: list[str] = [
     "fedintel.inference.cli:add_infer_parser",
     "fedintel.engines.flower.cli:add_deploy_parser",
     "fedintel.privacy.cli:add_forget_parser",
+    "fedintel.serving.cli:add_serve_parser",
 ]
 
 

@@ -70,11 +70,14 @@ class WorkerGroup:
 
     ``security`` is this process's side of the links (:class:`LinkSecurity`); ``None`` writes a fresh CA
     for this group into its work directory (removed on :meth:`close`). Workers get certificates of the
-    same CA, so a group's workers and its clients trust each other and nothing else.
+    same CA, so a group's workers and its clients trust each other and nothing else. ``module`` is the
+    worker program (``python -m MODULE``), one whose ``main`` is :func:`fedintel.inference.worker.main`.
     """
 
-    def __init__(self, security: LinkSecurity | None = None, threads: int = 1, start_timeout: float = 120.0) -> None:
+    def __init__(self, security: LinkSecurity | None = None, threads: int = 1, start_timeout: float = 120.0,
+                 module: str = "fedintel.inference.worker") -> None:
         self.threads = threads
+        self.module = module
         self.start_timeout = start_timeout
         self.workers: list[WorkerProcess] = []
         self._logdir = Path(tempfile.mkdtemp(prefix="fedintel-workers-"))
@@ -96,7 +99,7 @@ class WorkerGroup:
         try:
             for name, args in specs:
                 log_path = self._logdir / f"{name}.log"
-                cmd = [sys.executable, "-m", "fedintel.inference.worker", *args, *self.security.device(name).worker_args(),
+                cmd = [sys.executable, "-m", self.module, *args, *self.security.device(name).worker_args(),
                        "--parent-pid", str(os.getpid()), "--threads", str(self.threads)]
                 with open(log_path, "wb") as errf:
                     popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errf, stdin=subprocess.DEVNULL,

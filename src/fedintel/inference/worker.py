@@ -67,7 +67,10 @@ class Session:
 
 
 class Worker:
-    """The request handler of one device."""
+    """The request handler of one device. ``runtime`` places the model it loads: from ``--device`` and
+    ``--dtype`` unless a subclass (``fedintel.serving.device``) set one before loading."""
+
+    runtime: Any = None
 
     def __init__(self, args: argparse.Namespace, security: LinkSecurity) -> None:
         self.args = args
@@ -103,8 +106,9 @@ class Worker:
         load_layers = a.num_layers
         if not a.adapter and a.model != "tiny-llama":
             load_layers = end  # layers after this stage are never loaded
-        runtime = resolve_runtime(RuntimeConfig(device=a.device, dtype=a.dtype), apply_threads=False)
-        lm = load_base_model(ModelConfig(name=a.model, num_layers=load_layers), runtime)
+        if self.runtime is None:  # a subclass may have placed itself already
+            self.runtime = resolve_runtime(RuntimeConfig(device=a.device, dtype=a.dtype), apply_threads=False)
+        lm = load_base_model(ModelConfig(name=a.model, num_layers=load_layers), self.runtime)
         model = lm.model
         if a.adapter:
             from peft import PeftModel
@@ -405,9 +409,11 @@ def link_security(args: argparse.Namespace) -> LinkSecurity:
     return LinkSecurity.tls(args.certs, args.name, issue=False)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: load, listen, print the ready line, serve until told to stop."""
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, worker_cls: type[Worker] = Worker,
+         parser: argparse.ArgumentParser | None = None) -> int:
+    """Entry point: load, listen, print the ready line, serve until told to stop (``worker_cls`` and
+    ``parser``: a worker with more operations, e.g. ``fedintel.serving.device``)."""
+    args = (parser or build_parser()).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format=f"[worker {os.getpid()}] %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
@@ -420,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"ready": False, "error": str(err)}), flush=True)
         return 2
     try:
-        worker = Worker(args, security)
+        worker = worker_cls(args, security)
         server = FrameServer(worker.handle, security, args.host, args.port, args.max_frame_bytes, args.timeout)
     except Exception as err:
         print(json.dumps({"ready": False, "error": f"{type(err).__name__}: {err}"}), flush=True)

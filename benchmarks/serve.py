@@ -1,0 +1,128 @@
+"""Load test of ``fedintel serve`` (issue #20): 1, 4 and 16 concurrent users on loopback, real HTTP.
+
+For each serving set-up (one process / a 2-stage split) with batching on (``max_batch`` 16) and off (1, one
+request at a time), the service is started in this process (device processes as usual, mutual TLS), and
+each user sends streaming chat requests (greedy, ``max_tokens`` 32) one after another with httpx + asyncio,
+bounded by ``--requests`` per user and ``--seconds`` per level. Reported per level: p50 / p99 latency, p50
+time to first token, tokens/s of the whole service, and the service overhead: the share of a request's
+latency outside the devices' path (client latency minus queue + prefill + decode as the scheduler timed
+them: HTTP, JSON, SSE, tokenization, detokenization).
+
+    python benchmarks/serve.py            # full: SmolLM2-135M, users 1/4/16 (tens of minutes on 2 cores)
+    python benchmarks/serve.py --quick    # smoke: 2 layers, users 1/4, one request each
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import httpx  # noqa: E402
+from _common import table  # noqa: E402
+
+PROMPTS = ["What is the capital of France?", "Tell me a joke about computers.", "What is 2 plus 2?",
+           "Who wrote Romeo and Juliet?", "How do I reset my password?", "What is the boiling point of water?",
+           "Name a primary colour.", "What is machine learning?"]
+
+
+async def one(c: httpx.AsyncClient, url: str, prompt: str, max_tokens: int) -> dict:
+    body = {"model": "base", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+            "stream": True}
+    t0 = time.perf_counter()
+    ttft, last = None, None
+    async with c.stream("POST", url + "/v1/chat/completions", json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.startswith("data:") or line.endswith("[DONE]"):
+                continue
+            j = json.loads(line[5:])
+            if ttft is None and j["choices"][0]["delta"].get("content"):
+                ttft = time.perf_counter() - t0
+            if j["choices"][0]["finish_reason"]:
+                last = j
+    lat = time.perf_counter() - t0
+    f = last["fedintel"]
+    inside = f["queue_s"] + f["prefill_s"] + f["decode_s"]
+    return {"latency": lat, "ttft": ttft if ttft is not None else lat, "tokens": last["usage"]["completion_tokens"],
+            "overhead": max(0.0, lat - inside) / lat}
+
+
+async def level(url: str, users: int, requests: int, seconds: float, max_tokens: int) -> dict:
+    out: list[dict] = []
+    deadline = time.perf_counter() + seconds
+
+    async def user(u: int) -> None:
+        async with httpx.AsyncClient(timeout=600) as c:
+            for k in range(requests):
+                if time.perf_counter() > deadline:
+                    return
+                out.append(await one(c, url, PROMPTS[(u + k) % len(PROMPTS)], max_tokens))
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(user(u) for u in range(users)))
+    wall = time.perf_counter() - t0
+    lats = sorted(r["latency"] for r in out)
+    p99 = lats[min(len(lats) - 1, int(round(0.99 * (len(lats) - 1))))]
+    return {"n": len(out), "p50": statistics.median(lats), "p99": p99,
+            "ttft": statistics.median(r["ttft"] for r in out), "tok_s": sum(r["tokens"] for r in out) / wall,
+            "overhead": statistics.median(r["overhead"] for r in out)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: 2 layers, users 1 and 4, one request each")
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--num-layers", type=int, default=None)
+    ap.add_argument("--users", default="1,4,16")
+    ap.add_argument("--requests", type=int, default=4, help="requests per user per level")
+    ap.add_argument("--seconds", type=float, default=300, help="time bound per level (no new requests after)")
+    ap.add_argument("--max-tokens", type=int, default=32)
+    args = ap.parse_args()
+    if args.quick:
+        args.num_layers, args.users, args.requests, args.seconds = 2, "1,4", 1, 60
+    from fedintel.serving.config import ServeConfig
+    from fedintel.serving.server import serve_in_thread
+
+    users = [int(u) for u in args.users.split(",")]
+    total = args.num_layers or 30
+    setups = [("one process", []), ("split 2 stages", [total // 2])]
+    if args.quick:
+        setups = setups[:1]
+    rows = []
+    for name, cuts in setups:
+        for batching in (True, False):
+            cfg = ServeConfig.model_validate({
+                "model": {"name": args.model, "num_layers": args.num_layers},
+                "paths": [{"name": "p", "cuts": cuts}],
+                "limits": {"max_batch": 16 if batching else 1, "max_concurrency": 64, "max_tokens": args.max_tokens,
+                           "default_max_tokens": args.max_tokens},
+            })
+            running = serve_in_thread(cfg)
+            try:
+                asyncio.run(level(running.url, 1, 1, 60, 4))  # warm-up
+                for u in users:
+                    m = asyncio.run(level(running.url, u, args.requests, args.seconds, args.max_tokens))
+                    rows.append([name, "on" if batching else "off", u, m["n"], f"{m['p50']:.2f}", f"{m['p99']:.2f}",
+                                 f"{m['ttft']:.3f}", f"{m['tok_s']:.1f}", f"{100 * m['overhead']:.1f} %"])
+                    print(" | ".join(str(x) for x in rows[-1]), flush=True)
+            finally:
+                running.stop()
+    print()
+    print(table(["setup", "batching", "users", "requests", "p50 latency (s)", "p99 latency (s)", "p50 TTFT (s)",
+                 "tokens/s", "service overhead"], rows))
+    for name, _ in setups:
+        for u in users:
+            on = [r for r in rows if r[0] == name and r[1] == "on" and r[2] == u]
+            off = [r for r in rows if r[0] == name and r[1] == "off" and r[2] == u]
+            if on and off:
+                print(f"{name}, {u} users: batching gives {float(on[0][7]) / float(off[0][7]):.2f}x the tokens/s")
+
+
+if __name__ == "__main__":
+    main()

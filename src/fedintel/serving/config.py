@@ -1,0 +1,107 @@
+"""The ``fedintel serve`` configuration file (pydantic; unknown keys are errors that name the field)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedintel.config import RuntimeConfig
+
+
+class ServeConfigError(ValueError):
+    """A problem in a serve config; the message names the field."""
+
+
+class _S(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServeModelConfig(_S):
+    """The base model every path serves (adapters are merged into copies of it)."""
+
+    name: str = Field("smollm2-135m", description="Built-in model name, local Hugging Face directory or hub id.")
+    num_layers: int | None = Field(None, ge=1, description="Keep only the first N layers (small test setups).")
+
+
+class ServePathConfig(_S):
+    """One way to run one model: a single process (``cuts: []``) or split stages."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,40}$")
+    model: str = Field("base", description="What the path serves: base, or an adapter's name (see adapters).")
+    cuts: list[int] = Field(default_factory=list, description="Layer cut points; [] = one process.")
+
+
+class LimitsConfig(_S):
+    """What one request and the whole service may ask for; beyond it, an OpenAI-style 4xx error."""
+
+    max_tokens: int = Field(256, ge=1, description="Largest max_tokens a request may ask for.")
+    default_max_tokens: int = Field(64, ge=1, description="max_tokens when a request gives none.")
+    max_request_bytes: int = Field(65536, ge=256, description="Largest request body, bytes (413 beyond).")
+    max_concurrency: int = Field(64, ge=1, description="Requests in flight at once (429 beyond).")
+    max_batch: int = Field(16, ge=1, description="Rows decoded together per path; 1 = one request at a time.")
+
+
+class RoutingConfig(_S):
+    """How ``model: auto`` picks an adapter."""
+
+    examples: dict[str, list[str]] | None = Field(
+        None, description="Adapter name -> example texts of its domain: route by MiniLM centroid similarity "
+        "(as inference/experts.py). None: every expert scores the prompt and the lowest loss wins.")
+    encoder: str = Field("minilm-l6", description="Sentence encoder for example routing.")
+
+
+class ServeConfig(_S):
+    """``fedintel serve --config FILE``."""
+
+    model: ServeModelConfig = ServeModelConfig()
+    runtime: RuntimeConfig = RuntimeConfig(device="cpu", threads=1)
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_key_env: str = Field("FEDINTEL_API_KEY", description="Environment variable holding the API key.")
+    paths: list[ServePathConfig] = Field(default_factory=lambda: [ServePathConfig(name="local")])
+    adapters: dict[str, str] = Field(default_factory=dict, description="Adapter name -> PEFT directory.")
+    from_run: str | None = Field(None, description="A run directory: each adapters/<name> is served.")
+    adapter_cuts: list[int] = Field(default_factory=list,
+                                    description="How each adapter path not listed in paths is split.")
+    routing: RoutingConfig = RoutingConfig()
+    limits: LimitsConfig = LimitsConfig()
+    tls_dir: str | None = Field(None, description="CA for the device links (fedintel infer certs); none = fresh.")
+    insecure: bool = Field(False, description="Plaintext device links (loopback only).")
+    restart_dead: bool = Field(True, description="Restart a path whose device process died.")
+    timeout_s: float = Field(60.0, gt=0, description="Device link timeout, seconds.")
+    start_timeout_s: float = Field(300.0, gt=0, description="How long device processes may take to load, s.")
+
+    @model_validator(mode="after")
+    def _check(self) -> ServeConfig:
+        names = [p.name for p in self.paths]
+        if len(set(names)) != len(names):
+            raise ValueError(f"paths: names must be unique, got {names}")
+        if self.limits.default_max_tokens > self.limits.max_tokens:
+            raise ValueError(f"limits.default_max_tokens ({self.limits.default_max_tokens}) exceeds "
+                             f"limits.max_tokens ({self.limits.max_tokens})")
+        if self.insecure and self.tls_dir:
+            raise ValueError("insecure: true and tls_dir contradict each other: set one")
+        for name in self.adapters:
+            if name in ("base", "auto"):
+                raise ValueError(f"adapters: {name!r} is reserved (base = no adapter, auto = routing)")
+        return self
+
+
+def load_serve_config(path: str | Path | None, overrides: dict | None = None) -> ServeConfig:
+    """Read and validate a serve config (``None``: the defaults); ``overrides`` are top-level keys."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ServeConfigError(f"{p}: no such serve config")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ServeConfigError(f"{p}: a serve config is a mapping of keys")
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return ServeConfig.model_validate(data)
+    except ValidationError as err:
+        lines = [f"{'.'.join(str(x) for x in e['loc']) or '(file)'}: {e['msg']}" for e in err.errors()]
+        raise ServeConfigError(f"{path or 'serve config'}: " + "; ".join(lines)) from None

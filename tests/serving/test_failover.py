@@ -1,0 +1,128 @@
+"""Trust and failure: the API key, the context limit, and device processes killed under load (tiny-llama on
+two one-process paths that both serve the base model)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+
+from fedintel.serving.config import ServeConfig
+from fedintel.serving.server import serve_in_thread
+from fedintel.serving.service import ServeConfigError, check_bind
+
+KEY = "test-key-123"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def srv():
+    cfg = ServeConfig.model_validate({
+        "model": {"name": "tiny-llama"},
+        "paths": [{"name": "a"}, {"name": "b"}],
+        "limits": {"max_tokens": 128, "max_batch": 8},
+        "restart_dead": True,
+    })
+    running = serve_in_thread(cfg, api_key=KEY)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def test_api_key(srv):
+    body = {"model": "base", "prompt": "hello", "max_tokens": 2}
+    r = httpx.post(srv.url + "/v1/completions", json=body)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    r = httpx.post(srv.url + "/v1/completions", json=body, headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401
+    assert httpx.get(srv.url + "/v1/models").status_code == 401
+    assert httpx.post(srv.url + "/v1/completions", json=body, headers=AUTH, timeout=60).status_code == 200
+    with pytest.raises(ServeConfigError, match="API key"):
+        check_bind("0.0.0.0", None)
+    check_bind("0.0.0.0", KEY)
+    check_bind("127.0.0.1", None)
+
+
+def test_prompt_over_context(srv):
+    r = httpx.post(srv.url + "/v1/completions", headers=AUTH, timeout=60,
+                   json={"model": "base", "prompt": "word " * 600, "max_tokens": 16})
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "context_length_exceeded" and "512" in r.json()["error"]["message"]
+
+
+async def _stream(c: httpx.AsyncClient, url: str, prompt: str, started: asyncio.Event) -> dict:
+    body = {"model": "base", "prompt": prompt, "max_tokens": 100, "stream": True}
+    text, last, error = "", None, None
+    async with c.stream("POST", url + "/v1/completions", json=body, headers=AUTH) as r:
+        assert r.status_code == 200
+        async for line in r.aiter_lines():
+            if not line.startswith("data:") or line.endswith("[DONE]"):
+                continue
+            j = json.loads(line[5:])
+            if "error" in j:
+                error = j["error"]
+                continue
+            text += j["choices"][0]["text"]
+            started.set()
+            if j["choices"][0]["finish_reason"]:
+                last = j
+    return {"text": text, "last": last, "error": error}
+
+
+def _wait_ok(srv, seconds: float = 120) -> dict:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        h = httpx.get(srv.url + "/health").json()
+        if h["status"] == "ok" and all(p["up"] for p in h["paths"].values()):
+            return h
+        time.sleep(0.5)
+    raise AssertionError(f"the service did not recover: {h}")
+
+
+def test_device_killed_under_load_fails_over(srv):
+    prompts = [f"Request number {i} asks about topic {i * 7}" for i in range(8)]
+
+    async def load() -> list[dict]:
+        started = asyncio.Event()
+        async with httpx.AsyncClient(timeout=120) as c:
+            tasks = [asyncio.create_task(_stream(c, srv.url, p, started)) for p in prompts]
+            await started.wait()
+            victim = srv.service.schedulers["a"].path.workers[0]
+            srv.service.group.kill(victim)  # SIGKILL, as a crash
+            return await asyncio.gather(*tasks)
+
+    results = asyncio.run(load())
+    answered = [r for r in results if r["last"] is not None]
+    assert len(answered) + sum(r["error"] is not None for r in results) == len(prompts)
+    for r in results:  # a failed request says so in OpenAI's form (503), never hangs
+        if r["error"] is not None:
+            assert r["error"]["code"] == "device_failed"
+    assert any(r["last"]["fedintel"]["failovers"] >= 1 for r in answered), "nothing was in flight on path a"
+    assert len(answered) == len(prompts)  # path b took over every request of path a
+    # the server keeps serving while path a restarts, and path a comes back
+    r = httpx.post(srv.url + "/v1/completions", json={"model": "base", "prompt": "still there?", "max_tokens": 4},
+                   headers=AUTH, timeout=60)
+    assert r.status_code == 200
+    h = _wait_ok(srv)
+    assert all(d["alive"] for p in h["paths"].values() for d in p["devices"])
+    for s in srv.service.schedulers.values():
+        assert all(p["serve_sessions"] == 0 for p in s.path.ping())
+
+
+def test_no_live_path_is_503(srv):
+    srv.service.cfg.restart_dead = False
+    for s in list(srv.service.schedulers.values()):
+        for w in s.path.workers:
+            srv.service.group.kill(w)
+    deadline = time.monotonic() + 10
+    while httpx.get(srv.url + "/health").json()["status"] != "down" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    h = httpx.get(srv.url + "/health")
+    assert h.status_code == 503 and h.json()["status"] == "down"
+    r = httpx.post(srv.url + "/v1/completions", json={"model": "base", "prompt": "anyone?", "max_tokens": 4},
+                   headers=AUTH, timeout=60)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "no_healthy_path"
