@@ -176,3 +176,12 @@ def test_client_batching_settings():
         parse_config({"runtime": {"client_batching": 4, "workers": 2}})
     with pytest.raises(ConfigError, match="runtime.client_batching.*engine: flower"):
         parse_config({"engine": "flower", "runtime": {"client_batching": 4}})
+
+
+def test_bfloat16_autocast_keeps_float32_masters_and_matches(tiny_cfg, batched_for_real):
+    cfg = tiny_cfg(data=FIXED, peft=NO_DROPOUT, runtime={"dtype": "bfloat16", "client_batching": 3})
+    world = build_world(cfg)
+    jobs = [TrainJob(c, world.initial_state, 0, 1) for c in range(3)]
+    bat = BatchedEngine(world).train(jobs)
+    assert_same_updates(bat, LocalEngine(world).train(jobs))
+    assert all(t.dtype == torch.float32 for u in bat for t in u.delta.values())
