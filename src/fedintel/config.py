@@ -62,12 +62,28 @@ class RuntimeConfig(_Section):
     devices: list[str] | None = Field(
         None, description="Local engine: one worker process per device, e.g. [cuda:0, cuda:1] (sets workers).",
     )
+    client_batching: Literal["off", "auto"] | int = Field(
+        "off", description="Local engine: train up to N clients of a round together, their micro-batches in one "
+        "forward and one backward through the shared base (LoRA on causal LMs; anything else trains one by one, "
+        "with the reason logged). auto: as many as fit 16384 tokens per forward on an accelerator, off on the CPU.",
+    )
 
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
         if not DEVICE_PATTERN.match(v):
             raise ValueError(f"{v!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+        return v
+
+    @field_validator("client_batching", mode="before")
+    @classmethod
+    def _client_batching(cls, v: Any) -> Any:
+        if v is False or v is True:  # YAML reads a bare off / on as a boolean
+            return "off" if v is False else "auto"
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v)
+        if isinstance(v, int) and v < 1 or not isinstance(v, int) and v not in ("off", "auto"):
+            raise ValueError(f"{v!r} is not off, auto or a number of clients >= 1")
         return v
 
     @field_validator("devices")
@@ -343,6 +359,10 @@ class ExperimentConfig(_Section):
         if self.data.text_pair_field is not None and self.engine == "flower":
             raise ValueError("data.text_pair_field: sentence pairs are not supported on engine: flower yet (its shards "
                              "hold one text per row); use engine: local")
+        if self.runtime.client_batching != "off" and (self.runtime.num_workers > 1 or self.engine != "local"):
+            what = "engine: flower" if self.engine != "local" else "runtime.workers / runtime.devices"
+            raise ValueError(f"runtime.client_batching batches clients inside the local engine's one process; it "
+                             f"cannot apply with {what} (turn one of them off)")
         if self.data.instruction and self.engine == "flower":
             raise ValueError("data.prompt_field: instruction data is not supported on engine: flower yet (its shards "
                              "hold plain text); use engine: local")

@@ -16,6 +16,7 @@ import torch
 from fedintel.aggregation.factory import build_aggregator
 from fedintel.config import ConfigError, ExperimentConfig, dump_config, load_config
 from fedintel.engines.base import Engine
+from fedintel.engines.batched import BatchedEngine
 from fedintel.engines.local import LocalEngine
 from fedintel.engines.parallel import ParallelEngine
 from fedintel.privacy.wiring import (
@@ -118,6 +119,8 @@ def build_scheme(
         engine = engine_factory(world)
     elif cfg.runtime.num_workers > 1:
         engine = ParallelEngine(cfg)
+    elif cfg.runtime.client_batching != "off":
+        engine = BatchedEngine(world, update_hook(cfg))
     else:
         engine = LocalEngine(world, update_hook(cfg))
     return (scheme_factory or scheme_class(cfg))(world, engine, aggregator, reporter)

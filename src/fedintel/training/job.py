@@ -3,12 +3,14 @@
 The steps around :func:`~fedintel.training.client.train_local` that decide what a client sends: the LoRA
 rank slice it trains (``peft.client_ranks``, heterogeneous devices), the delta against the full global
 adapter it received with a rank-sized wire size, then the client-side transformations (local DP noise,
-attacks). Both engines call :func:`run_train_job`, so they do the same work by construction.
+attacks). Both engines call :func:`run_train_job` (the batched engine its two halves, :func:`prepare_job` and
+:func:`finish_job`, around a batched trainer), so they do the same work by construction.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from fedintel.aggregation.lora_exact import lora_wire_bytes, truncate_rank
 from fedintel.config import ExperimentConfig
@@ -16,9 +18,10 @@ from fedintel.data.tokenize import TokenizedSet
 from fedintel.engines.base import TrainJob
 from fedintel.models.peft_builder import AdapterSlot
 from fedintel.optimizers import build_optimizer
+from fedintel.optimizers.base import FederatedOptimizer, LocalTerm
 from fedintel.training.client import LocalTrainSpec, train_local
 from fedintel.training.flops import ModelShape
-from fedintel.types import Update
+from fedintel.types import AdapterState, Update
 
 UpdateHook = Callable[[Update, TrainJob], Update]
 
@@ -38,19 +41,40 @@ def client_rank(cfg: ExperimentConfig, client_id: int) -> int | None:
     return ranks[client_id % len(ranks)] if ranks else None
 
 
+@dataclass
+class PreparedJob:
+    """What a client sets up before training: its start state (rank slice), optimizer and local term."""
+
+    start: AdapterState
+    rank: int | None
+    optimizer: FederatedOptimizer
+    local_term: LocalTerm | None
+
+
+def prepare_job(cfg: ExperimentConfig, job: TrainJob) -> PreparedJob:
+    """The rank slice ``job``'s client trains and its federated optimizer's local term."""
+    rank = client_rank(cfg, job.client_id)
+    start = truncate_rank(job.state, rank) if rank is not None else job.state
+    opt = build_optimizer(cfg.optimizer)  # FedProx / SCAFFOLD act on the client too
+    return PreparedJob(start, rank, opt, opt.local_term(start, job.extras, cfg.federation.lr))
+
+
+def finish_job(cfg: ExperimentConfig, prepared: PreparedJob, update: Update, job: TrainJob,
+               update_hook: UpdateHook | None = None) -> Update:
+    """The update the client sends: optimizer uploads, the delta against the full global adapter, hooks."""
+    update = prepared.optimizer.finish_update(update, prepared.start, job.extras, cfg.federation.lr)
+    if prepared.rank is not None:  # the delta is relative to the global adapter the client received
+        update.delta = {k: update.delta[k] + (prepared.start[k] - job.state[k]) for k in job.state}
+        update.wire_bytes = lora_wire_bytes(update.delta, prepared.rank)
+    return update_hook(update, job) if update_hook else update
+
+
 def run_train_job(
     cfg: ExperimentConfig, slot: AdapterSlot, data: TokenizedSet, job: TrainJob, *, seed: int, pad_id: int,
     shape: ModelShape, update_hook: UpdateHook | None = None,
 ) -> Update:
     """Train ``job``'s client on ``data`` and return the update it would send."""
-    rank = client_rank(cfg, job.client_id)
-    start = truncate_rank(job.state, rank) if rank is not None else job.state
-    opt, lr = build_optimizer(cfg.optimizer), cfg.federation.lr  # FedProx / SCAFFOLD act on the client too
-    update = train_local(slot, start, data, local_spec(cfg), client_id=job.client_id, base_version=job.version,
-                         seed=seed, pad_id=pad_id, task=cfg.model.task, shape=shape,
-                         local_term=opt.local_term(start, job.extras, lr))
-    update = opt.finish_update(update, start, job.extras, lr)
-    if rank is not None:  # the delta is relative to the global adapter the client received
-        update.delta = {k: update.delta[k] + (start[k] - job.state[k]) for k in job.state}
-        update.wire_bytes = lora_wire_bytes(update.delta, rank)
-    return update_hook(update, job) if update_hook else update
+    prep = prepare_job(cfg, job)
+    update = train_local(slot, prep.start, data, local_spec(cfg), client_id=job.client_id, base_version=job.version,
+                         seed=seed, pad_id=pad_id, task=cfg.model.task, shape=shape, local_term=prep.local_term)
+    return finish_job(cfg, prep, update, job, update_hook)
