@@ -409,8 +409,11 @@ class FlowerEngine(Engine):
         to_push: list[tuple[int, Message]] = []
         for cid, (mtype, content) in msgs.items():
             nid = d.hosts.get(cid)
-            if nid is None or nid in d.lost:
-                out[cid] = f"no reachable SuperNode hosts client {cid}"
+            if nid is None:
+                out[cid] = f"no SuperNode hosts client {cid}"
+                continue
+            if nid in d.lost:
+                out[cid] = f"SuperNode {nid} (client {cid}) is lost: {d.lost[nid]}"
                 continue
             to_push.append((cid, Message(content, nid, mtype, ttl=timeout + 60.0, group_id=mtype)))
         if to_push:
