@@ -393,6 +393,14 @@ def _unsupported_combination(cfg: ExperimentConfig) -> str | None:
     if p.secure_aggregation and a.lora == "exact":
         return ("privacy.secure_aggregation: the masked sum averages LoRA factors, so aggregation.lora: exact "
                 "(products B@A per client) cannot be honoured; use lora naive")
+    if p.secure_aggregation and cfg.engine == "flower" and cfg.federation.scheme != "fedavg":
+        return (f"privacy.secure_aggregation on engine: flower runs one key set-up per synchronous round; "
+                f"federation.scheme {cfg.federation.scheme} aggregates other groups of updates; use scheme fedavg "
+                "or engine local (where secure aggregation is a simulation)")
+    if p.secure_aggregation and cfg.engine == "flower" and cfg.federation.max_update_norm is not None:
+        return ("federation.max_update_norm: under privacy.secure_aggregation on engine: flower the server only "
+                "holds masked updates and cannot check their norm; unset it (a client clipping its own update "
+                "would not stop a malicious one) or use privacy.dp: central, whose clients clip before masking")
     if a.lora == "exact" and a.rule != "fedavg":
         return (f"aggregation.lora: exact averages the products B@A (a weighted mean); it cannot apply "
                 f"aggregation.rule {a.rule}; use rule fedavg or lora naive")

@@ -123,6 +123,9 @@ def build_scheme(
         engine = BatchedEngine(world, update_hook(cfg))
     else:
         engine = LocalEngine(world, update_hook(cfg))
+    remote_sum = getattr(engine, "secure_sum", None)
+    if cfg.privacy.secure_aggregation and remote_sum is not None and getattr(engine, "secagg", None) is not None:
+        aggregator.remote = remote_sum  # type: ignore[attr-defined]  # the clients mask; only the sum is unmasked
     return (scheme_factory or scheme_class(cfg))(world, engine, aggregator, reporter)
 
 

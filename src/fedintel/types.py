@@ -16,6 +16,12 @@ AdapterState = dict[str, "torch.Tensor"]
 """The trainable tensors of a PEFT adapter, keyed as in PEFT's own saved state dict."""
 
 
+MASKED_KEY = "secagg.masked"
+"""The only key of an :class:`Update`'s ``delta`` that holds a securely masked upload (``engine: flower`` with
+``privacy.secure_aggregation``): one int64 vector, the mod-2^64 masked fixed-point words. Only the unmasked sum
+of such updates means anything (:mod:`fedintel.privacy.secagg`)."""
+
+
 def state_nbytes(state: AdapterState) -> int:
     """Bytes needed to send ``state`` as raw tensors (dtype-aware, no framing)."""
     return sum(t.numel() * t.element_size() for t in state.values())

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedintel.types import AdapterState, Update
+from fedintel.types import MASKED_KEY, AdapterState, Update
 
 
 class UpdateRejected(ValueError):
@@ -73,7 +73,16 @@ def validate_update(
     max_norm: float | None = None,
     expected_version: int | None = None,
 ) -> None:
-    """Raise :class:`UpdateRejected` unless ``update`` matches ``reference`` and is sane."""
+    """Raise :class:`UpdateRejected` unless ``update`` matches ``reference`` and is sane.
+
+    A securely masked update (``delta`` = ``{MASKED_KEY: words}``) can only be checked for its shape (one int64
+    word per adapter value, plus one for the masked weight), sample count and version: its values look like
+    uniform noise. Its NaN/Inf and overflow checks ran on the client before masking, and ``max_norm`` cannot be
+    applied (the config refuses ``federation.max_update_norm`` with secure aggregation on Flower).
+    """
+    if MASKED_KEY in update.delta:
+        _validate_masked(update, reference, max_norm, expected_version)
+        return
     keys, ref_keys = set(update.delta), set(reference)
     if keys != ref_keys:
         extra, missing = sorted(keys - ref_keys), sorted(ref_keys - keys)
@@ -103,3 +112,22 @@ def validate_update(
         norm = update_norm(update.delta)
         if norm > max_norm:
             raise UpdateRejected(f"client {update.client_id}: update norm {norm:.3g} exceeds {max_norm:.3g}")
+
+
+def _validate_masked(update: Update, reference: AdapterState, max_norm: float | None,
+                     expected_version: int | None) -> None:
+    cid = update.client_id
+    words = update.delta[MASKED_KEY]
+    n = sum(t.numel() for t in reference.values())
+    if set(update.delta) != {MASKED_KEY} or not isinstance(words, torch.Tensor) or words.dtype != torch.int64:
+        raise UpdateRejected(f"client {cid}: a masked update must be one int64 vector and nothing else")
+    if words.dim() != 1 or words.numel() not in (n, n + 1):
+        raise UpdateRejected(f"client {cid}: masked update of shape {tuple(words.shape)}, expected ({n},) or ({n + 1},)")
+    if update.extras:
+        raise UpdateRejected(f"client {cid}: a masked update carries no optimizer tensors")
+    if max_norm is not None:
+        raise UpdateRejected(f"client {cid}: federation.max_update_norm cannot be checked on a masked update")
+    if not (update.num_samples > 0):
+        raise UpdateRejected(f"client {cid}: num_samples must be positive, got {update.num_samples}")
+    if expected_version is not None and update.base_version != expected_version:
+        raise UpdateRejected(f"client {cid}: trained on version {update.base_version}, expected {expected_version}")

@@ -25,9 +25,13 @@ No overflow is possible while every ``|x| < 2^(63 - frac_bits) / n``; a larger v
 
 Limits of this implementation (state them when you quote results):
 
-* Simulation, not deployment: the shares of step 2 go to their holders directly; in a real deployment they
-  travel through the server encrypted and authenticated (a second X25519 pair per client and AES-GCM), and
-  client identities are authenticated by a PKI. Neither is implemented here.
+* Two ways to run it. :func:`secure_sum` / :func:`secure_mean` run every party in one process: a simulation
+  (the local engine), where the shares of step 2 go to their holders directly. On ``engine: flower``
+  (:mod:`fedintel.engines.flower.secagg`) each SuperNode runs its own :class:`SecAggClient`, the shares travel
+  through the server encrypted and authenticated to their holder (a second X25519 pair per client,
+  :func:`seal_bundle`: AES-256-GCM bound to the session, round and both ids), and the server only ever holds
+  masked vectors and the unmasked sum. Client identities are those Flower's node authentication gives; no PKI
+  signs the advertised keys.
 * Semi-honest security: the server and up to ``t - 1`` colluding clients learn nothing beyond the sum of the
   survivors, provided the server follows the protocol. A malicious server could send different survivor sets
   to different clients; Bonawitz et al.'s consistency-check round against that is not implemented.
@@ -42,6 +46,7 @@ Limits of this implementation (state them when you quote results):
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import secrets
@@ -51,9 +56,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
@@ -239,6 +246,69 @@ class Reveal:
     key_shares: dict[int, Share] = field(default_factory=dict)
 
 
+def _bundle_to_dict(b: ShareBundle) -> dict[str, object]:
+    return {"owner": b.owner, "holder": b.holder, "key": [b.key_share.x, hex(b.key_share.y)],
+            "self": [b.self_share.x, hex(b.self_share.y)]}
+
+
+def _bundle_from_dict(d: Mapping[str, object]) -> ShareBundle:
+    k, s = d["key"], d["self"]
+    return ShareBundle(int(d["owner"]), int(d["holder"]), Share(int(k[0]), int(k[1], 16)),  # type: ignore[index,call-overload]
+                       Share(int(s[0]), int(s[1], 16)))  # type: ignore[index,call-overload]
+
+
+def reveal_to_json(r: Reveal) -> str:
+    """A :class:`Reveal` as JSON (for the unmasking message)."""
+    return json.dumps({"holder": r.holder, "self": {str(o): [s.x, hex(s.y)] for o, s in r.self_shares.items()},
+                       "key": {str(o): [s.x, hex(s.y)] for o, s in r.key_shares.items()}})
+
+
+def reveal_from_json(text: str) -> Reveal:
+    """The inverse of :func:`reveal_to_json`; :class:`SecAggError` if malformed."""
+    try:
+        d = json.loads(text)
+        return Reveal(int(d["holder"]),
+                      self_shares={int(o): Share(int(v[0]), int(v[1], 16)) for o, v in d["self"].items()},
+                      key_shares={int(o): Share(int(v[0]), int(v[1], 16)) for o, v in d["key"].items()})
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
+        raise SecAggError(f"malformed reveal ({type(err).__name__}: {err})") from None
+
+
+def _seal_key(own: X25519PrivateKey, peer_public: bytes, context: bytes) -> bytes:
+    shared = own.exchange(X25519PublicKey.from_public_bytes(peer_public))
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_DOMAIN + b"|seal|" + context).derive(shared)
+
+
+def _seal_context(session: str, round_idx: int, owner: int, holder: int) -> bytes:
+    return session.encode() + struct.pack(">qqq", round_idx, owner, holder)
+
+
+def seal_bundle(bundle: ShareBundle, own_key: X25519PrivateKey, holder_public: bytes, session: str,
+                round_idx: int) -> bytes:
+    """``bundle`` encrypted and authenticated for its holder (AES-256-GCM under an X25519 key between the
+    owner's and the holder's *encryption* key pairs, bound to ``session``, the round and both ids), so the
+    server that routes it learns nothing from it and cannot swap it. ``nonce || ciphertext``."""
+    ctx = _seal_context(session, round_idx, bundle.owner, bundle.holder)
+    nonce = os.urandom(12)
+    plain = json.dumps(_bundle_to_dict(bundle)).encode()
+    return nonce + AESGCM(_seal_key(own_key, holder_public, ctx)).encrypt(nonce, plain, ctx)
+
+
+def open_bundle(sealed: bytes, own_key: X25519PrivateKey, owner_public: bytes, session: str, round_idx: int,
+                owner: int, holder: int) -> ShareBundle:
+    """The bundle :func:`seal_bundle` sealed for ``holder`` by ``owner``; :class:`SecAggError` if it was
+    tampered with, sealed for someone else or for another session or round."""
+    ctx = _seal_context(session, round_idx, owner, holder)
+    try:
+        plain = AESGCM(_seal_key(own_key, owner_public, ctx)).decrypt(sealed[:12], sealed[12:], ctx)
+    except (InvalidTag, ValueError) as err:
+        raise SecAggError(f"the share bundle from client {owner} does not open (tampered or misrouted)") from err
+    b = _bundle_from_dict(json.loads(plain))
+    if (b.owner, b.holder) != (owner, holder):
+        raise SecAggError(f"the share bundle from client {owner} names owner {b.owner} and holder {b.holder}")
+    return b
+
+
 # ------------------------------------------------------------------------------------------- parties
 
 
@@ -329,6 +399,44 @@ class SecAggClient:
                 mask = prg(pair_seed(shared, self.round_idx, self.client_id, j), n)
                 words = words + mask if self.client_id < j else words - mask
         return MaskedUpdate(self.client_id, words, _layout(delta))
+
+    def restrict(self, participants: Collection[int]) -> None:
+        """Mask against ``participants`` only: the clients whose shares reached this one (a subset, with self,
+        of those the secrets were shared among). Who shared but whose shares never arrived takes no part."""
+        ids = frozenset(participants)
+        if self.client_id not in ids or not ids <= self._participants:
+            raise SecAggError(f"client {self.client_id}: participants {sorted(ids)} are not a subset (with itself) of "
+                              f"those it shared its secrets with {sorted(self._participants)}")
+        if self._threshold is None or len(ids) < self._threshold:
+            raise SecAggError(f"only {len(ids)} participants, below the threshold {self._threshold}")
+        self._participants = ids
+
+    def to_dict(self) -> dict[str, object]:
+        """This client's secrets and progress as JSON-able values, to keep between the protocol's messages
+        (a deployed client runs one process per message). Secret: store it where only the client can read it."""
+        sk = self._sk.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        return {
+            "client_id": self.client_id, "round_idx": self.round_idx, "frac_bits": self.frac_bits,
+            "sk": sk.hex(), "b": self._b.hex(), "threshold": self._threshold,
+            "participants": sorted(self._participants), "revealed": {str(k): v for k, v in self._revealed.items()},
+            "held": {str(o): _bundle_to_dict(b) for o, b in self._held.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, object]) -> SecAggClient:
+        """The client :meth:`to_dict` saved."""
+        self = cls.__new__(cls)
+        self.client_id = int(d["client_id"])  # type: ignore[call-overload]
+        self.round_idx = int(d["round_idx"])  # type: ignore[call-overload]
+        self.frac_bits = int(d["frac_bits"])  # type: ignore[call-overload]
+        self._sk = X25519PrivateKey.from_private_bytes(bytes.fromhex(str(d["sk"])))
+        self._b = bytes.fromhex(str(d["b"]))
+        self._rand = _Random(None)
+        self._threshold = None if d["threshold"] is None else int(d["threshold"])  # type: ignore[call-overload]
+        self._participants = frozenset(int(i) for i in d["participants"])  # type: ignore[attr-defined]
+        self._revealed = {int(k): str(v) for k, v in dict(d["revealed"]).items()}  # type: ignore[call-overload]
+        self._held = {int(o): _bundle_from_dict(b) for o, b in dict(d["held"]).items()}  # type: ignore[call-overload]
+        return self
 
     def reveal(self, survivors: Collection[int], dropped: Collection[int]) -> Reveal:
         """Step 4: self-mask shares of ``survivors`` and key shares of ``dropped``; refuses anything unsafe."""
@@ -502,17 +610,31 @@ def secure_mean(
     """FedAvg under secure aggregation: each client masks ``w_i * delta_i`` and ``w_i`` (``w_i`` =
     ``num_samples`` if ``weighted`` else 1); the server divides the two sums. Same limits as
     :func:`secure_sum`; note the larger values ``w_i * delta_i`` tighten the overflow limit."""
-    deltas: dict[int, AdapterState] = {}
-    for u in updates:
-        w = float(u.num_samples) if weighted else 1.0
-        scaled = {k: v.to(torch.float64) * w for k, v in u.delta.items()}
-        scaled[_WEIGHT_KEY] = torch.tensor([w], dtype=torch.float64)
-        deltas[u.client_id] = scaled
+    deltas = {u.client_id: weighted_input(u.delta, u.num_samples, weighted) for u in updates}
     if len(deltas) != len(updates):
         raise ValueError("two updates from the same client")
     total = _run(deltas, round_idx, seed, dropped_ids, threshold, frac_bits)
+    return mean_from_sum(total, updates[0].delta)
+
+
+def weighted_input(delta: AdapterState, num_samples: int, weighted: bool = True) -> AdapterState:
+    """What a client masks for :func:`secure_mean`: ``w * delta`` (float64) and ``w`` itself, ``w`` =
+    ``num_samples`` if ``weighted`` else 1. The same on every engine, so the sums agree to the bit."""
+    w = float(num_samples) if weighted else 1.0
+    scaled = {k: v.to(torch.float64) * w for k, v in delta.items()}
+    scaled[_WEIGHT_KEY] = torch.tensor([w], dtype=torch.float64)
+    return scaled
+
+
+def mean_from_sum(total: AdapterState, reference: AdapterState) -> AdapterState:
+    """The weighted mean from the unmasked sum of :func:`weighted_input` values, in ``reference``'s dtypes."""
+    total = dict(total)
     weight = float(total.pop(_WEIGHT_KEY)[0])
     if not weight > 0:
         raise SecAggError("the securely summed weights are not positive")
-    ref = updates[0].delta
-    return {k: (total[k] / weight).to(ref[k].dtype) for k in ref}
+    return {k: (total[k] / weight).to(reference[k].dtype) for k in reference}
+
+
+def layout_of(values: AdapterState) -> Layout:
+    """The (public) tensor layout of a masked vector: names (sorted), shapes and dtypes."""
+    return _layout(values)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 
@@ -28,7 +28,7 @@ from fedintel.data.tokenize import TokenizedSet
 from fedintel.engines.base import TrainJob
 from fedintel.privacy.attacks import apply_attack, flip_labels, malicious_clients
 from fedintel.privacy.dp import DPAggregator, clip_delta, privatize_local, privatize_sum, round_generator
-from fedintel.types import AdapterState, Update
+from fedintel.types import MASKED_KEY, AdapterState, Update
 from fedintel.world import World, derive_seed
 
 
@@ -103,8 +103,30 @@ def add_participation(total: Participation, rows: Iterable[tuple[int, Mapping[st
     return total
 
 
+def masking_input(cfg: ExperimentConfig, delta: AdapterState, num_samples: int) -> AdapterState:
+    """What a client masks under secure aggregation: its delta clipped to ``privacy.clip_norm`` (central DP:
+    the server noises the unmasked sum), else ``w * delta`` and ``w`` (a weighted mean). The local simulation
+    and a Flower SuperNode call this same function, so both sum the same fixed-point words."""
+    from fedintel.privacy.secagg import weighted_input
+
+    if cfg.privacy.dp == "central":
+        return clip_delta(delta, cfg.privacy.clip_norm)
+    return weighted_input(delta, num_samples, cfg.aggregation.weighted)
+
+
+RemoteSum = Callable[[int, Sequence[Update], AdapterState], AdapterState]
+"""``(round_idx, masked updates, template) -> unmasked sum``: secure aggregation run with the clients
+themselves (the Flower engine's :meth:`~fedintel.engines.flower.engine.FlowerEngine.secure_sum`); ``template``
+has the keys, shapes and dtypes of what each client masked."""
+
+
 class SecureAggregator(Aggregator):
-    """FedAvg (or DP-FedAvg) computed through pairwise-masked secure aggregation."""
+    """FedAvg (or DP-FedAvg) computed through pairwise-masked secure aggregation.
+
+    Without ``remote`` every party runs in this process over plaintext deltas (a simulation: the local
+    engine). With ``remote`` (set by :func:`fedintel.experiment.build_scheme` when the engine masks on the
+    clients, ``engine: flower``) the updates are masked vectors and only their unmasked sum is ever formed here.
+    """
 
     name = "secure"
 
@@ -115,11 +137,18 @@ class SecureAggregator(Aggregator):
         self.round_dropped: list[int] = []
         self.sigma = noise_multiplier(cfg) if cfg.privacy.dp == "central" else 0.0
         self.last_stats: dict[str, float] = {}
+        self.remote: RemoteSum | None = None
 
     def set_round(self, round_idx: int) -> None:
         self.round_idx = round_idx
 
     def aggregate(self, updates: Sequence[Update], global_state: AdapterState) -> AdapterState:
+        masked = [MASKED_KEY in u.delta for u in updates]
+        if self.remote is not None or any(masked):
+            if self.remote is None or not all(masked):
+                raise RuntimeError("secure aggregation: plaintext and masked updates mixed, or masked updates "
+                                   "without the clients to unmask them")
+            return self._aggregate_remote(updates, global_state)
         from fedintel.privacy.secagg import secure_mean, secure_sum
 
         p = self.cfg.privacy
@@ -133,6 +162,22 @@ class SecureAggregator(Aggregator):
                                 p.clip_norm, self.sigma, gen)
         else:
             out = secure_mean(updates, self.round_idx, self.seed, weighted=self.cfg.aggregation.weighted, **common)
+        self.last_stats = {"secagg_clients": float(len(updates)), "secagg_dropped": float(len(self.round_dropped))}
+        return {k: out[k].to(global_state[k].dtype) for k in global_state}
+
+    def _aggregate_remote(self, updates: Sequence[Update], global_state: AdapterState) -> AdapterState:
+        from fedintel.privacy.secagg import mean_from_sum
+
+        assert self.remote is not None
+        p = self.cfg.privacy
+        template = masking_input(self.cfg, {k: torch.zeros_like(v) for k, v in global_state.items()}, 1)
+        total = self.remote(self.round_idx, updates, template)
+        if p.dp == "central":
+            gen = round_generator(self.seed, self.round_idx)
+            out = privatize_sum({k: v.double() for k, v in total.items()}, self.cfg.federation.clients_per_round,
+                                p.clip_norm, self.sigma, gen)
+        else:
+            out = mean_from_sum(total, global_state)
         self.last_stats = {"secagg_clients": float(len(updates)), "secagg_dropped": float(len(self.round_dropped))}
         return {k: out[k].to(global_state[k].dtype) for k in global_state}
 

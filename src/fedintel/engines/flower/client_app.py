@@ -176,7 +176,46 @@ def train(msg: Message, context: Context) -> Message:
         return Message(m.diverged_content(cid, str(err)), reply_to=msg)
     t_done = time.perf_counter()
     timings = {"node-setup-s": t_ready - t0, "node-train-s": t_done - t_ready}
-    return Message(m.reply_content(update, timings), reply_to=msg)
+    masked = None
+    if cfg.privacy.secure_aggregation:  # only the masked words leave the node
+        from fedintel.engines.flower.secagg import SECAGG_KEY, node_mask, secret_dir
+        from fedintel.privacy.wiring import masking_input
+
+        if SECAGG_KEY not in msg.content:
+            raise m.ProtocolError("the experiment asks for secure aggregation but the job has no secagg record")
+        masked = node_mask(msg.content[SECAGG_KEY], masking_input(cfg, update.delta, update.num_samples),
+                           secret_dir(settings.cache_dir))
+        update.wire_bytes = None  # what travels is the masked vector, counted as such
+    return Message(m.reply_content(update, timings, masked), reply_to=msg)
+
+
+def _secagg_step(step: str, msg: Message, context: Context) -> Message:
+    from fedintel.engines.flower import secagg
+
+    settings = NodeSettings.from_node_config(dict(context.node_config))
+    cid = int(msg.content[secagg.SECAGG_KEY]["client-id"])
+    if cid not in settings.client_ids:
+        raise NodeConfigError(f"this SuperNode hosts clients {list(settings.client_ids)}, not client {cid}")
+    handler = {"keys": secagg.node_keys, "shares": secagg.node_shares, "unmask": secagg.node_unmask}[step]
+    return Message(handler(msg.content, secagg.secret_dir(settings.cache_dir)), reply_to=msg)
+
+
+@app.query("secagg_keys")
+def secagg_keys(msg: Message, context: Context) -> Message:
+    """Secure aggregation step 1: fresh keys for this round (:mod:`fedintel.engines.flower.secagg`)."""
+    return _secagg_step("keys", msg, context)
+
+
+@app.query("secagg_shares")
+def secagg_shares(msg: Message, context: Context) -> Message:
+    """Secure aggregation step 2: Shamir shares, each sealed to its holder."""
+    return _secagg_step("shares", msg, context)
+
+
+@app.query("secagg_unmask")
+def secagg_unmask(msg: Message, context: Context) -> Message:
+    """Secure aggregation step 4: reveal the shares that unmask the survivors' sum, then forget the session."""
+    return _secagg_step("unmask", msg, context)
 
 
 def _client_data(cfg: Any, settings: NodeSettings, node: _NodeModel, cid: int) -> Any:

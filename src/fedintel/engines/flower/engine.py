@@ -32,19 +32,21 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from flwr.app import Message, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from fedintel.engines.base import ClientFailure, Engine, TrainJob
 from fedintel.engines.flower import messages as m
+from fedintel.engines.flower.secagg import MASKED_RECORD, SECAGG_KEY, SecAggCoordinator
 from fedintel.engines.flower.shards import partition_key
 from fedintel.training.client import TrainingDiverged
-from fedintel.types import Update
+from fedintel.types import MASKED_KEY, AdapterState, Update
 from fedintel.world import World
 
 log = logging.getLogger(__name__)
@@ -188,6 +190,17 @@ class FlowerEngine(Engine):
         self._done: dict[int, tuple[JobHandle, Result]] = {}
         self._fingerprints: dict[int, str] = {}
         self._discovered = False
+        self.secagg: SecAggCoordinator | None = None
+        """Set under ``privacy.secure_aggregation``: every job's client masks its own update on its node."""
+        p = world.cfg.privacy
+        if p.secure_aggregation:
+            from fedintel.config import ConfigError, _unsupported_combination
+
+            problem = _unsupported_combination(world.cfg.model_copy(update={"engine": "flower"}))
+            if problem:
+                raise ConfigError(problem)
+            self.secagg = SecAggCoordinator(self._exchange, frac_bits=p.secagg_frac_bits,
+                                            threshold=p.secagg_threshold, timeout=self.job_timeout)
 
     @property
     def hosts(self) -> dict[int, int]:
@@ -201,8 +214,20 @@ class FlowerEngine(Engine):
         return len(self._pending) + len(self._done)
 
     def train(self, jobs: list[TrainJob], on_done: Callable[[Result], None] | None = None) -> list[Result]:
-        """Run ``jobs`` on their clients' nodes and return one result per job, in job order."""
-        handles = self.submit_many(jobs)
+        """Run ``jobs`` on their clients' nodes and return one result per job, in job order.
+
+        Under secure aggregation the round's clients first run the key set-up (:mod:`.secagg`); a client
+        that cannot take part fails, and the others upload masked updates (unmasked by :meth:`secure_sum`).
+        """
+        secagg: dict[int, Any] = {}
+        if self.secagg is not None and jobs:
+            self.discover(wait=not self._discovered)
+            rounds = {j.round_idx for j in jobs}
+            if len(rounds) != 1 or len({j.client_id for j in jobs}) != len(jobs):
+                raise ValueError("secure aggregation on Flower runs one session per round: one job per client")
+            session, failed = self.secagg.setup(rounds.pop(), [j.client_id for j in jobs])
+            secagg = {"records": session.records if session else {}, "failed": failed}
+        handles = self.submit_many(jobs, secagg)
         results: dict[int, Result] = {}
         while len(results) < len(handles):
             for h, r in self.poll(handles, timeout=1.0):
@@ -211,13 +236,31 @@ class FlowerEngine(Engine):
                     on_done(r)
         return [results[h.seq] for h in handles]
 
+    def secure_sum(self, round_idx: int, updates: Sequence[Update], template: AdapterState) -> AdapterState:
+        """The unmasked sum of ``updates`` (masked on their nodes in ``round_idx``), shaped like ``template``;
+        every other participant of the round's session is dropped and its masks are recovered."""
+        if self.secagg is None:
+            raise RuntimeError("secure_sum needs privacy.secure_aggregation")
+        words = {}
+        for u in updates:
+            if set(u.delta) != {MASKED_KEY} or u.client_id in words:
+                raise ValueError(f"client {u.client_id}: not one masked update per client")
+            words[u.client_id] = u.delta[MASKED_KEY].numpy().view(np.uint64)
+        return self.secagg.unmask(round_idx, words, template)
+
     def submit(self, job: TrainJob) -> JobHandle:
         """Send one job to its client's node and return at once; collect the result with :meth:`poll`."""
         return self.submit_many([job])[0]
 
-    def submit_many(self, jobs: Iterable[TrainJob]) -> list[JobHandle]:
-        """Send several jobs in one push (the shared global adapter is uploaded to the SuperLink once)."""
+    def submit_many(self, jobs: Iterable[TrainJob], secagg: dict[str, Any] | None = None) -> list[JobHandle]:
+        """Send several jobs in one push (the shared global adapter is uploaded to the SuperLink once).
+
+        ``secagg`` (from :meth:`train`): each client's secure-aggregation record, and why others cannot train.
+        """
         self.discover(wait=not self._discovered)
+        if self.secagg is not None and not secagg:
+            raise RuntimeError("under secure aggregation jobs go through train() (the round's key set-up)")
+        records, refused = (secagg or {}).get("records", {}), (secagg or {}).get("failed", {})
         handles, to_push = [], []
         now = time.monotonic()
         for job in jobs:
@@ -225,7 +268,11 @@ class FlowerEngine(Engine):
             handles.append(h)
             d = self.directory
             nid = d.hosts.get(job.client_id)
-            if nid is None:
+            if job.client_id in refused:
+                self._fail(h, refused[job.client_id])
+            elif self.secagg is not None and job.client_id not in records:
+                self._fail(h, f"client {job.client_id} is not in the round's secure-aggregation session")
+            elif nid is None:
                 why = "; ".join(f"node {n}: {e}" for n, e in d.errors.items())
                 self._fail(h, f"no SuperNode hosts client {job.client_id}" + (f" ({why})" if why else ""))
             elif nid in d.lost:
@@ -234,6 +281,8 @@ class FlowerEngine(Engine):
                 h.node_id = nid
                 seed = job.seed(self.world.cfg.federation.seed)  # the seed LocalEngine trains this job with
                 content = m.job_content(job, self.experiment_json, self._fingerprint(job.client_id), seed)
+                if job.client_id in records:
+                    content[SECAGG_KEY] = records[job.client_id]
                 msg = Message(content, nid, m.TRAIN, ttl=self.job_timeout + 60.0, group_id=str(job.round_idx))
                 self.stats.bytes_down += content[m.ADAPTER_KEY].count_bytes()
                 to_push.append((h, msg))
@@ -331,8 +380,11 @@ class FlowerEngine(Engine):
                     raise TrainingDiverged(reason)
                 self._fail(h, reason or f"client {cid} diverged", kind="diverged")
                 return
-            if m.DELTA_KEY in reply.content:
-                self.stats.bytes_up += reply.content[m.DELTA_KEY].count_bytes()
+            for key in (m.DELTA_KEY, MASKED_RECORD):
+                if key in reply.content:
+                    self.stats.bytes_up += reply.content[key].count_bytes()
+            if self.secagg is not None and MASKED_RECORD not in reply.content:
+                raise m.ProtocolError("under secure aggregation a node must upload a masked update, not a delta")
             update = m.update_from_reply(reply, cid)
         except TrainingDiverged:
             raise  # federation.on_client_diverged: stop
@@ -346,6 +398,51 @@ class FlowerEngine(Engine):
                  self.stats.node_seconds[-1], update.metrics.get("node_setup_s", float("nan")),
                  update.metrics.get("node_train_s", float("nan")))
         self._done[h.seq] = (h, update)
+
+
+    def _exchange(self, msgs: dict[int, tuple[str, RecordDict]], timeout: float) -> dict[int, Message | str]:
+        """Send each client's message to its node; wait up to ``timeout`` s for every reply (see
+        :data:`.secagg.Exchange`). A node that does not answer in time is marked lost, as for a train job."""
+        out: dict[int, Message | str] = {}
+        d = self.directory
+        waiting: dict[str, int] = {}
+        to_push: list[tuple[int, Message]] = []
+        for cid, (mtype, content) in msgs.items():
+            nid = d.hosts.get(cid)
+            if nid is None:
+                out[cid] = f"no SuperNode hosts client {cid}"
+                continue
+            if nid in d.lost:
+                out[cid] = f"SuperNode {nid} (client {cid}) is lost: {d.lost[nid]}"
+                continue
+            to_push.append((cid, Message(content, nid, mtype, ttl=timeout + 60.0, group_id=mtype)))
+        if to_push:
+            ids = list(self.grid.push_messages([msg for _, msg in to_push]))
+            for (cid, _), mid in itertools.zip_longest(to_push, ids[: len(to_push)]):
+                if mid is None:
+                    out[cid] = f"the SuperLink refused the message for client {cid}"
+                else:
+                    waiting[mid] = cid
+        end = time.monotonic() + timeout
+        while waiting:
+            for reply in self.grid.pull_messages(list(waiting) + list(d.asking)):
+                rid = reply.metadata.reply_to_message_id
+                if rid in d.asking:
+                    d.on_reply(rid, reply)
+                elif rid in waiting:
+                    cid = waiting.pop(rid)
+                    if reply.has_error() and reply.error.code in (ErrorCode.NODE_UNAVAILABLE,
+                                                                  ErrorCode.REPLY_MESSAGE_UNAVAILABLE):
+                        d.mark_lost(d.hosts.get(cid), reply.error.reason)
+                    out[cid] = reply
+            if not waiting or time.monotonic() >= end:
+                break
+            time.sleep(self.poll_interval)
+        for cid in waiting.values():
+            reason = f"no reply within {timeout:g} s (secure aggregation)"
+            d.mark_lost(d.hosts.get(cid), reason)
+            out[cid] = f"SuperNode {d.hosts.get(cid)}: {reason}"
+        return out
 
 
 def engine_options(run_config: dict[str, Any]) -> dict[str, float]:

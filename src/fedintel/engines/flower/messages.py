@@ -44,6 +44,8 @@ HELLO = "query"
 ADAPTER_KEY = "adapter"
 JOB_KEY = "job"
 DELTA_KEY = "delta"
+MASKED_KEY = "masked"
+"""Under secure aggregation the reply holds this (the masked words) instead of ``delta``."""
 RESULT_KEY = "result"
 OUTCOME_KEY = "outcome"
 HOSTS_KEY = "hosts"
@@ -163,8 +165,9 @@ def read_job(content: RecordDict) -> dict[str, Any]:
     return dict(content[JOB_KEY])
 
 
-def reply_content(update: Update, timings: dict[str, float] | None = None) -> RecordDict:
-    """The ``RecordDict`` a node sends back after training."""
+def reply_content(update: Update, timings: dict[str, float] | None = None, masked: ArrayRecord | None = None) -> RecordDict:
+    """The ``RecordDict`` a node sends back after training: the delta, or under secure aggregation only the
+    ``masked`` words in its place (:mod:`fedintel.engines.flower.secagg`)."""
     result = {
         "num-samples": int(update.num_samples),
         "train-loss": float(update.train_loss),
@@ -178,7 +181,7 @@ def reply_content(update: Update, timings: dict[str, float] | None = None) -> Re
     result.update({k: float(v) for k, v in (timings or {}).items()})
     return RecordDict(
         {
-            DELTA_KEY: state_to_record(update.delta),
+            **({MASKED_KEY: masked} if masked is not None else {DELTA_KEY: state_to_record(update.delta)}),
             RESULT_KEY: MetricRecord(result),
             OUTCOME_KEY: ConfigRecord({"status": "ok", "client-id": int(update.client_id)}),
         }
@@ -223,8 +226,12 @@ def update_from_reply(reply: Message, client_id: int) -> Update:
     from fedintel.types import Update
 
     content = reply.content
-    if DELTA_KEY not in content or RESULT_KEY not in content:
+    if MASKED_KEY in content and DELTA_KEY not in content and RESULT_KEY in content:
+        delta = _masked_delta(content[MASKED_KEY])
+    elif DELTA_KEY not in content or RESULT_KEY not in content:
         raise ProtocolError(f"training reply lacks '{DELTA_KEY}'/'{RESULT_KEY}' (records: {sorted(content)})")
+    else:
+        delta = record_to_state(content[DELTA_KEY])
     if not isinstance(content[RESULT_KEY], MetricRecord):
         raise ProtocolError(f"training reply's '{RESULT_KEY}' is a {type(content[RESULT_KEY]).__name__}, expected a MetricRecord")
     res = dict(content[RESULT_KEY])
@@ -236,7 +243,7 @@ def update_from_reply(reply: Message, client_id: int) -> Update:
     # value bounds (non-negative, plausible for the client's shard) are the server's screening, not the decoder's
     return Update(
         client_id=client_id,
-        delta=record_to_state(content[DELTA_KEY]),
+        delta=delta,
         num_samples=int(_number(res, "num-samples", integer=True)),
         base_version=int(_number(res, "base-version", integer=True)),
         train_loss=float(_number(res, "train-loss")),
@@ -246,6 +253,24 @@ def update_from_reply(reply: Message, client_id: int) -> Update:
         metrics=timings,
         **extra,
     )
+
+
+def _masked_delta(record: Any) -> AdapterState:
+    """A masked upload as an :class:`~fedintel.types.Update` delta: ``{types.MASKED_KEY: int64 words}``."""
+    import numpy as np
+    import torch
+
+    from fedintel.types import MASKED_KEY as UPDATE_MASKED_KEY
+
+    if not isinstance(record, ArrayRecord) or list(record) != ["words"]:
+        raise ProtocolError("a masked upload must be an ArrayRecord holding only 'words'")
+    try:
+        words = record["words"].numpy()
+    except (ValueError, TypeError) as err:
+        raise ProtocolError(f"masked words do not decode ({err})") from None
+    if words.dtype != np.uint64 or words.ndim != 1:
+        raise ProtocolError(f"masked words are {words.dtype} of shape {words.shape}, expected a uint64 vector")
+    return {UPDATE_MASKED_KEY: torch.from_numpy(words.view(np.int64).copy())}
 
 
 def hello_content(client_ids: Sequence[int], partition_key: str, error: str = "") -> RecordDict:
