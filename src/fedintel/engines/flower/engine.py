@@ -40,11 +40,11 @@ from flwr.app import Message, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
-from fedintel.engines.base import ClientFailure, Engine, TrainJob
+from fedintel.engines.base import Engine
 from fedintel.engines.flower import messages as m
 from fedintel.engines.flower.shards import partition_key
 from fedintel.training.client import TrainingDiverged
-from fedintel.types import Update
+from fedintel.types import ClientFailure, TrainJob, Update
 from fedintel.world import World
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class NodeDirectory:
             return
         try:
             ids, key, error = m.read_hello(reply)
-        except m.ProtocolError as err:
+        except m.MessageError as err:
             self.errors[node_id] = str(err)
             return
         if error:
@@ -336,7 +336,7 @@ class FlowerEngine(Engine):
             update = m.update_from_reply(reply, cid)
         except TrainingDiverged:
             raise  # federation.on_client_diverged: stop
-        except m.ProtocolError as err:
+        except m.MessageError as err:
             self._fail(h, f"SuperNode {h.node_id}: {err}")
             return
         except Exception as err:  # noqa: BLE001 - a reply must never kill the ServerApp
