@@ -33,11 +33,12 @@ from pathlib import Path
 import _common
 import torch
 
-from fedintel.config import DataConfig, ModelConfig, PeftConfig, RuntimeConfig, load_config
+from fedintel.config import DataConfig, ModelConfig, RuntimeConfig, load_config
 from fedintel.data.federated import build_federated_data
 from fedintel.data.tokenize import TokenizedSet, collate
 from fedintel.models.loader import load_base_model
 from fedintel.models.peft_builder import AdapterSlot, build_peft_model
+from fedintel.models.peft_methods import LoraPeftConfig
 from fedintel.runtime import Runtime, resolve_runtime
 from fedintel.training.client import LocalTrainSpec, batch_order, train_local
 from fedintel.training.flops import ModelShape, train_flops
@@ -90,7 +91,7 @@ def reloading_trainer_client(mcfg: ModelConfig, rt: Runtime, data: TokenizedSet,
     """One client as FlowerTune / OpenFedLLM run it: load the base, wrap it with PEFT, train with ``Trainer``."""
     from transformers import Trainer, TrainingArguments
 
-    pm = build_peft_model(load_base_model(mcfg, rt).model, PeftConfig(method="lora", r=8), "causal_lm")
+    pm = build_peft_model(load_base_model(mcfg, rt).model, LoraPeftConfig(r=8), "causal_lm")
 
     class DS(torch.utils.data.Dataset):
         def __len__(self) -> int:
@@ -122,7 +123,7 @@ def one_precision(args: argparse.Namespace) -> dict:
     rt = resolve_runtime(RuntimeConfig(device=args.device, dtype=dtype, threads=args.threads))
     mcfg = ModelConfig(name=args.model, quantization=quant)
     lm = load_base_model(mcfg, rt)
-    pm = build_peft_model(lm.model, PeftConfig(method="lora", r=8), "causal_lm")
+    pm = build_peft_model(lm.model, LoraPeftConfig(r=8), "causal_lm")
     slot = AdapterSlot(pm, rt)
     start = slot.get()
     fd = build_federated_data(DataConfig(dataset="technical", samples_per_client=96, max_length=args.seq,

@@ -31,10 +31,10 @@ import torch
 import fedintel.training.job as job_module
 from fedintel.config import parse_config
 from fedintel.data.tokenize import TokenizedSet
-from fedintel.engines.base import TrainJob
 from fedintel.engines.batched import BatchedEngine
 from fedintel.engines.local import LocalEngine
 from fedintel.experiment import build_scheme
+from fedintel.types import TrainJob
 from fedintel.world import World, build_world
 
 

@@ -17,11 +17,12 @@ import time
 import _common  # noqa: F401  (offline environment)
 import torch
 
-from fedintel.config import DataConfig, ModelConfig, PeftConfig
+from fedintel.config import DataConfig, ModelConfig
 from fedintel.data.federated import build_federated_data
 from fedintel.data.tokenize import TokenizedSet, collate
 from fedintel.models.loader import load_base_model
 from fedintel.models.peft_builder import AdapterSlot, build_peft_model
+from fedintel.models.peft_methods import LoraPeftConfig
 from fedintel.training.client import LocalTrainSpec, batch_order, train_local
 
 
@@ -85,7 +86,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     lm = load_base_model(ModelConfig(name=args.model))
-    pm = build_peft_model(lm.model, PeftConfig(method="lora", r=8), "causal_lm")
+    pm = build_peft_model(lm.model, LoraPeftConfig(r=8), "causal_lm")
     slot = AdapterSlot(pm)
     start = slot.get()
     fd = build_federated_data(

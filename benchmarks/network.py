@@ -18,7 +18,8 @@ import tempfile
 import _common
 import numpy as np
 
-from fedintel.config import ModelConfig, NetworkConfig, PeftConfig, parse_config
+from fedintel.config import ModelConfig, NetworkConfig, parse_config
+from fedintel.models.peft_methods import LoraPeftConfig
 from fedintel.network.simulator import ClientJob, WirelessNetwork
 from fedintel.training.flops import ModelShape, train_flops
 
@@ -28,7 +29,7 @@ def smollm_shape() -> ModelShape:
     from fedintel.models.peft_builder import build_peft_model
 
     lm = load_base_model(ModelConfig(name="smollm2-135m"))
-    return ModelShape.of(build_peft_model(lm.model, PeftConfig(method="lora", r=8), "causal_lm"))
+    return ModelShape.of(build_peft_model(lm.model, LoraPeftConfig(r=8), "causal_lm"))
 
 
 def round_times(cfg: NetworkConfig, jobs: list[ClientJob], rounds: int) -> tuple[float, float]:

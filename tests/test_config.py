@@ -16,7 +16,7 @@ def test_defaults_validate():
     "raw, match",
     [
         ({"federation": {"rounds": 0}}, r"federation.rounds: Input should be greater than or equal to 1"),
-        ({"peft": {"method": "adapterx"}}, r"peft.method: Input should be 'lora', 'prefix' or 'prompt'"),
+        ({"peft": {"method": "adapterx"}}, r"peft.method: unknown PEFT method 'adapterx'; choose from \['lora', 'prefix', 'prompt'\]"),
         ({"federation": {"lrr": 0.1}}, r"federation.lrr: unknown key"),
         ({"bogus": 1}, r"bogus: unknown key"),
         ({"federation": {"num_clients": 2, "clients_per_round": 3}}, r"clients_per_round \(3\) exceeds"),

@@ -200,17 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*gradient checkpointing.*")
     for noisy in ("transformers", "datasets", "peft", "httpx", "bitsandbytes"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    from fedintel.config import ConfigError
-    from fedintel.data.corpora import DatasetError
-    from fedintel.data.partition import PartitionError
-    from fedintel.experiment import RunFailed
-    from fedintel.models.loader import ModelError
-    from fedintel.tracking.rundir import RunDirError
+    from fedintel.errors import FedintelError, RunFailed
 
-    user_errors = (ConfigError, DatasetError, PartitionError, ModelError, RunFailed, FileNotFoundError, RunDirError)
     try:
         return int(args.func(args) or 0)
-    except user_errors as err:
+    except (FedintelError, FileNotFoundError) as err:
         err_console.print(f"[red]error[/]: {err}", highlight=False)
         return 2 if not isinstance(err, RunFailed) else 1
     except KeyboardInterrupt:

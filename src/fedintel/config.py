@@ -12,7 +12,6 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     SerializeAsAny,
@@ -21,25 +20,26 @@ from pydantic import (
     model_validator,
 )
 
+from fedintel.aggregation.builtin import AggregationConfig, parse_aggregation_config
+from fedintel.errors import ConfigError
+from fedintel.models.peft_methods import PeftConfig, parse_peft_config
 from fedintel.network.config import NetworkConfig
-from fedintel.optimizers import OptimizerConfig, parse_optimizer_config
+from fedintel.optimizers.base import OptimizerConfig
+from fedintel.optimizers.builtin import parse_optimizer_config
 from fedintel.privacy.attacks import AttackConfig
 from fedintel.privacy.config import PrivacyConfig
-from fedintel.schemes.config import AggregationConfig, AsyncConfig, ClusteringConfig, HierarchyConfig
+from fedintel.schemes.cluster_methods import ClusteringConfig, parse_clustering_config
+from fedintel.schemes.config import AsyncConfig, HierarchyConfig
+from fedintel.schemes.registry import check_scheme_name
+from fedintel.sections import Section
 
-
-class ConfigError(ValueError):
-    """A configuration problem a user can fix; the message names the field."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+__all__ = ["ConfigError", "ExperimentConfig", "PeftConfig", "dump_config", "load_config", "parse_config"]
 
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
-class RuntimeConfig(_Section):
+class RuntimeConfig(Section):
     """Where tensors live and in which precision (the hardware a run uses)."""
 
     device: str = Field(
@@ -101,7 +101,7 @@ class RuntimeConfig(_Section):
         return len(self.devices) if self.devices else self.workers
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """The pretrained base model."""
 
     name: str = Field(
@@ -126,14 +126,14 @@ class ModelConfig(_Section):
     )
 
 
-class PartitionConfig(_Section):
+class PartitionConfig(Section):
     """How the pooled data is split across clients."""
 
     method: Literal["iid", "dirichlet", "by_domain"] = "iid"
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration over labels (method=dirichlet).")
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     """Where the text comes from and how it is split."""
 
     dataset: str = Field(
@@ -185,39 +185,12 @@ class DataConfig(_Section):
         return self.prompt_field is not None
 
 
-class PeftConfig(_Section):
-    """The parameter-efficient method (Hugging Face PEFT)."""
-
-    method: Literal["lora", "prefix", "prompt"] = "lora"
-    r: int = Field(8, ge=1, description="LoRA rank.")
-    alpha: float = Field(16.0, gt=0, description="LoRA scaling alpha.")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout.")
-    target_modules: list[str] | None = Field(
-        None, description="Modules LoRA adapts; default: the attention query/value projections."
-    )
-    num_virtual_tokens: int = Field(16, ge=1, description="Virtual tokens for prefix/prompt tuning.")
-    client_ranks: list[int] | None = Field(
-        None,
-        description="Heterogeneous LoRA ranks, assigned to clients in turn (each <= r): weak devices train "
-        "a lower-rank slice of the adapter (use with aggregation.lora: exact).",
-    )
-
-    @model_validator(mode="after")
-    def _ranks(self) -> PeftConfig:
-        if self.client_ranks is not None:
-            if self.method != "lora":
-                raise ValueError("peft.client_ranks applies to peft.method lora only")
-            bad = [x for x in self.client_ranks if not 1 <= x <= self.r]
-            if bad:
-                raise ValueError(f"peft.client_ranks: {bad} must be between 1 and peft.r ({self.r})")
-        return self
-
-
-class FederationConfig(_Section):
+class FederationConfig(Section):
     """Rounds, sampling and the local training recipe."""
 
-    scheme: Literal["fedavg", "clustered", "hierarchical", "async"] = Field(
-        "fedavg", description="fedavg (sync rounds), clustered (CFL), hierarchical (client-edge-cloud), async."
+    scheme: str = Field(
+        "fedavg", description="fedavg (sync rounds), clustered (CFL), hierarchical (client-edge-cloud), async, "
+        "or another registered scheme (fedintel.schemes.registry)."
     )
     rounds: int = Field(3, ge=1)
     num_clients: int = Field(8, ge=1)
@@ -246,6 +219,11 @@ class FederationConfig(_Section):
         "event, the run goes on) or stop the run (the last good checkpoint is kept).",
     )
 
+    @field_validator("scheme")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        return check_scheme_name(v)
+
     @model_validator(mode="after")
     def _check(self) -> FederationConfig:
         if self.clients_per_round > self.num_clients:
@@ -264,7 +242,7 @@ class FederationConfig(_Section):
         return self
 
 
-class EvalConfig(_Section):
+class EvalConfig(Section):
     """Evaluation after aggregation."""
 
     every: int = Field(1, ge=1, description="Evaluate every N rounds (the last round always).")
@@ -274,7 +252,7 @@ class EvalConfig(_Section):
     batch_size: int = Field(16, ge=1)
 
 
-class OutputConfig(_Section):
+class OutputConfig(Section):
     """Where runs are written."""
 
     dir: str = "runs"
@@ -288,7 +266,7 @@ class OutputConfig(_Section):
     )
 
 
-class ExperimentConfig(_Section):
+class ExperimentConfig(Section):
     """A whole experiment file."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
@@ -300,12 +278,22 @@ class ExperimentConfig(_Section):
     runtime: RuntimeConfig = RuntimeConfig()
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
-    peft: PeftConfig = PeftConfig()
+    peft: SerializeAsAny[PeftConfig] = Field(
+        default_factory=lambda: parse_peft_config({}),
+        description="PEFT method: {method: lora | prefix | prompt | <registered>, <its knobs>}.",
+    )
     federation: FederationConfig = FederationConfig()
     eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
-    aggregation: AggregationConfig = AggregationConfig()
-    clustering: ClusteringConfig = ClusteringConfig()
+    aggregation: SerializeAsAny[AggregationConfig] = Field(
+        default_factory=lambda: parse_aggregation_config({}),
+        description="Aggregation rule: {rule: fedavg | median | trimmed_mean | krum | multi_krum | norm_bound | ota "
+        "| <registered>, weighted, lora, <its knobs>}.",
+    )
+    clustering: SerializeAsAny[ClusteringConfig] = Field(
+        default_factory=lambda: parse_clustering_config({}),
+        description="Clustered scheme: {method: given | similarity | ifca | capability | latency | <registered>, ...}.",
+    )
     hierarchy: HierarchyConfig = HierarchyConfig()
     asynchronous: AsyncConfig = Field(AsyncConfig(), alias="async")
     network: NetworkConfig = NetworkConfig()
@@ -321,6 +309,21 @@ class ExperimentConfig(_Section):
     @classmethod
     def _optimizer(cls, raw: Any) -> OptimizerConfig:
         return parse_optimizer_config(raw)
+
+    @field_validator("aggregation", mode="before")
+    @classmethod
+    def _aggregation(cls, raw: Any) -> AggregationConfig:
+        return parse_aggregation_config(raw)
+
+    @field_validator("clustering", mode="before")
+    @classmethod
+    def _clustering(cls, raw: Any) -> ClusteringConfig:
+        return parse_clustering_config(raw)
+
+    @field_validator("peft", mode="before")
+    @classmethod
+    def _peft(cls, raw: Any) -> PeftConfig:
+        return parse_peft_config(raw)
 
     @model_validator(mode="before")
     @classmethod

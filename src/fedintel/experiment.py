@@ -19,6 +19,7 @@ from fedintel.engines.base import Engine
 from fedintel.engines.batched import BatchedEngine
 from fedintel.engines.local import LocalEngine
 from fedintel.engines.parallel import ParallelEngine
+from fedintel.errors import RunFailed
 from fedintel.privacy.wiring import (
     add_participation,
     by_participation,
@@ -28,12 +29,10 @@ from fedintel.privacy.wiring import (
     update_hook,
     wrap_aggregator,
 )
-from fedintel.schemes.asynchronous import AsyncScheme
 from fedintel.schemes.base import Scheme
-from fedintel.schemes.clustered import ClusteredScheme
-from fedintel.schemes.fedavg import FedAvgScheme
-from fedintel.schemes.hierarchical import HierarchicalScheme
+from fedintel.schemes.registry import scheme_class as registered_scheme
 from fedintel.tracking.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
+from fedintel.tracking.contributions import save_contributions
 from fedintel.tracking.export import export_adapters
 from fedintel.tracking.progress import NullReporter, Reporter
 from fedintel.tracking.rundir import RunDirError, run_lock
@@ -42,18 +41,6 @@ from fedintel.training.client import TrainingDiverged
 from fedintel.world import World, build_world
 
 log = logging.getLogger(__name__)
-
-SCHEMES: dict[str, type[Scheme]] = {
-    "fedavg": FedAvgScheme,
-    "clustered": ClusteredScheme,
-    "hierarchical": HierarchicalScheme,
-    "async": AsyncScheme,
-}
-
-
-class RunFailed(RuntimeError):
-    """The run stopped early (e.g. diverged); the last good checkpoint is kept."""
-
 
 @dataclass
 class RunResult:
@@ -83,6 +70,19 @@ _NOT_IN_STATE = {"name", "runtime", "engine", "output", "eval"}  # runtime: a ru
 _FEDERATION_NOT_IN_STATE = {"rounds", "exclude_clients", "on_client_diverged"}
 
 
+_HASHED_DEFAULTS: dict[str, dict[str, Any]] = {
+    "aggregation": {"rule": "fedavg", "weighted": True, "trim_beta": 0.1, "num_malicious": 0, "multi_krum_m": None,
+                    "max_norm": 1.0, "snr_db": 20.0, "power_control": "truncated_inversion", "lora": "naive"},
+    "clustering": {"num_clusters": 4, "method": "given", "algorithm": "agglomerative", "share_beta": 0.0,
+                   "share_every": 1, "shared_keys": [], "ifca_eval_batches": 2},
+    "peft": {"method": "lora", "r": 8, "alpha": 16.0, "dropout": 0.05, "target_modules": None,
+             "num_virtual_tokens": 16, "client_ranks": None},
+}
+"""Frozen: before the registries these sections held every rule's / method's knobs, and checkpoints hashed
+them all. Hashing the section over these defaults keeps the hashes of existing checkpoints (never edit it when
+adding an extension; an extension's own knobs simply join the hash)."""
+
+
 def config_hash(cfg: ExperimentConfig) -> str:
     """SHA-256 of the settings a checkpoint's state depends on.
 
@@ -90,6 +90,8 @@ def config_hash(cfg: ExperimentConfig) -> str:
     evaluation and output settings; everything else must match for a checkpoint to be resumed.
     """
     raw = cfg.model_dump(mode="json", by_alias=True)
+    for section, defaults in _HASHED_DEFAULTS.items():
+        raw[section] = {**defaults, **raw[section]}
     kept = {k: v for k, v in raw.items() if k not in _NOT_IN_STATE}
     kept["federation"] = {k: v for k, v in raw["federation"].items() if k not in _FEDERATION_NOT_IN_STATE}
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
@@ -135,7 +137,7 @@ def scheme_class(cfg: ExperimentConfig) -> type[Scheme]:
         from fedintel.engines.flower.wallclock import WallClockAsyncScheme  # needs flwr: imported on demand
 
         return WallClockAsyncScheme
-    return SCHEMES[cfg.federation.scheme]
+    return registered_scheme(cfg.federation.scheme)
 
 
 def run_experiment(
@@ -222,8 +224,6 @@ def _run_locked(
                 if eps is not None:
                     record.metrics["epsilon"] = eps
                 if scheme.contributions is not None:  # output.save_client_updates
-                    from fedintel.privacy.unlearning import save_contributions
-
                     save_contributions(run_dir, rnd, scheme.contributions)
                     scheme.contributions = []
                 store.log_round(run_id, rnd, record.metrics, record.clients, record.events)

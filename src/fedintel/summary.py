@@ -28,7 +28,7 @@ COLUMNS = [
 
 def summary_table(run_dir: Path) -> Table:
     """Per-round metrics of the run in ``run_dir`` as a rich table (columns that exist only)."""
-    with MetricsStore(Path(run_dir) / "metrics.db") as store:
+    with MetricsStore(Path(run_dir) / "metrics.db", read_only=True) as store:
         run_id = store.run_ids()[-1]
         rows = store.rounds(run_id)
         info = store.run_info(run_id)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from fedintel.seeding import derive_seed
+
 if TYPE_CHECKING:  # annotations only: light commands (the CLI's --help, Flower lookups) skip importing torch
     import torch
 
@@ -76,3 +78,33 @@ class ClientResult:
     tokens: int = 0
     flops: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrainJob:
+    """Train ``client_id`` starting from ``state`` (global version ``version``) in round ``round_idx``."""
+
+    client_id: int
+    state: AdapterState
+    version: int
+    round_idx: int
+    salt: int = 0
+    """Distinguishes repeated jobs of one client in one round (asynchronous scheme)."""
+    extras: dict[str, AdapterState] = field(default_factory=dict)
+    """Tensors a federated optimizer sends with the adapter (SCAFFOLD's control variates)."""
+
+    def seed(self, run_seed: int) -> int:
+        """The seed of this job's batch order and dropout: a function of (run seed, round, client)."""
+        parts = (run_seed, self.round_idx, self.client_id, 7) + ((self.salt,) if self.salt else ())
+        return derive_seed(*parts)
+
+
+@dataclass
+class ClientFailure:
+    """A client that crashed, timed out or could not train; the round goes on without it."""
+
+    client_id: int
+    reason: str
+    kind: str = "failed"
+    """The event recorded for it: ``failed`` (crash, timeout, bad reply), ``diverged`` (NaN/Inf loss) or
+    ``rejected`` (implausible self-reported values)."""

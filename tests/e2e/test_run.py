@@ -13,12 +13,12 @@ import torch
 from peft import PeftModel
 
 from fedintel.config import ModelConfig, dump_config
-from fedintel.engines.base import ClientFailure
 from fedintel.experiment import RunFailed, resume_experiment, run_experiment
 from fedintel.models.loader import load_base_model
 from fedintel.tracking.checkpoint import latest_checkpoint, list_checkpoints
 from fedintel.tracking.plots import plot_run
 from fedintel.training.evaluate import evaluate
+from fedintel.types import ClientFailure
 
 
 def test_two_round_run_learns_tracks_and_exports(tiny_cfg, tmp_path):

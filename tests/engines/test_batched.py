@@ -7,14 +7,13 @@ import torch
 
 from fedintel.config import ConfigError, parse_config
 from fedintel.data.tokenize import TokenizedSet
-from fedintel.engines.base import TrainJob
 from fedintel.engines.batched import BatchedEngine
 from fedintel.engines.local import LocalEngine
 from fedintel.experiment import build_scheme, run_experiment
 from fedintel.optimizers import build_optimizer
 from fedintel.optimizers.scaffold import DC_KEY
 from fedintel.privacy.wiring import update_hook
-from fedintel.types import Update
+from fedintel.types import TrainJob, Update
 from fedintel.world import build_world
 
 # max_length 8: every chatterbot example fills it, so a combined micro-batch adds no padding to any client's rows

@@ -19,7 +19,6 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedintel.engines.base import ClientFailure, TrainJob
 from fedintel.engines.flower import messages as m
 from fedintel.engines.flower.client_app import NodeConfigError, NodeSettings
 from fedintel.engines.flower.client_app import app as client_app
@@ -27,7 +26,7 @@ from fedintel.engines.flower.engine import FlowerEngine
 from fedintel.engines.flower.shards import load_shard, partition_key, write_shards
 from fedintel.experiment import RunFailed, run_experiment
 from fedintel.tracking.store import MetricsStore
-from fedintel.types import Update
+from fedintel.types import ClientFailure, TrainJob, Update
 from fedintel.world import build_world
 
 

@@ -1,4 +1,4 @@
-"""The reply decoder turns anything malformed into a ProtocolError (the engine makes it that client's failure)."""
+"""The reply decoder turns anything malformed into a MessageError (the engine makes it that client's failure)."""
 
 import numpy as np
 import pytest
@@ -66,18 +66,18 @@ def test_a_good_reply_decodes():
 def test_malformed_training_replies_are_protocol_errors(edit):
     content = _good()
     edit(content)
-    with pytest.raises(m.ProtocolError):
+    with pytest.raises(m.MessageError):
         m.update_from_reply(_reply(content), 3)
 
 
 def test_wrong_record_types_are_protocol_errors():
     content = _good()
     content[m.RESULT_KEY] = ConfigRecord({"num-samples": "many"})
-    with pytest.raises(m.ProtocolError, match="MetricRecord"):
+    with pytest.raises(m.MessageError, match="MetricRecord"):
         m.update_from_reply(_reply(content), 3)
     content = _good()
     content[m.DELTA_KEY] = MetricRecord({"x": 1.0})
-    with pytest.raises(m.ProtocolError, match="ArrayRecord"):
+    with pytest.raises(m.MessageError, match="ArrayRecord"):
         m.update_from_reply(_reply(content), 3)
     assert isinstance(_good()[m.DELTA_KEY], ArrayRecord)
 
@@ -88,5 +88,5 @@ def test_unknown_or_missing_outcome_is_a_protocol_error(outcome):
     del content[m.OUTCOME_KEY]
     if outcome is not None:
         content[m.OUTCOME_KEY] = ConfigRecord(outcome)
-    with pytest.raises(m.ProtocolError):
+    with pytest.raises(m.MessageError):
         m.outcome(_reply(content))

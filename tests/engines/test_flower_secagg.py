@@ -134,9 +134,8 @@ def test_a_train_reply_with_a_plaintext_delta_is_refused_under_secure_aggregatio
     cfg, nodes = _secagg_cfg(tiny_cfg, tmp_path)
     world = build_world(cfg)
     eng = FlowerEngine(FakeGrid(nodes), world, poll_interval=0.0)
-    from fedintel.engines.base import TrainJob
     from fedintel.engines.flower.engine import JobHandle
-    from fedintel.types import Update
+    from fedintel.types import TrainJob, Update
 
     upd = Update(0, {k: torch.zeros_like(v) for k, v in world.initial_state.items()}, 4, 0, 1.0, 1, 1)
     job = Message(RecordDict(), 100, m.TRAIN)

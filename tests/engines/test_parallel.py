@@ -4,10 +4,9 @@ import pytest
 import torch
 
 from fedintel.config import ConfigError, parse_config
-from fedintel.engines.base import TrainJob
 from fedintel.engines.parallel import ParallelEngine
 from fedintel.experiment import run_experiment
-from fedintel.types import Update
+from fedintel.types import TrainJob, Update
 from fedintel.world import build_world
 
 

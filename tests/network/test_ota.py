@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fedintel.aggregation.base import get_aggregator
+from fedintel.aggregation import get_aggregator
 from fedintel.aggregation.fedavg import weighted_mean
 from fedintel.aggregation.ota import OverTheAir
 from fedintel.types import Update

@@ -7,10 +7,9 @@ import torch
 from fedintel.aggregation.factory import build_aggregator
 from fedintel.aggregation.lora_exact import ExactLoRA
 from fedintel.aggregation.validate import update_norm
-from fedintel.engines.base import TrainJob
 from fedintel.privacy.dp import DPAggregator
 from fedintel.privacy.wiring import SecureAggregator, update_hook, wrap_aggregator
-from fedintel.types import Update
+from fedintel.types import TrainJob, Update
 
 
 def _updates(scale: float = 10.0) -> tuple[list[Update], dict]:

@@ -36,9 +36,9 @@ def releases(monkeypatch):
     seen: list[list[int]] = []
     real = dp_mod.DPAggregator.aggregate
 
-    def spy(self, updates, global_state):
+    def spy(self, updates, global_state, ctx=None):
         seen.append([u.client_id for u in updates])
-        return real(self, updates, global_state)
+        return real(self, updates, global_state, ctx)
 
     monkeypatch.setattr(dp_mod.DPAggregator, "aggregate", spy)
     return seen

@@ -13,11 +13,11 @@ from fedintel.privacy.membership import run_membership
 from fedintel.privacy.unlearning import (
     forget_approximate,
     forget_exact,
-    load_contributions,
     participation,
     subtract_contributions,
 )
 from fedintel.tracking.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from fedintel.tracking.contributions import load_contributions
 from fedintel.world import build_world
 from tests.conftest import tiny_config
 

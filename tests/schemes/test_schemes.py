@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fedintel.experiment import build_scheme, run_experiment
-from fedintel.schemes.fedavg import FedAvgScheme
+from fedintel.schemes.synchronous import FedAvgScheme
 from fedintel.world import build_world
 
 DOMAINS = {"dataset": "chatterbot", "domains": ["tech_support", "trivia"], "partition": {"method": "by_domain"},

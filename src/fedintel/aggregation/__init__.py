@@ -1,13 +1,28 @@
-"""How client updates are combined: one small module per rule.
+"""How client updates are combined: one small module per rule, each registered with its config class.
 
 An aggregator takes the accepted :class:`~fedintel.types.Update` objects of a round (their ``delta``
-tensors) and returns one aggregated delta; the scheme adds it to the global adapter.
+tensors) and returns one aggregated delta; the scheme adds it to the global adapter. A rule module ends with
+one :func:`register_aggregator` call; ``aggregation: {rule: <name>, <knobs>}`` then validates against its
+config class.
 """
 
-# Importing the rule modules registers them by name (``aggregation.rule`` in the experiment file).
-from fedintel.aggregation import krum, lora_exact, median, norm_bound, ota, trimmed_mean  # noqa: F401
-from fedintel.aggregation.base import Aggregator, get_aggregator, register, registered
-from fedintel.aggregation.fedavg import FedAvg
-from fedintel.aggregation.validate import UpdateRejected, validate_update
+from __future__ import annotations
 
-__all__ = ["Aggregator", "FedAvg", "UpdateRejected", "get_aggregator", "register", "registered", "validate_update"]
+from fedintel.lazy import lazy_getattr
+
+_EXPORTS = {
+    "AggregationConfig": "builtin",
+    "Aggregator": "base",
+    "build_rule": "builtin",
+    "FedAvg": "fedavg",
+    "get_aggregator": "builtin",
+    "parse_aggregation_config": "builtin",
+    "register_aggregator": "builtin",
+    "registered": "builtin",
+    "RoundContext": "base",
+    "UpdateRejected": "validate",
+    "validate_update": "validate",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

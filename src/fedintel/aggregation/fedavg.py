@@ -7,10 +7,12 @@ Applied to adapter tensors only (FL-LoRA / FL-P-Tuning / FL-Prompt-Tuning in the
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
-from fedintel.aggregation.base import Aggregator, register
+from fedintel.aggregation.base import Aggregator, RoundContext
+from fedintel.aggregation.config import AggregationConfig, register_aggregator
 from fedintel.types import AdapterState, Update
 
 
@@ -30,13 +32,26 @@ def weighted_mean(states: Sequence[AdapterState], weights: Sequence[float]) -> A
     return out
 
 
-@register("fedavg")
+class FedAvgConfig(AggregationConfig):
+    """``aggregation.rule: fedavg`` (``weighted`` picks sample weights or a plain mean)."""
+
+    rule: Literal["fedavg"] = "fedavg"
+
+
 class FedAvg(Aggregator):
     """Sample-weighted average of deltas (``weighted=False``: plain mean)."""
 
     def __init__(self, weighted: bool = True) -> None:
         self.weighted = weighted
 
-    def aggregate(self, updates: Sequence[Update], global_state: AdapterState) -> AdapterState:
+    @classmethod
+    def from_config(cls, config: AggregationConfig, seed: int) -> FedAvg:
+        return cls(weighted=config.weighted)
+
+    def aggregate(self, updates: Sequence[Update], global_state: AdapterState,
+                  ctx: RoundContext | None = None) -> AdapterState:
         weights = [float(u.num_samples) if self.weighted else 1.0 for u in updates]
         return weighted_mean([u.delta for u in updates], weights)
+
+
+register_aggregator(name="fedavg", config_cls=FedAvgConfig, aggregator_cls=FedAvg)

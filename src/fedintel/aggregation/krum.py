@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
+from pydantic import Field
 
-from fedintel.aggregation.base import Aggregator, register
+from fedintel.aggregation.base import Aggregator, RoundContext
+from fedintel.aggregation.config import AggregationConfig, register_aggregator
 from fedintel.aggregation.fedavg import weighted_mean
 from fedintel.types import AdapterState, Update
 
@@ -54,7 +57,13 @@ def _check_f(num_malicious: int) -> None:
         raise ValueError(f"aggregation.num_malicious must be >= 0, got {num_malicious}")
 
 
-@register("krum")
+class KrumConfig(AggregationConfig):
+    """``aggregation.rule: krum``."""
+
+    rule: Literal["krum"] = "krum"
+    num_malicious: int = Field(0, ge=0, description="Assumed number of attackers f.")
+
+
 class Krum(Aggregator):
     """Return the single update with the lowest Krum score (ties: the lowest position).
 
@@ -66,13 +75,25 @@ class Krum(Aggregator):
         _check_f(num_malicious)
         self.num_malicious = num_malicious
 
-    def aggregate(self, updates: Sequence[Update], global_state: AdapterState) -> AdapterState:
+    @classmethod
+    def from_config(cls, config: AggregationConfig, seed: int) -> Krum:
+        return cls(num_malicious=config.num_malicious)  # type: ignore[attr-defined]
+
+    def aggregate(self, updates: Sequence[Update], global_state: AdapterState,
+                  ctx: RoundContext | None = None) -> AdapterState:
         scores = krum_scores([u.delta for u in updates], self.num_malicious)
         best = int(torch.argmin(scores))
         return {k: v.clone() for k, v in updates[best].delta.items()}
 
 
-@register("multi_krum")
+class MultiKrumConfig(AggregationConfig):
+    """``aggregation.rule: multi_krum``."""
+
+    rule: Literal["multi_krum"] = "multi_krum"  # type: ignore[assignment]
+    num_malicious: int = Field(0, ge=0, description="Assumed number of attackers f.")
+    multi_krum_m: int | None = Field(None, ge=1, description="Updates averaged (default n - f).")
+
+
 class MultiKrum(Aggregator):
     """Average the ``m`` updates with the lowest Krum scores (Blanchard et al. 2017, Section 5).
 
@@ -90,6 +111,10 @@ class MultiKrum(Aggregator):
         self.m = m
         self.weighted = weighted
 
+    @classmethod
+    def from_config(cls, config: AggregationConfig, seed: int) -> MultiKrum:
+        return cls(num_malicious=config.num_malicious, m=config.multi_krum_m)  # type: ignore[attr-defined]
+
     def selected(self, updates: Sequence[Update]) -> list[int]:
         """Positions in ``updates`` of the kept updates, best score first."""
         n = len(updates)
@@ -98,7 +123,12 @@ class MultiKrum(Aggregator):
         scores = krum_scores([u.delta for u in updates], self.num_malicious)
         return [int(i) for i in torch.argsort(scores, stable=True)[:m]]
 
-    def aggregate(self, updates: Sequence[Update], global_state: AdapterState) -> AdapterState:
+    def aggregate(self, updates: Sequence[Update], global_state: AdapterState,
+                  ctx: RoundContext | None = None) -> AdapterState:
         keep = [updates[i] for i in self.selected(updates)]
         weights = [float(u.num_samples) if self.weighted else 1.0 for u in keep]
         return weighted_mean([u.delta for u in keep], weights)
+
+
+register_aggregator(name="krum", config_cls=KrumConfig, aggregator_cls=Krum)
+register_aggregator(name="multi_krum", config_cls=MultiKrumConfig, aggregator_cls=MultiKrum)

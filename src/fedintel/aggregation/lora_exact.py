@@ -18,48 +18,10 @@ from collections.abc import Sequence
 
 import torch
 
-from fedintel.aggregation.base import Aggregator, register
+from fedintel.aggregation.base import Aggregator, RoundContext
 from fedintel.aggregation.fedavg import weighted_mean
+from fedintel.models.lora_rank import lora_pairs
 from fedintel.types import AdapterState, Update
-
-
-def lora_pairs(keys: Sequence[str]) -> list[tuple[str, str]]:
-    """``(lora_A key, lora_B key)`` pairs of an adapter state."""
-    pairs = []
-    for k in keys:
-        if "lora_A" in k:
-            b = k.replace("lora_A", "lora_B")
-            if b in keys:
-                pairs.append((k, b))
-    return pairs
-
-
-def truncate_rank(state: AdapterState, rank: int) -> AdapterState:
-    """Zero the LoRA components beyond ``rank`` (rows of A, columns of B): a rank-``rank`` client.
-
-    Zeroed components get zero gradients, so they stay zero while the client trains.
-    """
-    out = dict(state)
-    for a, b in lora_pairs(list(state)):
-        if state[a].shape[0] > rank:
-            out[a] = state[a].clone()
-            out[a][rank:] = 0
-            out[b] = state[b].clone()
-            out[b][:, rank:] = 0
-    return out
-
-
-def lora_wire_bytes(delta: AdapterState, rank: int) -> int:
-    """Bytes a rank-``rank`` client sends: only its slice of each LoRA factor, other tensors whole."""
-    lora = {k for pair in lora_pairs(list(delta)) for k in pair}
-    total = 0
-    for k, t in delta.items():
-        if k in lora:
-            full = t.shape[0] if "lora_A" in k else t.shape[1]
-            total += t.numel() * min(rank, full) // full * t.element_size()
-        else:
-            total += t.numel() * t.element_size()
-    return total
 
 
 def _pair_products(
@@ -99,15 +61,14 @@ def lora_errors(
     return out
 
 
-@register("lora_exact")
 class ExactLoRA(Aggregator):
     """Average ``B_i @ A_i`` and re-factorise to rank r by truncated SVD."""
 
     def __init__(self, weighted: bool = True) -> None:
         self.weighted = weighted
-        self.last_stats: dict[str, float] = {}
 
-    def aggregate(self, updates: Sequence[Update], global_state: AdapterState) -> AdapterState:
+    def aggregate(self, updates: Sequence[Update], global_state: AdapterState,
+                  ctx: RoundContext | None = None) -> AdapterState:
         weights = [float(u.num_samples) if self.weighted else 1.0 for u in updates]
         mean_delta = weighted_mean([u.delta for u in updates], weights)
         new = {k: global_state[k] + mean_delta[k] for k in global_state}  # non-LoRA tensors: FedAvg
@@ -118,7 +79,8 @@ class ExactLoRA(Aggregator):
             root = sv[:rank].sqrt()
             new[b] = (u[:, :rank] * root).to(global_state[b].dtype)
             new[a] = (root[:, None] * vh[:rank]).to(global_state[a].dtype)
-        self.last_stats = lora_errors(updates, global_state, weights, new)
+        if ctx is not None:
+            ctx.stats.update(lora_errors(updates, global_state, weights, new))
         return {k: new[k] - global_state[k] for k in global_state}
 
 
@@ -128,13 +90,11 @@ class MeasuredNaiveLoRA(Aggregator):
     def __init__(self, inner: Aggregator) -> None:
         self.inner = inner
         self.name = inner.name
-        self.last_stats: dict[str, float] = {}
 
-    def set_round(self, round_idx: int) -> None:
-        self.inner.set_round(round_idx)
-
-    def aggregate(self, updates: Sequence[Update], global_state: AdapterState) -> AdapterState:
-        delta = self.inner.aggregate(updates, global_state)
-        weights = [float(u.num_samples) for u in updates]
-        self.last_stats = {**self.inner.last_stats, **lora_errors(updates, global_state, weights)}
+    def aggregate(self, updates: Sequence[Update], global_state: AdapterState,
+                  ctx: RoundContext | None = None) -> AdapterState:
+        delta = self.inner.aggregate(updates, global_state, ctx)
+        if ctx is not None:
+            weights = [float(u.num_samples) for u in updates]
+            ctx.stats.update(lora_errors(updates, global_state, weights))
         return delta

@@ -9,10 +9,12 @@ would let one client claim a huge ``num_samples`` and win every coordinate.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
-from fedintel.aggregation.base import Aggregator, register
+from fedintel.aggregation.base import Aggregator, RoundContext
+from fedintel.aggregation.config import AggregationConfig, register_aggregator
 from fedintel.types import AdapterState, Update
 
 
@@ -30,9 +32,18 @@ def coordinate_median(states: Sequence[AdapterState]) -> AdapterState:
     return out
 
 
-@register("median")
+class MedianConfig(AggregationConfig):
+    """``aggregation.rule: median`` (no knobs)."""
+
+    rule: Literal["median"] = "median"
+
+
 class Median(Aggregator):
     """Coordinate-wise median (Yin et al. 2018); tolerates fewer than half of the clients being malicious."""
 
-    def aggregate(self, updates: Sequence[Update], global_state: AdapterState) -> AdapterState:
+    def aggregate(self, updates: Sequence[Update], global_state: AdapterState,
+                  ctx: RoundContext | None = None) -> AdapterState:
         return coordinate_median([u.delta for u in updates])
+
+
+register_aggregator(name="median", config_cls=MedianConfig, aggregator_cls=Median)

@@ -7,8 +7,12 @@ A scaled (boosted) malicious update can then move the aggregate by at most its w
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
-from fedintel.aggregation.base import Aggregator, register
+from pydantic import Field
+
+from fedintel.aggregation.base import Aggregator, RoundContext
+from fedintel.aggregation.config import AggregationConfig, register_aggregator
 from fedintel.aggregation.fedavg import weighted_mean
 from fedintel.aggregation.validate import update_norm
 from fedintel.types import AdapterState, Update
@@ -23,7 +27,13 @@ def clip_to_norm(delta: AdapterState, max_norm: float) -> AdapterState:
     return {k: v * factor if factor < 1.0 else v.clone() for k, v in delta.items()}
 
 
-@register("norm_bound")
+class NormBoundConfig(AggregationConfig):
+    """``aggregation.rule: norm_bound``."""
+
+    rule: Literal["norm_bound"] = "norm_bound"
+    max_norm: float = Field(1.0, gt=0, description="L2 bound each delta is clipped to.")
+
+
 class NormBound(Aggregator):
     """Clip each delta to ``max_norm`` (L2, over the whole adapter), then take the (weighted) mean.
 
@@ -38,7 +48,15 @@ class NormBound(Aggregator):
         self.max_norm = max_norm
         self.weighted = weighted
 
-    def aggregate(self, updates: Sequence[Update], global_state: AdapterState) -> AdapterState:
+    @classmethod
+    def from_config(cls, config: AggregationConfig, seed: int) -> NormBound:
+        return cls(max_norm=config.max_norm, weighted=config.weighted)  # type: ignore[attr-defined]
+
+    def aggregate(self, updates: Sequence[Update], global_state: AdapterState,
+                  ctx: RoundContext | None = None) -> AdapterState:
         clipped = [clip_to_norm(u.delta, self.max_norm) for u in updates]
         weights = [float(u.num_samples) if self.weighted else 1.0 for u in updates]
         return weighted_mean(clipped, weights)
+
+
+register_aggregator(name="norm_bound", config_cls=NormBoundConfig, aggregator_cls=NormBound)

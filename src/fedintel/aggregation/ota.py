@@ -30,14 +30,23 @@ from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
-from fedintel.aggregation.base import Aggregator, register
+from fedintel.aggregation.base import Aggregator, RoundContext
+from fedintel.aggregation.config import AggregationConfig, register_aggregator
 from fedintel.types import AdapterState, Update
 
 log = logging.getLogger(__name__)
 
 
-@register("ota")
+class OTAConfig(AggregationConfig):
+    """``aggregation.rule: ota``."""
+
+    rule: Literal["ota"] = "ota"
+    snr_db: float = Field(20.0, description="Receive SNR in dB of the analog over-the-air sum.")
+    power_control: Literal["truncated_inversion", "none"] = "truncated_inversion"
+
+
 class OverTheAir(Aggregator):
     """Noisy analog sum of the (sample-weighted) deltas; see the module docstring for the model."""
 
@@ -74,16 +83,17 @@ class OverTheAir(Aggregator):
         self.last_transmitting: list[int] = []
         """Client ids that transmitted in the last call (the others were truncated)."""
 
-    def set_round(self, round_idx: int) -> None:
-        self.calls = round_idx
+    @classmethod
+    def from_config(cls, config: AggregationConfig, seed: int) -> OverTheAir:
+        c = config
+        return cls(snr_db=c.snr_db, power_control=c.power_control, seed=seed, weighted=c.weighted)  # type: ignore[attr-defined]
 
-    @property
-    def last_stats(self) -> dict[str, float]:  # type: ignore[override]
-        return self.last_info
-
-    def aggregate(self, updates: Sequence[Update], global_state: AdapterState) -> AdapterState:
+    def aggregate(self, updates: Sequence[Update], global_state: AdapterState,
+                  ctx: RoundContext | None = None) -> AdapterState:
         if not updates:
             raise ValueError("over-the-air aggregation of no updates")
+        if ctx is not None:  # the round's stream, so resumed runs repeat it
+            self.calls = ctx.round_idx
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.calls]))
         self.calls += 1
         keys = list(updates[0].delta)
@@ -113,7 +123,7 @@ class OverTheAir(Aggregator):
         self.last_transmitting = [updates[i].client_id for i in np.flatnonzero(send)]
         if not send.any():
             log.warning("over-the-air: all %d clients truncated (deep fade); the round's delta is zero", num)
-            self._record(num, 0, math.nan, 0.0)
+            self._record(num, 0, math.nan, 0.0, ctx)
             return {k: torch.zeros_like(updates[0].delta[k]) for k in keys}
         gain = float((amp[send] * w[send]).sum())
         est = (amp[send] * w[send]) @ x[send] / gain
@@ -123,7 +133,7 @@ class OverTheAir(Aggregator):
             est = est + err_std * noise
         else:  # every transmitter sends zeros: no power constraint binds, the noise vanishes
             err_std = 0.0
-        self._record(num, int(send.sum()), a, err_std)
+        self._record(num, int(send.sum()), a, err_std, ctx)
         out: AdapterState = {}
         offset = 0
         for k in keys:
@@ -133,7 +143,7 @@ class OverTheAir(Aggregator):
             offset += n
         return out
 
-    def _record(self, num: int, sent: int, scale: float, err_std: float) -> None:
+    def _record(self, num: int, sent: int, scale: float, err_std: float, ctx: RoundContext | None) -> None:
         self.last_info = {
             "ota_clients": float(num),
             "ota_transmitting": float(sent),
@@ -142,3 +152,8 @@ class OverTheAir(Aggregator):
             "ota_noise_std": err_std,
             "ota_mse_expected": err_std**2,
         }
+        if ctx is not None:
+            ctx.stats.update(self.last_info)
+
+
+register_aggregator(name="ota", config_cls=OTAConfig, aggregator_cls=OverTheAir)

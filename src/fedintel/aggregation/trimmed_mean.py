@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
+from pydantic import Field
 
-from fedintel.aggregation.base import Aggregator, register
+from fedintel.aggregation.base import Aggregator, RoundContext
+from fedintel.aggregation.config import AggregationConfig, register_aggregator
 from fedintel.types import AdapterState, Update
 
 
@@ -31,7 +34,13 @@ def coordinate_trimmed_mean(states: Sequence[AdapterState], beta: float) -> Adap
     return out
 
 
-@register("trimmed_mean")
+class TrimmedMeanConfig(AggregationConfig):
+    """``aggregation.rule: trimmed_mean``."""
+
+    rule: Literal["trimmed_mean"] = "trimmed_mean"
+    trim_beta: float = Field(0.1, ge=0, lt=0.5, description="Fraction cut at each end of every coordinate.")
+
+
 class TrimmedMean(Aggregator):
     """Coordinate-wise ``beta``-trimmed mean (Yin et al. 2018).
 
@@ -45,5 +54,13 @@ class TrimmedMean(Aggregator):
             raise ValueError(f"aggregation.beta must be in [0, 0.5), got {beta}")
         self.beta = beta
 
-    def aggregate(self, updates: Sequence[Update], global_state: AdapterState) -> AdapterState:
+    @classmethod
+    def from_config(cls, config: AggregationConfig, seed: int) -> TrimmedMean:
+        return cls(beta=config.trim_beta)  # type: ignore[attr-defined]
+
+    def aggregate(self, updates: Sequence[Update], global_state: AdapterState,
+                  ctx: RoundContext | None = None) -> AdapterState:
         return coordinate_trimmed_mean([u.delta for u in updates], self.beta)
+
+
+register_aggregator(name="trimmed_mean", config_cls=TrimmedMeanConfig, aggregator_cls=TrimmedMean)

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
+from fedintel.errors import FedintelError
 from fedintel.types import MASKED_KEY, AdapterState, Update
 
 
-class UpdateRejected(ValueError):
+class UpdateRejected(FedintelError, ValueError):
     """An update failed validation; the message says which check."""
 
 

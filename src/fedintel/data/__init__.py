@@ -1,7 +1,17 @@
 """Offline corpora, partitioners and tokenisation."""
 
-from fedintel.data.corpora import BUILTIN_DATASETS, DatasetError
-from fedintel.data.federated import ClientData, FederatedData, build_federated_data
-from fedintel.data.tokenize import TokenizedSet
+from __future__ import annotations
 
-__all__ = ["BUILTIN_DATASETS", "ClientData", "DatasetError", "FederatedData", "TokenizedSet", "build_federated_data"]
+from fedintel.lazy import lazy_getattr
+
+_EXPORTS = {
+    "build_federated_data": "federated",
+    "BUILTIN_DATASETS": "corpora",
+    "ClientData": "federated",
+    "DatasetError": "corpora",
+    "FederatedData": "federated",
+    "TokenizedSet": "tokenize",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

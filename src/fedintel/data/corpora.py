@@ -23,12 +23,13 @@ from pathlib import Path
 
 import yaml
 
+from fedintel.errors import FedintelError
 from fedintel.paths import cache_dir
 
 Record = dict[str, object]
 
 
-class DatasetError(ValueError):
+class DatasetError(FedintelError, ValueError):
     """A dataset is missing or unreadable; the message says how to get it."""
 
 

@@ -10,8 +10,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fedintel.errors import FedintelError
 
-class PartitionError(ValueError):
+
+class PartitionError(FedintelError, ValueError):
     """The pool cannot be split as asked (too few examples, unknown domain...)."""
 
 

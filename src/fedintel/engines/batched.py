@@ -19,12 +19,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from fedintel.engines.base import ClientFailure, TrainJob
 from fedintel.engines.local import LocalEngine
 from fedintel.training.batched import BatchJob, batching_problem, train_batched
 from fedintel.training.client import TrainingDiverged
 from fedintel.training.job import PreparedJob, UpdateHook, finish_job, local_spec, prepare_job
-from fedintel.types import Update
+from fedintel.types import ClientFailure, TrainJob, Update
 from fedintel.world import World
 
 log = logging.getLogger(__name__)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from fedintel.engines.base import ClientFailure, Engine, TrainJob
+from fedintel.engines.base import Engine
 from fedintel.training.client import TrainingDiverged
 from fedintel.training.job import UpdateHook, run_train_job
-from fedintel.types import Update
+from fedintel.types import ClientFailure, TrainJob, Update
 from fedintel.world import World
 
 log = logging.getLogger(__name__)

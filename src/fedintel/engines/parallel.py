@@ -21,9 +21,9 @@ import torch
 import torch.multiprocessing as mp
 
 from fedintel.config import ExperimentConfig
-from fedintel.engines.base import ClientFailure, Engine, TrainJob
+from fedintel.engines.base import Engine
 from fedintel.training.client import TrainingDiverged
-from fedintel.types import Update
+from fedintel.types import ClientFailure, TrainJob, Update
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,15 @@
 """Base models and tokenizers from local directories or offline packages, and PEFT builders."""
 
-from fedintel.models.loader import LoadedModel, ModelError, load_base_model
-from fedintel.models.peft_builder import build_peft_model
+from __future__ import annotations
 
-__all__ = ["LoadedModel", "ModelError", "load_base_model", "build_peft_model"]
+from fedintel.lazy import lazy_getattr
+
+_EXPORTS = {
+    "build_peft_model": "peft_builder",
+    "load_base_model": "loader",
+    "LoadedModel": "loader",
+    "ModelError": "loader",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

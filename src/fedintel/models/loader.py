@@ -27,6 +27,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from fedintel.config import ModelConfig
+from fedintel.errors import FedintelError
 from fedintel.models import sources
 from fedintel.runtime import CPU, Runtime, place_model
 
@@ -43,7 +44,7 @@ BUILTIN_MODELS = {
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-class ModelError(ValueError):
+class ModelError(FedintelError, ValueError):
     """The configured model cannot be loaded; the message says why and what to do."""
 
 

@@ -6,32 +6,19 @@ copied into the model's trainable parameters before it trains and read back afte
 
 from __future__ import annotations
 
+import peft
 import torch
-from peft import (
-    LoraConfig,
-    PeftModel,
-    PrefixTuningConfig,
-    PromptTuningConfig,
-    TaskType,
-    get_peft_model,
-)
+from peft import PeftModel, TaskType, get_peft_model
 
-from fedintel.config import PeftConfig
+from fedintel.models.peft_methods import PeftConfig
 from fedintel.runtime import CPU, Runtime, keep_trainable_fp32
 from fedintel.types import AdapterState
 
 
-def peft_config_for(cfg: PeftConfig, task: str) -> LoraConfig | PrefixTuningConfig | PromptTuningConfig:
-    """Translate fedintel's ``peft`` section into PEFT's own config object."""
+def peft_config_for(cfg: PeftConfig, task: str) -> peft.PeftConfig:
+    """Translate fedintel's ``peft`` section into PEFT's own config object (the class its method names)."""
     task_type = TaskType.CAUSAL_LM if task == "causal_lm" else TaskType.SEQ_CLS
-    if cfg.method == "lora":
-        return LoraConfig(
-            task_type=task_type, r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-            target_modules=cfg.target_modules,
-        )
-    if cfg.method == "prefix":
-        return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=cfg.num_virtual_tokens)
-    return PromptTuningConfig(task_type=task_type, num_virtual_tokens=cfg.num_virtual_tokens)
+    return getattr(peft, cfg.peft_config_cls)(task_type=task_type, **cfg.peft_kwargs())
 
 
 def build_peft_model(base: torch.nn.Module, cfg: PeftConfig, task: str, seed: int = 0) -> PeftModel:

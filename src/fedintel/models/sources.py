@@ -13,12 +13,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from fedintel.errors import FedintelError
 from fedintel.paths import cache_dir
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class ModelSourceError(RuntimeError):
+class ModelSourceError(FedintelError, RuntimeError):
     """A built-in model's package is missing or broken."""
 
 

@@ -4,32 +4,31 @@ A base station at the centre of a cell, users dropped at random, path loss + sha
 Shannon rates on shared bandwidth, heterogeneous device compute, a simulated clock. Pure numpy.
 """
 
-from fedintel.network.allocation import equal_split, min_max_latency, min_max_latency_split
-from fedintel.network.channel import ChannelState, path_loss_db, shannon_rate_bps
-from fedintel.network.clock import Event, EventQueue, SimClock
-from fedintel.network.config import DeviceDistribution, DeviceProfileSpec, NetworkConfig, PathLossConfig
-from fedintel.network.devices import DeviceProfile
-from fedintel.network.report import summarize_round
-from fedintel.network.simulator import ClientJob, ClientTiming, RoundTiming, WirelessNetwork
+from __future__ import annotations
 
-__all__ = [
-    "ChannelState",
-    "ClientJob",
-    "ClientTiming",
-    "DeviceDistribution",
-    "DeviceProfile",
-    "DeviceProfileSpec",
-    "Event",
-    "EventQueue",
-    "NetworkConfig",
-    "PathLossConfig",
-    "RoundTiming",
-    "SimClock",
-    "WirelessNetwork",
-    "equal_split",
-    "min_max_latency",
-    "min_max_latency_split",
-    "path_loss_db",
-    "shannon_rate_bps",
-    "summarize_round",
-]
+from fedintel.lazy import lazy_getattr
+
+_EXPORTS = {
+    "ChannelState": "channel",
+    "ClientJob": "simulator",
+    "ClientTiming": "simulator",
+    "DeviceDistribution": "config",
+    "DeviceProfile": "devices",
+    "DeviceProfileSpec": "config",
+    "equal_split": "allocation",
+    "Event": "clock",
+    "EventQueue": "clock",
+    "min_max_latency": "allocation",
+    "min_max_latency_split": "allocation",
+    "NetworkConfig": "config",
+    "path_loss_db": "channel",
+    "PathLossConfig": "config",
+    "RoundTiming": "simulator",
+    "shannon_rate_bps": "channel",
+    "SimClock": "clock",
+    "summarize_round": "report",
+    "WirelessNetwork": "simulator",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

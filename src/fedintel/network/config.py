@@ -10,16 +10,14 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from fedintel.sections import Section
 
 MAX_POWER_DBM = 60.0
 """Largest transmit power accepted (60 dBm = 1 kW); anything above is surely a unit mistake."""
 MIN_POWER_DBM = -60.0
 """Smallest transmit power accepted (-60 dBm = 1 nW)."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 def _check_dbm(value: float, name: str) -> float:
@@ -41,7 +39,7 @@ def _check_watts(value: float, name: str) -> float:
     return value
 
 
-class PathLossConfig(_Section):
+class PathLossConfig(Section):
     """Large-scale path loss as a function of the link distance ``d``."""
 
     model: Literal["3gpp", "log_distance"] = Field(
@@ -60,7 +58,7 @@ class PathLossConfig(_Section):
     )
 
 
-class DeviceProfileSpec(_Section):
+class DeviceProfileSpec(Section):
     """One explicit device profile (overrides the distribution; profiles are assigned to clients cyclically)."""
 
     flops_per_s: float = Field(gt=0, description="Sustained training throughput in FLOP/s.")
@@ -76,7 +74,7 @@ class DeviceProfileSpec(_Section):
         return _check_watts(v, "power_w")
 
 
-class DeviceDistribution(_Section):
+class DeviceDistribution(Section):
     """How device compute profiles are drawn (seeded), so some devices are stragglers."""
 
     distribution: Literal["fixed", "uniform", "lognormal"] = Field(
@@ -118,7 +116,7 @@ class DeviceDistribution(_Section):
         return self
 
 
-class NetworkConfig(_Section):
+class NetworkConfig(Section):
     """The cell, its channels, device profiles, and the scheduling policies of the simulated network."""
 
     enabled: bool = Field(True, description="Simulate time, bytes and energy on the wireless network.")

@@ -5,18 +5,20 @@ experiment file picks one with ``optimizer: {name: ..., <knobs>}``. Built in: ``
 ``fedprox``, ``scaffold``, ``fedavgm``, ``fedadam``, ``fedyogi``, ``fedadagrad``.
 """
 
-# Importing the algorithm modules registers them by name.
-from fedintel.optimizers import fedadagrad, fedadam, fedavg, fedavgm, fedprox, fedyogi, scaffold  # noqa: F401
-from fedintel.optimizers.base import FederatedOptimizer, LocalTerm, OptimizerConfig
-from fedintel.optimizers.registry import (
-    build_optimizer,
-    config_class,
-    parse_optimizer_config,
-    register_optimizer,
-    registered,
-)
+from __future__ import annotations
 
-__all__ = [
-    "FederatedOptimizer", "LocalTerm", "OptimizerConfig", "build_optimizer", "config_class",
-    "parse_optimizer_config", "register_optimizer", "registered",
-]
+from fedintel.lazy import lazy_getattr
+
+_EXPORTS = {
+    "build_optimizer": "builtin",
+    "config_class": "builtin",
+    "FederatedOptimizer": "base",
+    "LocalTerm": "base",
+    "OptimizerConfig": "base",
+    "parse_optimizer_config": "builtin",
+    "register_optimizer": "builtin",
+    "registered": "builtin",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -19,8 +19,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from fedintel.sections import Section
 from fedintel.types import AdapterState, Update
 
 if TYPE_CHECKING:
@@ -29,14 +30,12 @@ if TYPE_CHECKING:
     from fedintel.config import ExperimentConfig
 
 
-class OptimizerConfig(BaseModel):
+class OptimizerConfig(Section):
     """The ``optimizer:`` section; each algorithm registers a subclass with its own knobs.
 
     Subclasses narrow ``name`` to their registered name and may override :meth:`cross_check` to refuse
     experiment settings they cannot serve.
     """
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     name: str = Field("fedavg", description="The federated optimizer (see `fedintel.optimizers.registered()`).")
 

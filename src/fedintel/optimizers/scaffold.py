@@ -58,7 +58,7 @@ class ScaffoldConfig(OptimizerConfig):
             "aggregation.lora": (cfg.aggregation.lora, cfg.aggregation.lora != "naive"),
             "privacy.dp": (cfg.privacy.dp, cfg.privacy.dp != "none"),
             "privacy.secure_aggregation": (True, cfg.privacy.secure_aggregation),
-            "peft.client_ranks": (cfg.peft.client_ranks, cfg.peft.client_ranks is not None),
+            "peft.client_ranks": (getattr(cfg.peft, "client_ranks", None), getattr(cfg.peft, "client_ranks", None) is not None),
             "output.save_client_updates": (True, cfg.output.save_client_updates),
         }
         bad = [f"{field}: {value}" for field, (value, hit) in refuse.items() if hit]

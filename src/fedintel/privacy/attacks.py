@@ -25,17 +25,16 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from fedintel.sections import Section
 from fedintel.types import Update
 
 AttackKind = Literal["none", "sign_flip", "scale", "noise", "label_flip"]
 
 
-class AttackConfig(BaseModel):
+class AttackConfig(Section):
     """The ``attack:`` section of an experiment file: which clients are malicious and what they do."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     kind: AttackKind = Field("none", description="none | sign_flip | scale | noise | label_flip.")
     fraction: float = Field(

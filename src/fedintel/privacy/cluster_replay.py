@@ -81,7 +81,7 @@ class ReplayClusteredScheme(ClusteredScheme):
     def __init__(self, *args: Any, source_dir: Path, client_id: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.source_dir = Path(source_dir)
-        assignment = self._static_assignment(self.world.cfg.federation.num_clients)
+        assignment = self.method.initial_assignment(self.world)
         self.cluster = assignment[client_id]
         self.members = {c for c, k in enumerate(assignment) if k == self.cluster}
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from fedintel.sections import Section
 
 
-class PrivacyConfig(BaseModel):
+class PrivacyConfig(Section):
     """Differential privacy and secure aggregation settings."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     dp: Literal["none", "central", "local"] = Field(
         "none",

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import torch
 
-from fedintel.aggregation.base import Aggregator, register
+from fedintel.aggregation.base import Aggregator, RoundContext
 from fedintel.aggregation.norm_bound import clip_to_norm
 from fedintel.aggregation.validate import update_norm
 from fedintel.types import AdapterState, Update
@@ -88,7 +88,6 @@ def round_generator(seed: int, round_idx: int, stream: str = "dp") -> torch.Gene
     return gen
 
 
-@register("dp_fedavg")
 class DPAggregator(Aggregator):
     """Central client-level DP-FedAvg (McMahan et al. 2018): clip, equal-weight sum, fixed denominator, noise.
 
@@ -99,9 +98,9 @@ class DPAggregator(Aggregator):
             ``None``, the number of updates received is used, which reveals the participant count; fine for
             fixed-size sampling but not what the Poisson accountant assumes.
         seed: seeds the noise. Each :meth:`aggregate` call advances an internal round counter; call
-            :meth:`set_round` first to tie the noise to a round index (needed for bit-identical resumes).
+            :class:`RoundContext` with the round index to tie the noise to it (needed for bit-identical resumes).
 
-    After each call, :attr:`last_stats` holds ``dp_clipped_fraction`` and ``dp_mean_norm`` (pre-clip) for the
+    Each call writes ``dp_clipped_fraction`` and ``dp_mean_norm`` (pre-clip) into its context's ``stats`` for the
     metrics store.
     """
 
@@ -123,13 +122,9 @@ class DPAggregator(Aggregator):
         self.expected_clients = expected_clients
         self.seed = seed
         self._round = 0
-        self.last_stats: dict[str, float] = {}
 
-    def set_round(self, round_idx: int) -> None:
-        """Draw the next aggregation's noise from the stream of ``round_idx``."""
-        self._round = round_idx
-
-    def aggregate(self, updates: Sequence[Update], global_state: AdapterState) -> AdapterState:
+    def aggregate(self, updates: Sequence[Update], global_state: AdapterState,
+                  ctx: RoundContext | None = None) -> AdapterState:
         if not updates:
             raise ValueError("DP aggregation of no updates")
         norms = [update_norm(u.delta) for u in updates]
@@ -141,11 +136,12 @@ class DPAggregator(Aggregator):
                 acc += c[key].to(torch.float64)
             total[key] = acc
         m = self.expected_clients if self.expected_clients is not None else float(len(updates))
+        if ctx is not None:  # the round's noise stream, so a resumed run draws the same noise
+            self._round = ctx.round_idx
         gen = round_generator(self.seed, self._round)
         self._round += 1
         out = privatize_sum(total, m, self.clip_norm, self.noise_multiplier, gen)
-        self.last_stats = {
-            "dp_clipped_fraction": sum(n > self.clip_norm for n in norms) / len(norms),
-            "dp_mean_norm": sum(norms) / len(norms),
-        }
+        if ctx is not None:
+            ctx.stats.update(dp_clipped_fraction=sum(n > self.clip_norm for n in norms) / len(norms),
+                             dp_mean_norm=sum(norms) / len(norms))
         return {k: out[k].to(updates[0].delta[k].dtype) for k in out}

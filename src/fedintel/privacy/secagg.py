@@ -64,6 +64,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
+from fedintel.errors import FedintelError
 from fedintel.types import AdapterState, Update
 
 FIELD_PRIME = 2**521 - 1
@@ -73,7 +74,7 @@ _MOD_BITS = 64
 _DOMAIN = b"fedintel-secagg-v1"
 
 
-class SecAggError(RuntimeError):
+class SecAggError(FedintelError, RuntimeError):
     """The protocol cannot continue (too few survivors, inconsistent requests, bad shares)."""
 
 

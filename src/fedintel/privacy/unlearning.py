@@ -35,77 +35,20 @@ from typing import Any
 
 import torch
 
+from fedintel.aggregation.base import RoundContext
 from fedintel.config import ConfigError, ExperimentConfig, dump_config, load_config
+from fedintel.experiment import resume_experiment
 from fedintel.tracking.checkpoint import checkpoint_path, latest_checkpoint, list_checkpoints, save_checkpoint
+from fedintel.tracking.contributions import contributions_path, load_contributions, save_contributions
 from fedintel.tracking.progress import Reporter
 from fedintel.tracking.rundir import run_lock
 from fedintel.tracking.store import MetricsStore
-from fedintel.types import AdapterState, Update
+from fedintel.types import AdapterState
 
 log = logging.getLogger(__name__)
 
-UPDATES_DIR = "client_updates"
 _TRAINED = ("accepted", "dropped", "train_loss", "steps", "staleness")
 """Per-client metrics only a client that was asked to train has (evaluation rows exist for every client)."""
-_UPDATE_FIELDS = ("client_id", "num_samples", "base_version", "train_loss", "steps", "tokens", "flops")
-
-
-# -- stored contributions (output.save_client_updates) -------------------------------------------------
-def contributions_path(run_dir: Path, round_idx: int) -> Path:
-    """``RUN_DIR/client_updates/round_00003.pt``: the accepted updates of one round."""
-    return Path(run_dir) / UPDATES_DIR / f"round_{round_idx:05d}.pt"
-
-
-def save_contributions(run_dir: Path, round_idx: int, aggregations: Sequence[dict[str, Any]]) -> Path:
-    """Write one round's aggregations atomically (temporary file, fsync, rename).
-
-    Each aggregation is ``{"reference": AdapterState, "updates": [Update], "delta": AdapterState}``: the
-    adapter the updates were aggregated onto, the accepted updates as received, and the applied delta.
-    A round recomputed after a resume overwrites its file with identical content.
-    """
-    payload = {
-        "round": round_idx,
-        "aggregations": [
-            {
-                "reference": dict(a["reference"]),
-                "delta": dict(a["delta"]),
-                "updates": [
-                    {**{f: getattr(u, f) for f in _UPDATE_FIELDS}, "delta": dict(u.delta), "metrics": dict(u.metrics)}
-                    for u in a["updates"]
-                ],
-            }
-            for a in aggregations
-        ],
-    }
-    path = contributions_path(run_dir, round_idx)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
-
-
-def load_contributions(run_dir: Path, round_idx: int) -> list[dict[str, Any]]:
-    """One round's aggregations as saved by :func:`save_contributions`, with updates as :class:`Update`."""
-    path = contributions_path(run_dir, round_idx)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} is missing: the run did not keep client updates (output.save_client_updates: true), "
-            "which approximate unlearning needs; use --method exact"
-        )
-    raw = torch.load(path, map_location="cpu", weights_only=True)
-    return [
-        {
-            "reference": a["reference"],
-            "delta": a["delta"],
-            "updates": [Update(delta=u["delta"], metrics=u["metrics"], **{f: u[f] for f in _UPDATE_FIELDS})
-                        for u in a["updates"]],
-        }
-        for a in raw["aggregations"]
-    ]
 
 
 # -- results ---------------------------------------------------------------------------------------
@@ -271,7 +214,6 @@ def _forget_config(cfg: ExperimentConfig, client_id: int, rounds: int | None = N
 
 
 def _resume(out: Path, reporter: Reporter | None, scheme_factory: Any = None) -> tuple[dict[str, float], float]:
-    from fedintel.experiment import resume_experiment  # late: the runner imports this module to save updates
 
     t0 = time.perf_counter()
     result = resume_experiment(out, reporter, scheme_factory)
@@ -378,9 +320,7 @@ def subtract_contributions(
             if len(others) == len(rec["updates"]):
                 continue
             if others:
-                aggregator.set_round(rnd)
-                aggregator.round_dropped = []
-                without = aggregator.aggregate(others, rec["reference"])
+                without = aggregator.aggregate(others, rec["reference"], RoundContext(rnd))
             else:
                 without = {k: torch.zeros_like(v) for k, v in rec["delta"].items()}
             for k in correction:

@@ -22,13 +22,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from fedintel.aggregation.base import Aggregator
+from fedintel.aggregation.base import Aggregator, RoundContext
 from fedintel.config import ExperimentConfig
 from fedintel.data.tokenize import TokenizedSet
-from fedintel.engines.base import TrainJob
 from fedintel.privacy.attacks import apply_attack, flip_labels, malicious_clients
 from fedintel.privacy.dp import DPAggregator, clip_delta, privatize_local, privatize_sum, round_generator
-from fedintel.types import MASKED_KEY, AdapterState, Update
+from fedintel.types import MASKED_KEY, AdapterState, TrainJob, Update
 from fedintel.world import World, derive_seed
 
 
@@ -133,52 +132,49 @@ class SecureAggregator(Aggregator):
     def __init__(self, cfg: ExperimentConfig) -> None:
         self.cfg = cfg
         self.seed = cfg.federation.seed
-        self.round_idx = 0
-        self.round_dropped: list[int] = []
         self.sigma = noise_multiplier(cfg) if cfg.privacy.dp == "central" else 0.0
-        self.last_stats: dict[str, float] = {}
         self.remote: RemoteSum | None = None
 
-    def set_round(self, round_idx: int) -> None:
-        self.round_idx = round_idx
-
-    def aggregate(self, updates: Sequence[Update], global_state: AdapterState) -> AdapterState:
+    def aggregate(self, updates: Sequence[Update], global_state: AdapterState,
+                  ctx: RoundContext | None = None) -> AdapterState:
+        ctx = ctx or RoundContext()
         masked = [MASKED_KEY in u.delta for u in updates]
         if self.remote is not None or any(masked):
             if self.remote is None or not all(masked):
                 raise RuntimeError("secure aggregation: plaintext and masked updates mixed, or masked updates "
                                    "without the clients to unmask them")
-            return self._aggregate_remote(updates, global_state)
+            return self._aggregate_remote(updates, global_state, ctx)
         from fedintel.privacy.secagg import secure_mean, secure_sum
 
         p = self.cfg.privacy
-        common = {"dropped_ids": self.round_dropped, "threshold": p.secagg_threshold, "frac_bits": p.secagg_frac_bits}
+        common = {"dropped_ids": ctx.dropped, "threshold": p.secagg_threshold, "frac_bits": p.secagg_frac_bits}
         if p.dp == "central":
             clipped = [Update(u.client_id, clip_delta(u.delta, p.clip_norm), u.num_samples, u.base_version,
                               u.train_loss, u.steps, u.tokens) for u in updates]
-            total = secure_sum(clipped, self.round_idx, self.seed, **common)
-            gen = round_generator(self.seed, self.round_idx)
+            total = secure_sum(clipped, ctx.round_idx, self.seed, **common)
+            gen = round_generator(self.seed, ctx.round_idx)
             out = privatize_sum({k: v.double() for k, v in total.items()}, self.cfg.federation.clients_per_round,
                                 p.clip_norm, self.sigma, gen)
         else:
-            out = secure_mean(updates, self.round_idx, self.seed, weighted=self.cfg.aggregation.weighted, **common)
-        self.last_stats = {"secagg_clients": float(len(updates)), "secagg_dropped": float(len(self.round_dropped))}
+            out = secure_mean(updates, ctx.round_idx, self.seed, weighted=self.cfg.aggregation.weighted, **common)
+        ctx.stats.update(secagg_clients=float(len(updates)), secagg_dropped=float(len(ctx.dropped)))
         return {k: out[k].to(global_state[k].dtype) for k in global_state}
 
-    def _aggregate_remote(self, updates: Sequence[Update], global_state: AdapterState) -> AdapterState:
+    def _aggregate_remote(self, updates: Sequence[Update], global_state: AdapterState,
+                          ctx: RoundContext) -> AdapterState:
         from fedintel.privacy.secagg import mean_from_sum
 
         assert self.remote is not None
         p = self.cfg.privacy
         template = masking_input(self.cfg, {k: torch.zeros_like(v) for k, v in global_state.items()}, 1)
-        total = self.remote(self.round_idx, updates, template)
+        total = self.remote(ctx.round_idx, updates, template)
         if p.dp == "central":
-            gen = round_generator(self.seed, self.round_idx)
+            gen = round_generator(self.seed, ctx.round_idx)
             out = privatize_sum({k: v.double() for k, v in total.items()}, self.cfg.federation.clients_per_round,
                                 p.clip_norm, self.sigma, gen)
         else:
             out = mean_from_sum(total, global_state)
-        self.last_stats = {"secagg_clients": float(len(updates)), "secagg_dropped": float(len(self.round_dropped))}
+        ctx.stats.update(secagg_clients=float(len(updates)), secagg_dropped=float(len(ctx.dropped)))
         return {k: out[k].to(global_state[k].dtype) for k in global_state}
 
 

@@ -92,7 +92,7 @@ def paper_runs(runs_dir: Path, seeds: list[int]) -> list[PaperRun]:
 
 # -- reading results ---------------------------------------------------------------------------------
 def load_rounds(run_dir: Path) -> list[dict[str, float]]:
-    with MetricsStore(run_dir / "metrics.db") as store:
+    with MetricsStore(run_dir / "metrics.db", read_only=True) as store:
         return store.rounds(store.run_ids()[-1])
 
 

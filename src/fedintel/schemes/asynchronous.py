@@ -26,12 +26,11 @@ from typing import Any
 import numpy as np
 
 from fedintel.aggregation.validate import UpdateRejected, validate_update
-from fedintel.engines.base import ClientFailure, TrainJob
 from fedintel.network.clock import EventQueue
 from fedintel.network.simulator import ClientJob
 from fedintel.schemes.base import RoundRecord, Scheme, add_state, new_totals
 from fedintel.seeding import derive_seed
-from fedintel.types import Update, state_nbytes
+from fedintel.types import ClientFailure, TrainJob, Update, state_nbytes
 
 OUTAGE_RETRY_S = 1.0  # a client in a deep fade tries again this much later
 

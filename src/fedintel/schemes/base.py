@@ -11,15 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from fedintel.aggregation.base import Aggregator
+from fedintel.aggregation.base import Aggregator, RoundContext
 from fedintel.aggregation.validate import ClaimLimits, UpdateRejected, check_claims, validate_update
-from fedintel.engines.base import ClientFailure, Engine, TrainJob
+from fedintel.engines.base import Engine
 from fedintel.network.report import summarize_round
 from fedintel.network.simulator import ClientJob
-from fedintel.optimizers import build_optimizer
+from fedintel.optimizers.builtin import build_optimizer
 from fedintel.tracking.progress import NullReporter, Reporter
 from fedintel.training.flops import train_flops
-from fedintel.types import AdapterState, Update, state_nbytes
+from fedintel.types import AdapterState, ClientFailure, TrainJob, Update, state_nbytes
 from fedintel.world import World, derive_seed
 
 log = logging.getLogger(__name__)
@@ -261,11 +261,10 @@ class Scheme(ABC):
         dropped: Sequence[int] = (),
     ) -> AdapterState:
         """The aggregator's delta for ``updates``, with its diagnostics recorded."""
-        self.aggregator.set_round(round_idx)
-        self.aggregator.round_dropped = list(dropped)
-        delta = self.aggregator.aggregate(updates, reference)
+        ctx = RoundContext(round_idx, list(dropped))
+        delta = self.aggregator.aggregate(updates, reference, ctx)
         record.aggregations.append(dict(Counter(u.client_id for u in updates)))
-        record.metrics.update(self.aggregator.last_stats)
+        record.metrics.update(ctx.stats)
         if self.contributions is not None:  # output.save_client_updates (approximate unlearning)
             self.contributions.append({"reference": reference, "updates": list(updates), "delta": delta})
         return delta

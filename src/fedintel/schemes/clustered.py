@@ -16,13 +16,11 @@ import numpy as np
 import torch
 
 from fedintel.aggregation.fedavg import weighted_mean
-from fedintel.config import ConfigError
 from fedintel.data.tokenize import collate
-from fedintel.engines.base import TrainJob
-from fedintel.schemes import clustering
 from fedintel.schemes.base import RoundRecord, Scheme, new_totals
+from fedintel.schemes.cluster_methods import build_clustering_method, purity
 from fedintel.seeding import derive_seed
-from fedintel.types import AdapterState, Update, state_nbytes
+from fedintel.types import AdapterState, TrainJob, Update, state_nbytes
 
 
 class ClusteredScheme(Scheme):
@@ -30,12 +28,15 @@ class ClusteredScheme(Scheme):
 
     name = "clustered"
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.method = build_clustering_method(self.world.cfg.clustering)
+
     def initial_state(self) -> dict[str, Any]:
         c = self.world.cfg.clustering
-        n = self.world.cfg.federation.num_clients
         init = self.world.initial_state
         clusters = [init for _ in range(c.num_clusters)]
-        if c.method == "ifca":
+        if self.method.picks_each_round:
             # IFCA needs distinct starting points; LoRA's B=0 would make every cluster identical.
             gen = torch.Generator().manual_seed(derive_seed(self.world.cfg.federation.seed, 17))
             clusters = [init] + [
@@ -44,46 +45,26 @@ class ClusteredScheme(Scheme):
             ]
         return {
             "clusters": clusters,
-            "assignment": self._static_assignment(n),
+            "assignment": self.method.initial_assignment(self.world),
             "versions": [0] * c.num_clusters,
             "totals": new_totals(),
             "optimizer": [self.optimizer.init_state(cl) for cl in clusters],  # one federated-optimizer state per cluster
         }
 
-    def _static_assignment(self, n: int) -> list[int]:
-        c, w = self.world.cfg.clustering, self.world
-        if c.method == "given":
-            domains = w.data.client_domains
-            if any(d is None for d in domains):
-                raise ConfigError("clustering.method: given needs data.partition.method by_domain (clients' domains)")
-            names = sorted({d for d in domains if d is not None})
-            if len(names) != c.num_clusters:
-                raise ConfigError(
-                    f"clustering.num_clusters ({c.num_clusters}) must equal the number of domains ({len(names)}) "
-                    "for method given"
-                )
-            return [names.index(d) for d in domains]  # type: ignore[arg-type]
-        if c.method in ("capability", "latency"):
-            if w.network is None:
-                raise ConfigError(f"clustering.method: {c.method} needs network.enabled: true")
-            values = [p.flops for p in w.network.profiles] if c.method == "capability" else list(w.network.distances_m)
-            return clustering.cluster_by_value(values, c.num_clusters)
-        return [-1] * n  # similarity and ifca decide during training
-
     # -- a round -------------------------------------------------------------------------------------
     def run_round(self, round_idx: int, state: dict[str, Any]) -> tuple[dict[str, Any], RoundRecord]:
         cfg = self.world.cfg
-        c, fed = cfg.clustering, cfg.federation
+        fed = cfg.federation
         record = RoundRecord()
         state = {**state, "totals": dict(state["totals"]), "assignment": list(state["assignment"]),
                  "clusters": list(state["clusters"]), "versions": list(state["versions"]),
                  "optimizer": list(state.get("optimizer") or [{} for _ in state["clusters"]])}
-        forming = c.method == "similarity" and min(state["assignment"]) < 0
+        forming = self.method.forms_from_updates and min(state["assignment"]) < 0
         if forming:  # every client trains once from the shared start so all can be clustered
             chosen = [c for c in range(fed.num_clients) if c not in set(fed.exclude_clients)]
         else:
             chosen = self.choose_clients(round_idx, range(fed.num_clients), fed.clients_per_round)
-        if c.method == "ifca":
+        if self.method.picks_each_round:
             for cid in chosen:
                 state["assignment"][cid] = self._ifca_pick(cid, state["clusters"])
         start = {cid: state["clusters"][max(state["assignment"][cid], 0)] for cid in chosen}
@@ -96,9 +77,7 @@ class ClusteredScheme(Scheme):
         arrived = self.apply_network(round_idx, state["totals"], results, record, down)
         accepted = self.screen(arrived, self.world.initial_state, record, expected_version=version, bytes_down=down)
         if forming:
-            labels = clustering.cluster_by_similarity(
-                [u.delta for u in accepted], c.num_clusters, c.algorithm, derive_seed(fed.seed, 19)
-            )
+            labels = self.method.form([u.delta for u in accepted], derive_seed(fed.seed, 19))
             for u, label in zip(accepted, labels, strict=True):
                 state["assignment"][u.client_id] = label
             record.events.append((None, "clustered", f"similarity clusters: {state['assignment']}"))
@@ -143,7 +122,8 @@ class ClusteredScheme(Scheme):
         w = self.world
         data = w.data.clients[cid].train
         mb = w.cfg.federation.micro_batch_size
-        idx = list(range(min(len(data), mb * w.cfg.clustering.ifca_eval_batches)))
+        batches = w.cfg.clustering.ifca_eval_batches  # type: ignore[attr-defined]
+        idx = list(range(min(len(data), mb * batches)))
         losses = []
         with torch.inference_mode():
             for cl in clusters:
@@ -161,7 +141,7 @@ class ClusteredScheme(Scheme):
             record.clients.setdefault(cid, {})["cluster"] = float(k)
         truth = self.world.data.client_domains
         if any(t is not None for t in truth) and min(assignment) >= 0:
-            record.metrics["cluster_purity"] = clustering.purity(assignment, truth)
+            record.metrics["cluster_purity"] = purity(assignment, truth)
 
     def domain_clusters(self, assignment: list[int]) -> dict[str, int]:
         """Each known domain's cluster: the one most of that domain's clients belong to."""

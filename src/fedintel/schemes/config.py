@@ -1,65 +1,22 @@
-"""Config sections of the federated schemes and of aggregation (parts of ``ExperimentConfig``)."""
+"""Config sections of the federated schemes (parts of ``ExperimentConfig``)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from fedintel.sections import Section
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class AggregationConfig(_Section):
-    """How the server combines client deltas."""
-
-    rule: Literal["fedavg", "median", "trimmed_mean", "krum", "multi_krum", "norm_bound", "ota"] = "fedavg"
-    weighted: bool = Field(True, description="Weight clients by their sample counts (fedavg, norm_bound, ota).")
-    trim_beta: float = Field(0.1, ge=0, lt=0.5, description="trimmed_mean: fraction cut at each end.")
-    num_malicious: int = Field(0, ge=0, description="krum/multi_krum: assumed number of attackers f.")
-    multi_krum_m: int | None = Field(None, ge=1, description="multi_krum: updates averaged (default n - f).")
-    max_norm: float = Field(1.0, gt=0, description="norm_bound: L2 bound each delta is clipped to.")
-    snr_db: float = Field(20.0, description="ota: receive SNR in dB of the analog over-the-air sum.")
-    power_control: Literal["truncated_inversion", "none"] = "truncated_inversion"
-    lora: Literal["naive", "exact"] = Field(
-        "naive",
-        description="naive: average LoRA A and B separately; exact: average the products B@A and "
-        "re-factorise to the rank by truncated SVD.",
-    )
-
-
-class ClusteringConfig(_Section):
-    """Clustered federated fine-tuning (CFL-LoRA): one adapter per cluster."""
-
-    num_clusters: int = Field(4, ge=1)
-    method: Literal["given", "similarity", "ifca", "capability", "latency"] = Field(
-        "given",
-        description="given: the data partition's domains; similarity: cosine similarity of first updates "
-        "(agglomerative or kmeans); ifca: each client picks the lowest-loss cluster every round; "
-        "capability/latency: group by device FLOP/s or by distance to the base station.",
-    )
-    algorithm: Literal["agglomerative", "kmeans"] = "agglomerative"
-    share_beta: float = Field(
-        0.0, ge=0, le=1, description="Cross-cluster sharing: mix beta of the mean of all clusters in."
-    )
-    share_every: int = Field(1, ge=1, description="Rounds between cross-cluster sharing steps.")
-    shared_keys: list[str] = Field(
-        default_factory=list,
-        description="Substrings of adapter tensor names averaged across all clusters every round "
-        "(e.g. 'layers.0.' shares the first layer).",
-    )
-    ifca_eval_batches: int = Field(2, ge=1, description="ifca: micro-batches of local data to score clusters.")
-
-
-class TierConfig(_Section):
+class TierConfig(Section):
     """One aggregation tier between the clients and the cloud."""
 
     nodes: int = Field(..., ge=1, description="Aggregators in this tier (edge servers at the lowest tier).")
     period: int = Field(1, ge=1, description="Aggregate children every `period` rounds.")
 
 
-class HierarchyConfig(_Section):
+class HierarchyConfig(Section):
     """Hierarchical federated fine-tuning: client -> edge -> ... -> cloud (HierFAVG generalised)."""
 
     tiers: list[TierConfig] = Field(
@@ -83,7 +40,7 @@ class HierarchyConfig(_Section):
         return self
 
 
-class AsyncConfig(_Section):
+class AsyncConfig(Section):
     """Asynchronous federated fine-tuning (FedAsync / FedBuff) on the simulated or the wall clock."""
 
     mode: Literal["fedasync", "fedbuff"] = "fedasync"

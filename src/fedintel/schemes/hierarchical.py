@@ -17,9 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from fedintel.aggregation.fedavg import weighted_mean
-from fedintel.engines.base import TrainJob
 from fedintel.schemes.base import RoundRecord, Scheme, new_totals
-from fedintel.types import AdapterState, state_nbytes
+from fedintel.types import AdapterState, TrainJob, state_nbytes
 
 
 class HierarchicalScheme(Scheme):

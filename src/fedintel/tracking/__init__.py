@@ -1,6 +1,18 @@
-"""Run directories: metrics store (SQLite), checkpoints, PEFT adapters, plots, summaries."""
+"""Run directories: metrics store (SQLite), checkpoints, stored client contributions, PEFT adapters, plots.
 
-from fedintel.tracking.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from fedintel.tracking.store import MetricsStore
+The end-of-run summary table is printed by :mod:`fedintel.summary` from the metrics store.
+"""
 
-__all__ = ["MetricsStore", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
+from __future__ import annotations
+
+from fedintel.lazy import lazy_getattr
+
+_EXPORTS = {
+    "latest_checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "MetricsStore": "store",
+    "save_checkpoint": "checkpoint",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -33,7 +33,7 @@ def plot_run(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
     out_dir = out_dir or run_dir / "plots"
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    with MetricsStore(run_dir / "metrics.db") as store:
+    with MetricsStore(run_dir / "metrics.db", read_only=True) as store:
         for run_id in store.run_ids():
             rows = store.rounds(run_id)
             if not rows:

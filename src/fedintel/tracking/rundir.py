@@ -13,10 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from fedintel.errors import FedintelError
+
 LOCK_NAME = ".lock"
 
 
-class RunDirError(RuntimeError):
+class RunDirError(FedintelError, RuntimeError):
     """A run directory cannot be used as asked (locked, no readable checkpoint, damaged store); one line."""
 
 

@@ -66,9 +66,24 @@ CREATE TABLE IF NOT EXISTS events (
 class MetricsStore:
     """Append-only metrics of one or more runs in a SQLite file (WAL mode, one transaction per round)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+        """Open (``read_only=False``: create) the store at ``path``.
+
+        ``read_only`` opens it with SQLite's ``mode=ro``: reading a committed store (a report, a plot, a test)
+        never changes it. When no ``-wal`` file lies beside it (no writer holds uncheckpointed pages) it is
+        also opened ``immutable``, so the read leaves no ``-wal``/``-shm`` files behind.
+        """
         self.path = Path(path)
-        self.conn: sqlite3.Connection = self._open()
+        self.read_only = read_only
+        self.conn: sqlite3.Connection = self._open_read_only() if read_only else self._open()
+
+    @_clear_errors
+    def _open_read_only(self) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise StoreError(f"metrics store {self.path} does not exist")
+        quiet = not Path(f"{self.path}-wal").exists()
+        uri = f"{self.path.resolve().as_uri()}?mode=ro" + ("&immutable=1" if quiet else "")
+        return sqlite3.connect(uri, uri=True, timeout=30)
 
     @_clear_errors
     def _open(self) -> sqlite3.Connection:
@@ -202,7 +217,7 @@ def finished_rounds(run_dir: Path) -> list[dict[str, float]] | None:
     db = Path(run_dir) / "metrics.db"
     if not db.is_file():
         return None
-    with MetricsStore(db) as store:
+    with MetricsStore(db, read_only=True) as store:
         ids = store.run_ids()
         if not ids or store.run_info(ids[-1])["status"] != "finished":
             return None

@@ -12,16 +12,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fedintel.aggregation.lora_exact import lora_wire_bytes, truncate_rank
 from fedintel.config import ExperimentConfig
 from fedintel.data.tokenize import TokenizedSet
-from fedintel.engines.base import TrainJob
+from fedintel.models.lora_rank import lora_wire_bytes, truncate_rank
 from fedintel.models.peft_builder import AdapterSlot
-from fedintel.optimizers import build_optimizer
 from fedintel.optimizers.base import FederatedOptimizer, LocalTerm
+from fedintel.optimizers.builtin import build_optimizer
 from fedintel.training.client import LocalTrainSpec, train_local
 from fedintel.training.flops import ModelShape
-from fedintel.types import AdapterState, Update
+from fedintel.types import AdapterState, TrainJob, Update
 
 UpdateHook = Callable[[Update, TrainJob], Update]
 
@@ -37,7 +36,7 @@ def local_spec(cfg: ExperimentConfig) -> LocalTrainSpec:
 
 def client_rank(cfg: ExperimentConfig, client_id: int) -> int | None:
     """The LoRA rank client ``client_id`` trains with (``peft.client_ranks``), or None for full rank."""
-    ranks = cfg.peft.client_ranks
+    ranks = getattr(cfg.peft, "client_ranks", None)  # a LoRA knob
     return ranks[client_id % len(ranks)] if ranks else None
 
 

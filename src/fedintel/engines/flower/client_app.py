@@ -35,13 +35,14 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from fedintel.engines.flower import messages as m
+from fedintel.errors import FedintelError
 
 log = logging.getLogger(__name__)
 
 app = ClientApp()
 
 
-class NodeConfigError(ValueError):
+class NodeConfigError(FedintelError, ValueError):
     """The SuperNode's ``--node-config`` is missing a key or has a bad value."""
 
 
@@ -151,9 +152,9 @@ def train(msg: Message, context: Context) -> Message:
     import torch
 
     from fedintel.config import parse_config
-    from fedintel.engines.base import TrainJob
     from fedintel.engines.flower.shards import Manifest, ShardError, partition_key
     from fedintel.training.client import TrainingDiverged
+    from fedintel.types import TrainJob
 
     cfg = parse_config(json.loads(str(job["experiment"])))
     threads = settings.threads or cfg.runtime.threads
@@ -182,7 +183,7 @@ def train(msg: Message, context: Context) -> Message:
         from fedintel.privacy.wiring import masking_input
 
         if SECAGG_KEY not in msg.content:
-            raise m.ProtocolError("the experiment asks for secure aggregation but the job has no secagg record")
+            raise m.MessageError("the experiment asks for secure aggregation but the job has no secagg record")
         masked = node_mask(msg.content[SECAGG_KEY], masking_input(cfg, update.delta, update.num_samples),
                            secret_dir(settings.cache_dir))
         update.wire_bytes = None  # what travels is the masked vector, counted as such

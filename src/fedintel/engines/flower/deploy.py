@@ -32,6 +32,7 @@ import tomli_w
 
 from fedintel.config import ExperimentConfig
 from fedintel.engines.flower.certs import CertPaths
+from fedintel.errors import FedintelError
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ SERVER_APP = "fedintel.engines.flower.server_app:app"
 CLIENT_APP = "fedintel.engines.flower.client_app:app"
 
 
-class DeployError(RuntimeError):
+class DeployError(FedintelError, RuntimeError):
     """A Flower process could not be started or a run failed; the message says where to look."""
 
 

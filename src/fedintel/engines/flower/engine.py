@@ -41,12 +41,12 @@ from flwr.app import Message, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
-from fedintel.engines.base import ClientFailure, Engine, TrainJob
+from fedintel.engines.base import Engine
 from fedintel.engines.flower import messages as m
 from fedintel.engines.flower.secagg import MASKED_RECORD, SECAGG_KEY, SecAggCoordinator
 from fedintel.engines.flower.shards import partition_key
 from fedintel.training.client import TrainingDiverged
-from fedintel.types import MASKED_KEY, AdapterState, Update
+from fedintel.types import MASKED_KEY, AdapterState, ClientFailure, TrainJob, Update
 from fedintel.world import World
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ class NodeDirectory:
             return
         try:
             ids, key, error = m.read_hello(reply)
-        except m.ProtocolError as err:
+        except m.MessageError as err:
             self.errors[node_id] = str(err)
             return
         if error:
@@ -384,11 +384,11 @@ class FlowerEngine(Engine):
                 if key in reply.content:
                     self.stats.bytes_up += reply.content[key].count_bytes()
             if self.secagg is not None and MASKED_RECORD not in reply.content:
-                raise m.ProtocolError("under secure aggregation a node must upload a masked update, not a delta")
+                raise m.MessageError("under secure aggregation a node must upload a masked update, not a delta")
             update = m.update_from_reply(reply, cid)
         except TrainingDiverged:
             raise  # federation.on_client_diverged: stop
-        except m.ProtocolError as err:
+        except m.MessageError as err:
             self._fail(h, f"SuperNode {h.node_id}: {err}")
             return
         except Exception as err:  # noqa: BLE001 - a reply must never kill the ServerApp

@@ -14,27 +14,30 @@ The reply holds ``delta`` (the client's adapter minus the start, an ``ArrayRecor
 ``MetricRecord`` with ``num-samples``, ``train-loss``, ``steps``, ``tokens``, ``flops``, ``wire-bytes`` for
 rank-sliced LoRA uploads, and node timings in seconds). A client whose training loss diverged replies with ``status`` = ``diverged`` in ``outcome`` (a
 ``ConfigRecord``) so the server drops that client or stops the run (``federation.on_client_diverged``) exactly as
-the local engine does. The decoders raise :class:`ProtocolError` for any malformed reply (missing or
+the local engine does. The decoders raise :class:`MessageError` for any malformed reply (missing or
 non-numeric field, bad layout), which the engine turns into that client's failure.
 
 Discovery uses a ``query`` message: each SuperNode answers with the client ids whose shards it holds.
 
-This module imports torch lazily (the ``query`` path of the ClientApp needs none of it); note that importing
-any ``fedintel.engines`` module currently runs ``fedintel/engines/__init__.py``, which imports torch.
+This module imports torch inside the functions that convert tensors, so the ``query`` path of the ClientApp
+(and ``fedintel.engines``, whose ``__init__`` imports nothing) loads no torch; a test checks it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
+from fedintel.types import Update
+
 if TYPE_CHECKING:
-    from fedintel.engines.base import TrainJob
-    from fedintel.types import AdapterState, Update
+    from fedintel.types import AdapterState, TrainJob
 
 TRAIN = "train"
 """Message type of a training job (Flower's ``MessageType.TRAIN``)."""
@@ -56,7 +59,7 @@ MESSAGE_TTL_S = 3600.0
 """Time to live of a job message on the SuperLink (seconds); the engine's own timeout is shorter."""
 
 
-class ProtocolError(ValueError):
+class MessageError(ValueError):
     """A reply does not have the shape this version of fedintel sends; the message says what is wrong."""
 
 
@@ -67,7 +70,6 @@ def state_to_record(state: AdapterState) -> ArrayRecord:
     LoRA adapter of 120 tensors would cost ~500 requests per job; packed, it costs a handful. The layout
     (tensor names, shapes, dtypes, in order) travels as a uint8 ``Array`` of JSON. The round trip is exact.
     """
-    import numpy as np
 
     layout = []
     groups: dict[str, list[Any]] = {}
@@ -83,16 +85,16 @@ def state_to_record(state: AdapterState) -> ArrayRecord:
 def record_to_state(record: ArrayRecord) -> AdapterState:
     """The inverse of :func:`state_to_record`: writable CPU tensors, bit-identical to the sender's.
 
-    Raises :class:`ProtocolError` for anything malformed (not an ``ArrayRecord``, bad layout JSON, sizes).
+    Raises :class:`MessageError` for anything malformed (not an ``ArrayRecord``, bad layout JSON, sizes).
     """
     if not isinstance(record, ArrayRecord):
-        raise ProtocolError(f"adapter record is a {type(record).__name__}, expected an ArrayRecord")
+        raise MessageError(f"adapter record is a {type(record).__name__}, expected an ArrayRecord")
     try:
         return _record_to_state(record)
-    except ProtocolError:
+    except MessageError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, UnicodeDecodeError, RuntimeError) as err:
-        raise ProtocolError(f"malformed adapter record ({type(err).__name__}: {err})") from None
+        raise MessageError(f"malformed adapter record ({type(err).__name__}: {err})") from None
 
 
 def _record_to_state(record: ArrayRecord) -> AdapterState:
@@ -102,23 +104,23 @@ def _record_to_state(record: ArrayRecord) -> AdapterState:
         return {k: torch.from_numpy(arr.numpy().copy()) for k, arr in record.items()}
     layout = json.loads(record[LAYOUT_KEY].numpy().tobytes().decode())
     if not isinstance(layout, list) or not all(isinstance(e, dict) for e in layout):
-        raise ProtocolError("adapter layout is not a list of tensor entries")
+        raise MessageError("adapter layout is not a list of tensor entries")
     flat = {k.removeprefix(PACKED_PREFIX): arr.numpy() for k, arr in record.items() if k.startswith(PACKED_PREFIX)}
     offsets = dict.fromkeys(flat, 0)
     state: AdapterState = {}
     for entry in layout:
         dt, shape = str(entry["dtype"]), tuple(entry["shape"])
         if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-            raise ProtocolError(f"adapter layout: bad shape {list(shape)} for {entry['name']!r}")
+            raise MessageError(f"adapter layout: bad shape {list(shape)} for {entry['name']!r}")
         n = 1
         for d in shape:
             n *= d
         if dt not in flat or offsets[dt] + n > flat[dt].size:
-            raise ProtocolError(f"packed adapter is shorter than its layout says ({entry['name']})")
+            raise MessageError(f"packed adapter is shorter than its layout says ({entry['name']})")
         state[entry["name"]] = torch.from_numpy(flat[dt][offsets[dt]: offsets[dt] + n].reshape(shape).copy())
         offsets[dt] += n
     if any(offsets[dt] != flat[dt].size for dt in flat):
-        raise ProtocolError("packed adapter is longer than its layout says")
+        raise MessageError("packed adapter is longer than its layout says")
     return state
 
 
@@ -161,7 +163,7 @@ def job_content(job: TrainJob, experiment_json: str, fingerprint: str, seed: int
 def read_job(content: RecordDict) -> dict[str, Any]:
     """The job fields of a training message (``client-id``, ``round``, ``version``, ``experiment``...)."""
     if JOB_KEY not in content or ADAPTER_KEY not in content:
-        raise ProtocolError(f"a train message needs '{JOB_KEY}' and '{ADAPTER_KEY}' records, got {sorted(content)}")
+        raise MessageError(f"a train message needs '{JOB_KEY}' and '{ADAPTER_KEY}' records, got {sorted(content)}")
     return dict(content[JOB_KEY])
 
 
@@ -197,47 +199,45 @@ STATUSES = ("ok", "diverged")
 
 
 def outcome(reply: Message) -> tuple[str, str]:
-    """``(status, reason)`` of a reply without an error: ``ok`` or ``diverged``; else :class:`ProtocolError`."""
+    """``(status, reason)`` of a reply without an error: ``ok`` or ``diverged``; else :class:`MessageError`."""
     rec = reply.content.get(OUTCOME_KEY)
     if not isinstance(rec, ConfigRecord):
-        raise ProtocolError(f"reply has no '{OUTCOME_KEY}' config record (records: {sorted(reply.content)})")
+        raise MessageError(f"reply has no '{OUTCOME_KEY}' config record (records: {sorted(reply.content)})")
     status = rec.get("status")
     if status not in STATUSES:
-        raise ProtocolError(f"reply status {status!r} is not one of {list(STATUSES)}")
+        raise MessageError(f"reply status {status!r} is not one of {list(STATUSES)}")
     return str(status), str(rec.get("reason", ""))[:1000]
 
 
 def _number(res: Any, key: str, *, integer: bool = False) -> float:
-    """``res[key]`` as a finite number (an integer if ``integer``), else :class:`ProtocolError`."""
-    import math
+    """``res[key]`` as a finite number (an integer if ``integer``), else :class:`MessageError`."""
 
     if key not in res:
-        raise ProtocolError(f"training reply's '{RESULT_KEY}' lacks {key!r}")
+        raise MessageError(f"training reply's '{RESULT_KEY}' lacks {key!r}")
     v = res[key]
     if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-        raise ProtocolError(f"training reply's {key!r} is {v!r}, expected a finite number")
+        raise MessageError(f"training reply's {key!r} is {v!r}, expected a finite number")
     if integer and v != int(v):
-        raise ProtocolError(f"training reply's {key!r} is {v!r}, expected an integer")
+        raise MessageError(f"training reply's {key!r} is {v!r}, expected an integer")
     return v
 
 
 def update_from_reply(reply: Message, client_id: int) -> Update:
     """The :class:`~fedintel.types.Update` carried by a successful training reply."""
-    from fedintel.types import Update
 
     content = reply.content
     if MASKED_KEY in content and DELTA_KEY not in content and RESULT_KEY in content:
         delta = _masked_delta(content[MASKED_KEY])
     elif DELTA_KEY not in content or RESULT_KEY not in content:
-        raise ProtocolError(f"training reply lacks '{DELTA_KEY}'/'{RESULT_KEY}' (records: {sorted(content)})")
+        raise MessageError(f"training reply lacks '{DELTA_KEY}'/'{RESULT_KEY}' (records: {sorted(content)})")
     else:
         delta = record_to_state(content[DELTA_KEY])
     if not isinstance(content[RESULT_KEY], MetricRecord):
-        raise ProtocolError(f"training reply's '{RESULT_KEY}' is a {type(content[RESULT_KEY]).__name__}, expected a MetricRecord")
+        raise MessageError(f"training reply's '{RESULT_KEY}' is a {type(content[RESULT_KEY]).__name__}, expected a MetricRecord")
     res = dict(content[RESULT_KEY])
     got = _number(dict(content[OUTCOME_KEY]), "client-id", integer=True) if OUTCOME_KEY in content else client_id
     if got != client_id:
-        raise ProtocolError(f"reply for client {got} arrived for a job of client {client_id}")
+        raise MessageError(f"reply for client {got} arrived for a job of client {client_id}")
     timings = {k.replace("-", "_"): float(_number(res, k)) for k in res if k.startswith("node-")}
     extra = {"wire_bytes": int(_number(res, "wire-bytes", integer=True))} if "wire-bytes" in res else {}
     # value bounds (non-negative, plausible for the client's shard) are the server's screening, not the decoder's
@@ -263,13 +263,13 @@ def _masked_delta(record: Any) -> AdapterState:
     from fedintel.types import MASKED_KEY as UPDATE_MASKED_KEY
 
     if not isinstance(record, ArrayRecord) or list(record) != ["words"]:
-        raise ProtocolError("a masked upload must be an ArrayRecord holding only 'words'")
+        raise MessageError("a masked upload must be an ArrayRecord holding only 'words'")
     try:
         words = record["words"].numpy()
     except (ValueError, TypeError) as err:
-        raise ProtocolError(f"masked words do not decode ({err})") from None
+        raise MessageError(f"masked words do not decode ({err})") from None
     if words.dtype != np.uint64 or words.ndim != 1:
-        raise ProtocolError(f"masked words are {words.dtype} of shape {words.shape}, expected a uint64 vector")
+        raise MessageError(f"masked words are {words.dtype} of shape {words.shape}, expected a uint64 vector")
     return {UPDATE_MASKED_KEY: torch.from_numpy(words.view(np.int64).copy())}
 
 
@@ -288,6 +288,6 @@ def read_hello(reply: Message) -> tuple[list[int], str, str]:
     """``(client_ids, partition_key, error)`` of a discovery reply."""
     rec = reply.content.get(HOSTS_KEY)
     if rec is None:
-        raise ProtocolError(f"discovery reply has no '{HOSTS_KEY}' record")
+        raise MessageError(f"discovery reply has no '{HOSTS_KEY}' record")
     ids = [int(c) for c in rec["client-ids"] if int(c) >= 0]
     return ids, str(rec["partition-key"]), str(rec.get("error", ""))

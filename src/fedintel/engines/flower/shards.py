@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedintel.config import ExperimentConfig
+from fedintel.errors import FedintelError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -35,7 +36,7 @@ MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 
 
-class ShardError(FileNotFoundError):
+class ShardError(FedintelError, FileNotFoundError):
     """A node's shard is missing or does not belong to the experiment; the message says what to do."""
 
 

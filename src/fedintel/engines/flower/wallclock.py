@@ -25,11 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from fedintel.engines.base import ClientFailure, TrainJob
 from fedintel.schemes.asynchronous import AsyncScheme
 from fedintel.schemes.base import RoundRecord
 from fedintel.seeding import derive_seed
-from fedintel.types import Update
+from fedintel.types import ClientFailure, TrainJob, Update
 
 
 class WallClockAsyncScheme(AsyncScheme):

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedintel.engines.base import TrainJob
 from fedintel.schemes.base import RoundRecord, Scheme, new_totals
-from fedintel.types import state_nbytes
+from fedintel.types import TrainJob, state_nbytes
 
 
 class FedAvgScheme(Scheme):
