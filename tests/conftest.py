@@ -49,7 +49,11 @@ def tiny_cfg(tmp_path):
 # The longest modules first: with `-n 2 --dist loadfile` each module runs on one worker in collection order,
 # so starting the long ones early keeps one worker from finishing minutes before the other.
 LONGEST_FIRST = [
+    "serving/test_app.py",
     "engines/test_flower_deploy.py",
+    "serving/test_failover.py",
+    "e2e/test_resume_schemes.py",
+    "engines/test_flower_secagg_nodes.py",
     "privacy/test_unlearning.py",
     "engines/test_flower_node_failure.py",
     "inference/test_analytics.py",
@@ -57,6 +61,10 @@ LONGEST_FIRST = [
     "reproduce/test_paper.py",
     "e2e/test_run.py",
     "engines/test_flower_cli.py",
+    "models/test_loader.py",
+    "runtime/test_runtime.py",
+    "serving/test_chat_page.py",
+    "engines/test_batched.py",
 ]
 
 

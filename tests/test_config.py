@@ -65,10 +65,16 @@ def test_shipped_examples_validate():
 
     examples = sorted(Path(__file__).resolve().parents[1].glob("examples/*.yaml"))
     assert examples, "examples/ must hold experiment files"
+    from fedintel.inference.config import load_infer_config
+    from fedintel.serving.config import load_serve_config
+
     for ex in examples:
         if ex.name.startswith("infer_"):
-            continue
-        load_config(ex)
+            load_infer_config(ex)
+        elif ex.name.startswith("serve"):
+            load_serve_config(ex)
+        else:
+            load_config(ex)
 
 
 def test_async_wall_clock_needs_the_flower_engine(tmp_path):
