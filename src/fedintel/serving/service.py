@@ -131,6 +131,7 @@ class Service:
         self.started = time.time()
         self._stop = threading.Event()
         self._restarting: set[str] = set()
+        self._restarts: list[threading.Thread] = []
         try:
             self._start_paths(specs)
             self.router = self._router()
@@ -290,7 +291,9 @@ class Service:
                     s.mark_down(f"device process {', '.join(dead)} died")
                 if s.down is not None and self.cfg.restart_dead and name not in self._restarting:
                     self._restarting.add(name)
-                    threading.Thread(target=self._restart, args=(name,), daemon=True).start()
+                    t = threading.Thread(target=self._restart, args=(name,), daemon=True)
+                    self._restarts.append(t)
+                    t.start()
 
     def _restart(self, name: str) -> None:
         old = self.schedulers[name]
@@ -303,7 +306,10 @@ class Service:
                 return
             path = self._start_path(self.specs[name])
             with self.lock:
-                if self._stop.is_set():
+                if self._stop.is_set():  # closed while this path was starting: it must not outlive the service
+                    for w in path.workers:
+                        self.group.kill(w)
+                    path.close()
                     return
                 self.schedulers[name] = Scheduler(path, self.limits.max_batch, self._failed)
             log.warning("path %s restarted", name)
@@ -352,8 +358,10 @@ class Service:
                 "links": "plaintext" if self.group.security.insecure else "mutual TLS"}
 
     def close(self) -> None:
-        """Stop the schedulers and every device process."""
+        """Stop the schedulers and every device process (restarts in progress included)."""
         self._stop.set()
+        for t in self._restarts:  # a restart may be starting processes right now
+            t.join(timeout=120)
         with self.lock:
             scheds = list(self.schedulers.values())
         for s in scheds:
