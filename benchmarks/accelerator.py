@@ -100,12 +100,8 @@ def reloading_trainer_client(mcfg: ModelConfig, rt: Runtime, data: TokenizedSet,
         def __getitem__(self, i: int) -> dict:
             return {"idx": i}
 
-    seen = {"tokens": 0}
-
     def collator(items: list[dict]) -> dict:
-        batch = collate(data, [it["idx"] for it in items], pad, "causal_lm")
-        seen["tokens"] += int(batch["attention_mask"].sum())
-        return batch
+        return collate(data, [it["idx"] for it in items], pad, "causal_lm")
 
     args = TrainingArguments(
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=bs, max_steps=steps, learning_rate=2e-4,
@@ -114,7 +110,9 @@ def reloading_trainer_client(mcfg: ModelConfig, rt: Runtime, data: TokenizedSet,
     )
     Trainer(model=pm, args=args, train_dataset=DS(), data_collator=collator).train()
     sync(rt.device)
-    return seen["tokens"]
+    # Every example is full-length, so the trained tokens are steps x batch x length. (The collator's count is
+    # not: accelerate's data loader fetches one batch ahead of the step it trains.)
+    return steps * bs * len(data.input_ids[0])
 
 
 def one_precision(args: argparse.Namespace) -> dict:

@@ -56,12 +56,8 @@ def trainer_loop(slot: AdapterSlot, start, data: TokenizedSet, steps: int, bs: i
         def __getitem__(self, i: int) -> dict:
             return {"idx": i}
 
-    seen = {"tokens": 0}
-
     def collator(items: list[dict]) -> dict:
-        batch = collate(data, [it["idx"] for it in items], pad, "causal_lm")
-        seen["tokens"] += int(batch["attention_mask"].sum())
-        return batch
+        return collate(data, [it["idx"] for it in items], pad, "causal_lm")
 
     args = TrainingArguments(
         output_dir=tmp, per_device_train_batch_size=bs, max_steps=steps, learning_rate=2e-4, use_cpu=True,
@@ -71,9 +67,9 @@ def trainer_loop(slot: AdapterSlot, start, data: TokenizedSet, steps: int, bs: i
     trainer = Trainer(model=slot.model, args=args, train_dataset=DS(), data_collator=collator)
     trainer.train()
     slot.model.eval()
-    # count what Trainer really trained on: its sampler, not ours, cuts the batches (a short last batch
-    # at an epoch boundary would otherwise be counted as full)
-    return seen["tokens"]
+    # Every example is full-length (see main), so Trainer trained steps x batch x length tokens. Counting in the
+    # collator over-counts: accelerate's data loader fetches one batch ahead of the step it trains.
+    return steps * bs * len(data.input_ids[0])
 
 
 def main() -> None:
