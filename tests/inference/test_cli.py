@@ -56,7 +56,7 @@ def test_split_mode_runs_and_leaves_no_process(tmp_path, capsys):
     assert main(["infer", "split", "-c", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert "identical output" in out and "True" in out
-    assert child_pids() == []
+    assert child_pids(command="fedintel") == []
     assert main(["infer", "split", "-c", str(cfg), "--stages", "127.0.0.1:1"]) == 2
     assert "stages: running devices are reached over mutual TLS: pass --certs DIR" in capsys.readouterr().out
     assert main(["infer", "certs", "--out", str(tmp_path / "certs")]) == 0

@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def no_orphans():
     """Every module must leave no child process behind (checked in /proc)."""
     yield
-    left = child_pids()
+    left = child_pids(command="fedintel")  # device processes only
     assert left == [], f"device processes left behind: {left}"
 
 

@@ -207,8 +207,10 @@ def _close_all() -> None:
                 pass
 
 
-def child_pids(pid: int | None = None) -> list[int]:
-    """Direct children of ``pid`` (default: this process) that are still alive, from /proc."""
+def child_pids(pid: int | None = None, command: str | None = None) -> list[int]:
+    """Direct children of ``pid`` (default: this process) that are still alive, from /proc; with ``command``,
+    only those whose command line contains it (e.g. ``"fedintel"``: device processes, not helpers such as
+    multiprocessing's resource tracker, which lives as long as its parent by design)."""
     pid = os.getpid() if pid is None else pid
     out = []
     for d in Path("/proc").iterdir():
@@ -216,9 +218,10 @@ def child_pids(pid: int | None = None) -> list[int]:
             continue
         try:
             stat = (d / "stat").read_text()
+            cmdline = (d / "cmdline").read_bytes().decode(errors="replace") if command else ""
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
+        if int(fields[1]) == pid and fields[0] != "Z" and (command is None or command in cmdline):
             out.append(int(d.name))
     return out
