@@ -89,30 +89,11 @@ def minimal_loop(slot: AdapterSlot, start, data: TokenizedSet, steps: int, bs: i
 
 def reloading_trainer_client(mcfg: ModelConfig, rt: Runtime, data: TokenizedSet, steps: int, bs: int, pad: int) -> int:
     """One client as FlowerTune / OpenFedLLM run it: load the base, wrap it with PEFT, train with ``Trainer``."""
-    from transformers import Trainer, TrainingArguments
-
     pm = build_peft_model(load_base_model(mcfg, rt).model, LoraPeftConfig(r=8), "causal_lm")
-
-    class DS(torch.utils.data.Dataset):
-        def __len__(self) -> int:
-            return len(data)
-
-        def __getitem__(self, i: int) -> dict:
-            return {"idx": i}
-
-    def collator(items: list[dict]) -> dict:
-        return collate(data, [it["idx"] for it in items], pad, "causal_lm")
-
-    args = TrainingArguments(
-        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=bs, max_steps=steps, learning_rate=2e-4,
-        use_cpu=rt.device.type == "cpu", bf16=rt.dtype == torch.bfloat16, report_to=[], save_strategy="no",
-        logging_strategy="no", remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=True, seed=0,
-    )
-    Trainer(model=pm, args=args, train_dataset=DS(), data_collator=collator).train()
+    tokens = _common.trainer_train(pm, data, steps, bs, pad, tempfile.mkdtemp(), use_cpu=rt.device.type == "cpu",
+                                   bf16=rt.dtype == torch.bfloat16)
     sync(rt.device)
-    # Every example is full-length, so the trained tokens are steps x batch x length. (The collator's count is
-    # not: accelerate's data loader fetches one batch ahead of the step it trains.)
-    return steps * bs * len(data.input_ids[0])
+    return tokens
 
 
 def one_precision(args: argparse.Namespace) -> dict:

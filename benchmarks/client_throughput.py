@@ -14,7 +14,7 @@ import argparse
 import statistics
 import time
 
-import _common  # noqa: F401  (offline environment)
+import _common
 import torch
 
 from fedintel.config import DataConfig, ModelConfig
@@ -45,31 +45,10 @@ def minimal_loop(slot: AdapterSlot, start, data: TokenizedSet, steps: int, bs: i
 
 def trainer_loop(slot: AdapterSlot, start, data: TokenizedSet, steps: int, bs: int, pad: int, tmp: str) -> int:
     """A Hugging Face Trainer client, as OpenFedLLM/FlowerTune build theirs."""
-    from transformers import Trainer, TrainingArguments
-
     slot.set(start)
-
-    class DS(torch.utils.data.Dataset):
-        def __len__(self) -> int:
-            return len(data)
-
-        def __getitem__(self, i: int) -> dict:
-            return {"idx": i}
-
-    def collator(items: list[dict]) -> dict:
-        return collate(data, [it["idx"] for it in items], pad, "causal_lm")
-
-    args = TrainingArguments(
-        output_dir=tmp, per_device_train_batch_size=bs, max_steps=steps, learning_rate=2e-4, use_cpu=True,
-        report_to=[], save_strategy="no", logging_strategy="no", remove_unused_columns=False,
-        dataloader_num_workers=0, disable_tqdm=True, seed=0,
-    )
-    trainer = Trainer(model=slot.model, args=args, train_dataset=DS(), data_collator=collator)
-    trainer.train()
+    tokens = _common.trainer_train(slot.model, data, steps, bs, pad, tmp)
     slot.model.eval()
-    # Every example is full-length (see main), so Trainer trained steps x batch x length tokens. Counting in the
-    # collator over-counts: accelerate's data loader fetches one batch ahead of the step it trains.
-    return steps * bs * len(data.input_ids[0])
+    return tokens
 
 
 def main() -> None:

@@ -22,19 +22,10 @@ started again.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import shutil
-import sys
-import time
 from pathlib import Path
 
 import _common
 import numpy as np
-
-from fedintel.config import parse_config
-from fedintel.experiment import run_experiment
-from fedintel.tracking.store import finished_rounds
 
 # Server step sizes chosen for LoRA deltas of a few AdamW steps at lr ~3e-3 (about 1e-2 per coordinate);
 # FedAvgM's eta = 1 - momentum keeps its steady-state step equal to FedAvg's.
@@ -82,16 +73,7 @@ TASK_TITLES = {"gen": "generation4 by domain", "cls": "vader Dirichlet(0.1)"}
 
 def run(raw: dict, name: str, runs_dir: Path) -> list[dict]:
     """Per-round metrics of ``raw``, reusing a finished run of the same config (same hash)."""
-    digest = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:12]
-    run_dir = runs_dir / f"{name}-{digest}"
-    done = finished_rounds(run_dir)
-    if done is not None:
-        return done
-    shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run: start it again
-    t0 = time.perf_counter()
-    rounds = run_experiment(parse_config({**raw, "name": name}), run_dir).rounds
-    print(f"  ran {name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    return rounds
+    return _common.cached_run(raw, name, runs_dir)
 
 
 def curve(rounds: list[dict], key: str = "eval_loss") -> list[float]:

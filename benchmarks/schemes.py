@@ -15,19 +15,11 @@ run; sync FedAvg under stragglers is also the flat baseline of the hierarchical 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import shutil
-import sys
-import time
 from pathlib import Path
 
 import _common
 
-from fedintel.config import parse_config
-from fedintel.experiment import run_experiment
 from fedintel.tracking.plots import plot_compare
-from fedintel.tracking.store import finished_rounds
 
 
 def base(args: argparse.Namespace, **sections: dict) -> dict:
@@ -51,20 +43,8 @@ OUT_RUNS = str(_common.OUT / "schemes" / "runs")
 
 
 def run(raw: dict, name: str) -> list[dict]:
-    """Per-round metrics of ``raw``. Each config runs once: a finished run of the same config (same hash,
-    in this process or an earlier one) is read back from its metrics store, so an interrupted benchmark
-    picks up where it stopped."""
-    digest = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:12]
-    same = sorted(Path(OUT_RUNS).glob(f"*-{digest}"))  # the same config under another name (e.g. fl-lora, lora-naive)
-    run_dir = same[0] if same else Path(OUT_RUNS) / f"{name}-{digest}"
-    done = finished_rounds(run_dir)
-    if done is not None:
-        return done
-    shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run: start it again
-    t0 = time.perf_counter()
-    rounds = run_experiment(parse_config({**raw, "name": name}), run_dir).rounds
-    print(f"  ran {name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    return rounds
+    """Per-round metrics of ``raw``, each config run once (a same-config run under another name is reused)."""
+    return _common.cached_run(raw, name, Path(OUT_RUNS), any_name=True)
 
 
 def first_round_reaching(rounds: list[dict], key: str, target: float) -> int | str:
