@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,3 +60,23 @@ def wait_for_log(path: Path, text: str, timeout: float) -> bool:
         if time.monotonic() >= end:
             return False
         time.sleep(0.05)
+
+
+def run_killing_node_when_training(cl: LocalCluster, cfg: ExperimentConfig, run_dir: Path, node: str = "node2",
+                                   job_timeout: float = 30.0):  # noqa: ANN201 - the CompletedProcess of the run
+    """Run ``cfg`` on ``cl`` and SIGKILL ``node``'s process tree mid-round, once it has received its first
+    train job (round 1: after the key set-up under secure aggregation). Asserts the kill happened."""
+    victim = cl.procs[node]
+    killed = threading.Event()
+
+    def kill_when_training() -> None:
+        if wait_for_log(victim.log_path, "Receiving: train message", 300):
+            cl.kill_node(node)
+            killed.set()
+
+    killer = threading.Thread(target=kill_when_training, daemon=True)
+    killer.start()
+    res = cl.run(cfg, run_dir, job_timeout=job_timeout, discovery_timeout=120, timeout=400)
+    killer.join(timeout=5)
+    assert killed.is_set(), f"{node} never received a train job"
+    return res

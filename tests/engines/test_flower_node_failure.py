@@ -5,11 +5,9 @@ the failures are recorded. Uses the warm ClientApp launcher (:mod:`fedintel.engi
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
-from tests.engines.flower_helpers import cluster, experiment, run_rounds, wait_for_log
+from tests.engines.flower_helpers import cluster, experiment, run_killing_node_when_training, run_rounds
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -19,19 +17,7 @@ JOB_TIMEOUT_S = 30.0
 def test_killed_supernode_round_completes_without_it(tmp_path):
     cfg = experiment(tmp_path)
     with cluster(tmp_path, cfg, secure=False, warm=True) as (cl, _):
-        victim = cl.procs["node2"]
-        killed = threading.Event()
-
-        def kill_when_training() -> None:  # mid-round: the node has received its round-1 job
-            if wait_for_log(victim.log_path, "Receiving: train message", 300):
-                cl.kill_node("node2")
-                killed.set()
-
-        killer = threading.Thread(target=kill_when_training, daemon=True)
-        killer.start()
-        res = cl.run(cfg, tmp_path / "run", job_timeout=JOB_TIMEOUT_S, discovery_timeout=120, timeout=400)
-        killer.join(timeout=5)
-        assert killed.is_set(), "node2 never received a job"
+        res = run_killing_node_when_training(cl, cfg, tmp_path / "run", job_timeout=JOB_TIMEOUT_S)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         rounds, events, status = run_rounds(tmp_path / "run")
         assert status == "finished" and len(rounds) == 3

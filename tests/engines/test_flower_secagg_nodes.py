@@ -8,8 +8,6 @@ from the survivors' Shamir shares; the next round goes on without it.
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 import torch
@@ -21,7 +19,7 @@ from fedintel.privacy.secagg import encode_fixed_point
 from fedintel.privacy.wiring import masking_input, update_hook
 from fedintel.tracking.checkpoint import latest_checkpoint
 from tests.conftest import tiny_config
-from tests.engines.flower_helpers import NUM_NODES, cluster, run_rounds, wait_for_log
+from tests.engines.flower_helpers import NUM_NODES, cluster, run_killing_node_when_training, run_rounds
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -49,19 +47,7 @@ def test_supernodes_mask_their_updates_and_a_killed_node_is_recovered(tmp_path, 
     audit = tmp_path / "audit"
     monkeypatch.setenv(AUDIT_ENV, str(audit))  # inherited by the SuperLink, hence by the ServerApp
     with cluster(tmp_path, cfg, secure=False, warm=True) as (cl, _):
-        victim = cl.procs["node2"]
-        killed = threading.Event()
-
-        def kill_when_training() -> None:  # after its key set-up: node2 has received its round-1 train job
-            if wait_for_log(victim.log_path, "Receiving: train message", 300):
-                cl.kill_node("node2")
-                killed.set()
-
-        killer = threading.Thread(target=kill_when_training, daemon=True)
-        killer.start()
-        res = cl.run(cfg, tmp_path / "run", job_timeout=JOB_TIMEOUT_S, discovery_timeout=120, timeout=400)
-        killer.join(timeout=5)
-    assert killed.is_set(), "node2 never received a train job"
+        res = run_killing_node_when_training(cl, cfg, tmp_path / "run", job_timeout=JOB_TIMEOUT_S)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     rounds, events, status = run_rounds(tmp_path / "run")
     assert status == "finished" and len(rounds) == 3
