@@ -57,11 +57,11 @@ def task_configs(args: argparse.Namespace) -> dict[str, dict]:
     }
     cls = {
         "model": {"name": "tiny-bert" if args.quick else "minilm-l6", "task": "classification", "num_labels": 2},
-        "data": {"dataset": "vader", "max_length": 32 if args.quick else 64,
-                 "samples_per_client": 16 if args.quick else 96, "global_eval_samples": 16 if args.quick else 128,
+        "data": {"dataset": "vader", "max_length": 32 if args.quick else 48,
+                 "samples_per_client": 16 if args.quick else 64, "global_eval_samples": 16 if args.quick else 128,
                  "partition": {"method": "dirichlet", "alpha": 0.1}},
         "federation": {"rounds": args.cls_rounds, "num_clients": clients, "clients_per_round": clients,
-                       "local_steps": 2 if args.quick else 4,
+                       "local_steps": 2,
                        "batch_size": 8, "micro_batch_size": 8, "lr": 3e-3},
         "eval": {"max_samples": 16 if args.quick else 128, "per_client": False},
     }
@@ -94,14 +94,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny-llama / tiny-bert, 2 rounds, 1 seed (a smoke test)")
     ap.add_argument("--rounds", type=int, default=None, help="rounds of the generation runs (default 8; quick 2)")
-    ap.add_argument("--cls-rounds", type=int, default=None, help="rounds of the classification runs (default 15)")
+    ap.add_argument("--cls-rounds", type=int, default=None, help="rounds of the classification runs (default 12)")
     ap.add_argument("--seeds", type=int, nargs="*", default=None, help="seeds (default 0 1 2; quick 0)")
     ap.add_argument("--only", choices=["gen", "cls"], nargs="*")
     ap.add_argument("--algorithms", choices=list(ALGORITHMS), nargs="*")
     ap.add_argument("--target", type=float, default=None, help="target eval loss (default: FedAvg's final mean)")
     args = ap.parse_args()
     args.rounds = args.rounds or (2 if args.quick else 8)
-    args.cls_rounds = args.cls_rounds or (2 if args.quick else 15)
+    args.cls_rounds = args.cls_rounds or (2 if args.quick else 12)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
     out = _common.OUT / ("optimizers-quick" if args.quick else "optimizers")
     runs_dir = out / "runs"
