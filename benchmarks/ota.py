@@ -133,28 +133,43 @@ def plot(res: dict[tuple[float, float], dict[str, float]], path: Path, args: arg
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import NullFormatter
 
-    fig, (ax_err, ax_time) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_err, ax_time) = plt.subplots(1, 2, figsize=(12, 4.8))
     colors = dict(zip(POWERS_DBM, ("tab:red", "tab:orange", "tab:green"), strict=True))
+    ota, noise, digital, minmax = ("o", "-"), ("o", ":"), ("s", "--"), ("^", ":")
     for p in POWERS_DBM:
-        ax_err.plot(RADII_M, [res[(r, p)]["ota_nmse"] for r in RADII_M], "o-", color=colors[p],
-                    label=f"over the air, {p:g} dBm")
-        ax_err.plot(RADII_M, [max(res[(r, p)]["digital_nmse"], 1e-6) for r in RADII_M], "s--", color=colors[p],
-                    alpha=0.6, label=f"digital FedAvg, {p:g} dBm")
-        ax_time.plot(RADII_M, [res[(r, p)]["digital_upload_s"] for r in RADII_M], "s--", color=colors[p],
-                     label=f"digital FedAvg, equal shares, {p:g} dBm")
-        ax_time.plot(RADII_M, [res[(r, p)]["minmax_upload_s"] for r in RADII_M], "^:", color=colors[p],
-                     label=f"digital FedAvg, min_max_latency, {p:g} dBm")
-    ax_time.plot(RADII_M, [res[(r, POWERS_DBM[-1])]["ota_upload_s"] for r in RADII_M], "o-", color="tab:blue",
-                 label=f"over the air (one slot), {POWERS_DBM[-1]:g} dBm")
-    ax_err.set(xscale="log", yscale="log", xlabel="cell radius (m)", ylabel="NMSE vs exact mean of all clients",
-               title="aggregation error (digital 0 drawn at 1e-6)")
+        c = colors[p]
+        ax_err.plot(RADII_M, [res[(r, p)]["ota_nmse"] for r in RADII_M], marker=ota[0], ls=ota[1], color=c)
+        ax_err.plot(RADII_M, [res[(r, p)]["ota_noise_nmse"] for r in RADII_M], marker=noise[0], ls=noise[1], color=c,
+                    alpha=0.6)
+        ax_err.plot(RADII_M, [res[(r, p)]["digital_nmse"] for r in RADII_M], marker=digital[0], ls=digital[1], color=c,
+                    alpha=0.6)
+        ax_time.plot(RADII_M, [res[(r, p)]["digital_upload_s"] for r in RADII_M], marker=digital[0], ls=digital[1],
+                     color=c)
+        ax_time.plot(RADII_M, [res[(r, p)]["minmax_upload_s"] for r in RADII_M], marker=minmax[0], ls=minmax[1],
+                     color=c)
+        ax_time.plot(RADII_M, [res[(r, p)]["ota_upload_s"] for r in RADII_M], marker=ota[0], ls=ota[1], color=c)
+    ax_err.set(xscale="log", xlabel="cell radius (m)", ylabel="NMSE vs exact mean of all clients",
+               title="aggregation error (mean over seeds)")
+    ax_err.set_yscale("symlog", linthresh=1e-3)  # digital FedAvg is exact (0) unless a client is in outage
+    ax_err.set_ylim(0.0, 1.5)
     ax_time.set(xscale="log", yscale="log", xlabel="cell radius (m)", ylabel="upload time per round (s)",
-                title=f"upload time per round (median), {args.clients} clients, {args.entries:,} values")
+                title=f"upload time (median over seeds), {args.clients} clients x {args.entries:,} values")
+    powers = [Line2D([], [], color=colors[p], lw=6, label=f"{p:g} dBm") for p in POWERS_DBM]
+
+    def style(spec: tuple[str, str], label: str) -> Line2D:
+        return Line2D([], [], color="0.3", marker=spec[0], ls=spec[1], label=label)
+
+    ax_err.legend(handles=[*powers, style(ota, "over the air"), style(noise, "over the air, noise only"),
+                           style(digital, "digital FedAvg (outages)")], fontsize=7, loc="lower right")
+    ax_time.legend(handles=[*powers, style(digital, "digital, equal shares"), style(minmax, "digital, min_max_latency"),
+                            style(ota, "over the air: one slot")], fontsize=7, loc="center right")
     for ax in (ax_err, ax_time):
         ax.set_xticks(RADII_M, [f"{r:g}" for r in RADII_M])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
