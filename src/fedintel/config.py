@@ -380,6 +380,7 @@ class ExperimentConfig(Section):
             raise ValueError("output.save_client_updates: under privacy.secure_aggregation the server never "
                              "sees individual client updates; turn one of them off")
         self.optimizer.cross_check(self)  # each federated optimizer refuses the settings it cannot serve
+        self.aggregation.cross_check(self)  # and so does each aggregation rule
         return self
 
 

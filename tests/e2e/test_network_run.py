@@ -4,6 +4,7 @@ import json
 import sqlite3
 import struct
 
+import numpy as np
 import pytest
 
 from fedintel.cli import main
@@ -68,3 +69,24 @@ def test_more_users_than_samples_is_a_clear_error(tiny_cfg, tmp_path, capsys):
     path.write_text(dump_config(tiny_cfg(data={"samples_per_client": 5000})))
     assert main(["run", str(path), "-q", "--run-dir", str(tmp_path / "r")]) == 2
     assert "samples_per_client" in capsys.readouterr().err
+
+
+def test_over_the_air_round_is_one_analog_slot_on_the_cell(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(federation={"rounds": 1, "clients_per_round": 4}, aggregation={"rule": "ota"},
+                   network={"cell_radius_m": 500.0}, eval={"per_client": False})
+    res = run_experiment(cfg, tmp_path / "ota")
+    r = res.rounds[1]
+    con = sqlite3.connect(tmp_path / "ota" / "metrics.db")
+    rows = {(c, n): v for c, n, v in con.execute("SELECT client_id, name, value FROM client_metrics WHERE round=1")}
+    entries = rows[(0, "bytes_up")] / 4  # float32 LoRA delta, one analog symbol per value
+    slot = entries / cfg.network.bandwidth_hz
+    sent = [c for c in range(4) if rows[(c, "truncated")] == 0.0]
+    assert r["ota_clients"] == 4 and r["ota_transmitting"] == len(sent)  # clock and aggregator agree on who sent
+    assert r["max_upload_s"] == pytest.approx(slot)
+    assert all(rows[(c, "sim_upload_s")] == pytest.approx(slot) for c in sent)
+    assert r["energy_tx_j"] == pytest.approx(sum(rows[(c, "tx_power_w")] for c in sent) * slot)
+    # average power constraint: the participants' mean transmit power is the network's 23 dBm
+    assert np.mean([rows[(c, "tx_power_w")] for c in range(4)]) == pytest.approx(10 ** (-0.7))
+    assert r["sim_round_s"] == pytest.approx(max(rows[(c, "sim_download_s")] + rows[(c, "sim_compute_s")]
+                                                 for c in range(4)) + slot)
+    assert r["ota_noise_std"] > 0 and np.isfinite(r["eval_loss"])

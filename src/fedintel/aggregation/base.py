@@ -11,6 +11,7 @@ from fedintel.types import AdapterState, Update
 
 if TYPE_CHECKING:
     from fedintel.aggregation.config import AggregationConfig
+    from fedintel.network.channel import ChannelState
 
 
 @dataclass
@@ -20,11 +21,14 @@ class RoundContext:
     ``round_idx`` ties the call's randomness (if any) to the round, so resumed runs repeat it; ``dropped``
     lists clients selected this round whose update never arrived (secure aggregation recovers their masks);
     the aggregator writes its diagnostics (e.g. clipped fraction) into ``stats``, recorded as round metrics.
+    ``channel`` is the simulated cell's channel of the round (every client's uplink gain, transmit power,
+    noise, band), or None without a network; over-the-air aggregation sums the updates through it.
     """
 
     round_idx: int = 0
     dropped: list[int] = field(default_factory=list)
     stats: dict[str, float] = field(default_factory=dict)
+    channel: ChannelState | None = None
 
 
 class Aggregator(ABC):

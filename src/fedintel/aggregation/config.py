@@ -16,6 +16,8 @@ from fedintel.sections import Section
 
 if TYPE_CHECKING:
     from fedintel.aggregation.base import Aggregator
+    from fedintel.config import ExperimentConfig
+    from fedintel.network.aircomp import AnalogUplink
 
 
 class AggregationConfig(Section):
@@ -28,6 +30,14 @@ class AggregationConfig(Section):
         description="naive: average LoRA A and B separately; exact: average the products B@A and "
         "re-factorise to the rank by truncated SVD.",
     )
+
+    def cross_check(self, cfg: ExperimentConfig) -> None:  # noqa: B027 - optional hook
+        """Raise ``ValueError`` naming the fields if ``cfg`` combines this rule with what it cannot serve."""
+
+    def analog_uplink(self) -> AnalogUplink | None:
+        """How clients transmit when the rule aggregates over the air (the network clock charges one analog slot);
+        None for a digital upload."""
+        return None
 
 
 AGGREGATORS: Registry[AggregationConfig, type[Aggregator]] = Registry("aggregation", "rule", "aggregation rule")

@@ -1,7 +1,8 @@
 """The simulated wireless edge network: how long a round takes, what it costs, who drops out.
 
 A base station at the centre of a cell, users dropped at random, path loss + shadowing + Rayleigh fading,
-Shannon rates on shared bandwidth, heterogeneous device compute, a simulated clock. Pure numpy.
+Shannon rates on shared bandwidth (or one over-the-air slot), heterogeneous device compute, a simulated clock.
+Pure numpy.
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ from __future__ import annotations
 from fedintel.lazy import lazy_getattr
 
 _EXPORTS = {
+    "analog_slot_s": "aircomp",
+    "AnalogPlan": "aircomp",
+    "AnalogUplink": "aircomp",
     "ChannelState": "channel",
     "ClientJob": "simulator",
     "ClientTiming": "simulator",

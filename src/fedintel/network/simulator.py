@@ -21,6 +21,14 @@ Modelling choices (documented, so results can be read correctly):
   client was dropped, at the deadline (if one was missed) or at the start.
 * **Energy**: transmit energy = transmit power x upload airtime; compute energy from the device profile.
   Receive and idle energy are not counted.
+* **Over-the-air uplink** (``analog`` given, ``aggregation.rule: ota``; :mod:`aircomp`): no band split. When
+  the last participant has finished computing, every transmitting client sends its ``entries_up`` values at
+  once as analog symbols over the whole band, one slot of ``entries / bandwidth_hz`` seconds for all of them
+  (``slots`` groups that must be summed apart, e.g. clusters, take one slot each, back to back). Truncated
+  clients (deep fade) stay silent: not dropped, their update reaches the aggregator, which leaves it out of the
+  sum; upload time and transmit energy 0. Transmit energy = the client's power-controlled power x slot time.
+  Uplink outage does not apply (truncation replaces it); downlink outage and the deadline do (the deadline
+  drops the latest-computing clients until the slots end in time).
 * **Edge servers** (``edge_servers > 0``, hierarchical scheme): each client's radio link is to its nearest
   edge server (``client_edge``), which has a band of its own: call :meth:`WirelessNetwork.simulate_round`
   once per edge server with that server's clients, then add :meth:`WirelessNetwork.backhaul_time`.
@@ -36,6 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedintel.network import clock
+from fedintel.network.aircomp import AnalogPlan, AnalogUplink, analog_slot_s
 from fedintel.network.allocation import bandwidth_needed, equal_split, min_max_latency
 from fedintel.network.channel import ChannelState, draw_channel
 from fedintel.network.clock import Event, EventQueue
@@ -52,12 +61,16 @@ _REL_TOL = 1e-9
 
 @dataclass(frozen=True)
 class ClientJob:
-    """One client's work in a round: FLOPs to train, bytes to upload and to download."""
+    """One client's work in a round: FLOPs to train, bytes to upload and to download.
+
+    ``entries_up``: values it sends as analog symbols when the uplink is over the air (ignored otherwise).
+    """
 
     client_id: int
     flops: float
     bytes_up: int
     bytes_down: int
+    entries_up: int = 0
 
 
 @dataclass
@@ -66,7 +79,8 @@ class ClientTiming:
 
     For a dropped client, ``finish_s`` is when the server gave up on it (start of round for an outage, the
     deadline for a late client), ``upload_s``, ``bandwidth_up_hz`` and ``energy_tx_j`` are 0, and
-    ``rate_up_bps`` is the rate it would have had at an equal share of the band.
+    ``rate_up_bps`` is the rate it would have had at an equal share of the band. Over the air,
+    ``rate_up_bps`` is the payload's bits over the slot and a ``truncated`` client sends nothing.
     """
 
     client_id: int
@@ -84,6 +98,10 @@ class ClientTiming:
     bytes_down: int = 0
     dropped: bool = False
     reason: str = ""
+    tx_power_w: float = 0.0
+    """Transmit power during the upload, W (power-controlled over the air)."""
+    truncated: bool = False
+    """Over the air: silent this round (channel below the truncation threshold)."""
 
     @property
     def duration_s(self) -> float:
@@ -232,11 +250,27 @@ class WirelessNetwork:
 
     # ------------------------------------------------------------------ a synchronous round
 
-    def simulate_round(self, round_idx: int, start_s: float, jobs: Sequence[ClientJob]) -> RoundTiming:
-        """Time a synchronous round of ``jobs`` starting at ``start_s`` (see the module docstring)."""
+    def simulate_round(
+        self,
+        round_idx: int,
+        start_s: float,
+        jobs: Sequence[ClientJob],
+        *,
+        analog: AnalogUplink | None = None,
+        slots: Sequence[Sequence[int]] | None = None,
+    ) -> RoundTiming:
+        """Time a synchronous round of ``jobs`` starting at ``start_s`` (see the module docstring).
+
+        ``analog`` makes the uplink over the air; ``slots`` then groups the clients summed apart (one analog
+        slot each, back to back; default: all in one slot).
+        """
         if not (math.isfinite(start_s) and start_s >= 0):
             raise ValueError(f"start_s must be a finite time >= 0 s, got {start_s}")
         self._check_jobs(jobs)
+        if analog is not None:
+            return self._simulate_analog(round_idx, start_s, jobs, analog, slots)
+        if slots is not None:
+            raise ValueError("slots group the clients of an over-the-air uplink; pass analog too")
         ch = self.channel(round_idx)
         accepted, shares, drops, eq_rates = self._plan(ch, jobs, apply_deadline=True)
         timings: dict[int, ClientTiming] = {}
@@ -263,6 +297,90 @@ class WirelessNetwork:
             dropped=dropped,
             events=_round_events(round_idx, timings, end_s, bool(accepted)),
         )
+
+    def analog_plan(self, round_idx: int, client_ids: Sequence[int], analog: AnalogUplink) -> AnalogPlan:
+        """Truncation and transmit powers of ``client_ids`` (in that order) summed in one analog slot."""
+        ch = self.channel(round_idx)
+        ids = [int(c) for c in client_ids]
+        for c in ids:
+            self._check_client(c)
+        return analog.plan(ch.gain_up[ids], ch.tx_power_w, ch.noise_psd_w_hz * ch.bandwidth_hz)
+
+    def _simulate_analog(
+        self,
+        round_idx: int,
+        start_s: float,
+        jobs: Sequence[ClientJob],
+        analog: AnalogUplink,
+        slots: Sequence[Sequence[int]] | None,
+    ) -> RoundTiming:
+        ch = self.channel(round_idx)
+        groups = [[int(c) for c in g] for g in slots] if slots is not None else [[j.client_id for j in jobs]]
+        slot_of = {c: i for i, g in enumerate(groups) for c in g}
+        if sorted(slot_of) != sorted(j.client_id for j in jobs) or sum(map(len, groups)) != len(jobs):
+            raise ValueError("slots must hold every client of the round exactly once")
+        slot_s = analog_slot_s(max((j.entries_up for j in jobs), default=0), self.cfg.bandwidth_hz)
+        drops: dict[int, tuple[_Prep, str]] = {}
+        kept: list[_Prep] = []
+        for job in jobs:
+            p = self._prepare(ch, job)
+            if self._outage(p, math.inf):  # over the air only the downlink can be in outage
+                drops[job.client_id] = (p, "outage")
+            else:
+                kept.append(p)
+
+        def schedule(kept: list[_Prep]) -> tuple[dict[int, tuple[int, float, bool]], float]:
+            """client -> (slot index, power, transmits); and when the last slot ends (s after start)."""
+            out: dict[int, tuple[int, float, bool]] = {}
+            present = {p.job.client_id for p in kept}
+            used = 0
+            for g in groups:
+                members = [c for c in g if c in present]
+                if not members:
+                    continue
+                plan = self.analog_plan(round_idx, members, analog)
+                for c, pw, tx in zip(members, plan.power_w, plan.transmit, strict=True):
+                    out[c] = (used, float(pw), bool(tx))
+                used += plan.num_transmitting > 0
+            t0 = max((p.fixed_s for p in kept), default=0.0)
+            return out, t0 + used * slot_s
+
+        sched, end_rel = schedule(kept)
+        if self.cfg.deadline_s is not None:
+            limit = self.cfg.deadline_s * (1.0 + _REL_TOL)
+            while kept and end_rel > limit:
+                late = max(kept, key=lambda p: (p.fixed_s, p.job.client_id))
+                kept.remove(late)
+                drops[late.job.client_id] = (late, "deadline")
+                sched, end_rel = schedule(kept)
+        deadline_at = start_s + self.cfg.deadline_s if self.cfg.deadline_s is not None else math.inf
+        t0 = start_s + max((p.fixed_s for p in kept), default=0.0)
+        timings: dict[int, ClientTiming] = {}
+        for c, (p, reason) in drops.items():
+            timings[c] = self._dropped(p, start_s, 0.0, reason, start_s if reason == "outage" else deadline_at)
+        for p in kept:
+            c = p.job.client_id
+            idx, power, tx = sched[c]
+            upload_s = slot_s if tx else 0.0
+            timings[c] = ClientTiming(
+                client_id=c, start_s=start_s, download_s=p.download_s, compute_s=p.compute_s, upload_s=upload_s,
+                finish_s=t0 + (idx + 1) * slot_s if tx else start_s + p.fixed_s,
+                rate_up_bps=p.bits_up / slot_s if tx and slot_s > 0 else 0.0, rate_down_bps=p.rate_down,
+                bandwidth_up_hz=self.cfg.bandwidth_hz if tx else 0.0, energy_tx_j=power * upload_s,
+                energy_compute_j=p.profile.compute_energy(p.job.flops), bytes_up=p.job.bytes_up,
+                bytes_down=p.job.bytes_down, tx_power_w=power, truncated=not tx,
+            )
+        if kept:
+            end_s = start_s + end_rel + self.cfg.aggregation_time_s
+        elif any(reason == "deadline" for _, reason in drops.values()):
+            end_s = deadline_at
+        else:
+            end_s = start_s
+        dropped = sorted(drops)
+        if dropped:
+            log.info("round %d: dropped %s", round_idx, {c: drops[c][1] for c in dropped})
+        return RoundTiming(round_idx=round_idx, start_s=start_s, end_s=end_s, clients=dict(sorted(timings.items())),
+                           dropped=dropped, events=_round_events(round_idx, timings, end_s, bool(kept)))
 
     def estimate_times(
         self,
@@ -295,18 +413,23 @@ class WirelessNetwork:
         rng: np.random.Generator,
         flops_estimate: float,
         bytes_estimate: int,
+        *,
+        analog: AnalogUplink | None = None,
+        entries_estimate: int = 0,
     ) -> list[int]:
         """Pick up to ``k`` of ``candidates`` by the configured selection policy (sorted ids).
 
         ``fastest_k`` and ``deadline`` rank candidates by the time each would take at a ``1/k`` share of
-        the band, training ``flops_estimate`` FLOPs and moving ``bytes_estimate`` bytes each way. ``random``
-        uses only ``rng``. ``deadline`` may return fewer than ``k`` clients, even none.
+        the band, training ``flops_estimate`` FLOPs and moving ``bytes_estimate`` bytes each way (over the air,
+        ``analog``: one slot of ``entries_estimate`` values). ``random`` uses only ``rng``. ``deadline`` may
+        return fewer than ``k`` clients, even none.
         """
         policy = self.cfg.selection
         if policy == "random":
             return select_random(candidates, k, rng)
         times = self._solo_times(
-            round_idx, candidates, max(1, min(k, len(candidates))), flops_estimate, bytes_estimate
+            round_idx, candidates, max(1, min(k, len(candidates))), flops_estimate, bytes_estimate,
+            None if analog is None else analog_slot_s(entries_estimate, self.cfg.bandwidth_hz),
         )
         if policy == "fastest_k":
             return select_fastest(times, k)
@@ -431,6 +554,7 @@ class WirelessNetwork:
             energy_compute_j=p.profile.compute_energy(p.job.flops),
             bytes_up=p.job.bytes_up,
             bytes_down=p.job.bytes_down,
+            tx_power_w=ch.tx_power_w,
         )
 
     def _dropped(self, p: _Prep, start_s: float, rate_up: float, reason: str, at_s: float) -> ClientTiming:
@@ -459,7 +583,8 @@ class WirelessNetwork:
         )
 
     def _solo_times(
-        self, round_idx: int, candidates: Sequence[int], k: int, flops: float, nbytes: int
+        self, round_idx: int, candidates: Sequence[int], k: int, flops: float, nbytes: int,
+        analog_slot: float | None = None,
     ) -> dict[int, float]:
         ch = self.channel(round_idx)
         share = self.cfg.bandwidth_hz / k
@@ -468,6 +593,9 @@ class WirelessNetwork:
             job = ClientJob(int(c), float(flops), int(nbytes), int(nbytes))
             self._check_jobs([job])
             p = self._prepare(ch, job)
+            if analog_slot is not None:  # over the air: one slot whoever else transmits
+                out[job.client_id] = math.inf if self._outage(p, math.inf) else p.fixed_s + analog_slot
+                continue
             rate_up = ch.uplink_rate(job.client_id, share)
             out[job.client_id] = (
                 math.inf if self._outage(p, rate_up) else p.fixed_s + _upload_s(p.bits_up, rate_up)
@@ -498,7 +626,8 @@ def _round_events(
             continue
         q.push(t.start_s + t.download_s, clock.DOWNLOAD_DONE, {"client_id": c})
         q.push(t.start_s + t.download_s + t.compute_s, clock.COMPUTE_DONE, {"client_id": c})
-        q.push(t.finish_s, clock.UPLOAD_DONE, {"client_id": c})
+        if not t.truncated:
+            q.push(t.finish_s, clock.UPLOAD_DONE, {"client_id": c})
     if aggregated:
         q.push(end_s, clock.AGGREGATION_DONE, {"round_idx": round_idx})
     return [q.pop() for _ in range(len(q))]

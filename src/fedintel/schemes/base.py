@@ -118,8 +118,9 @@ class Scheme(ABC):
         if net is None or net.cfg.selection == "random":
             return self.sample_clients(round_idx, candidates, k)
         rng = np.random.default_rng(derive_seed(self.world.cfg.federation.seed, round_idx, 11))
-        nbytes = state_nbytes(self.world.initial_state)
-        return sorted(net.select(round_idx, list(candidates), k, rng, self.world.estimated_flops(), nbytes))
+        init = self.world.initial_state
+        return sorted(net.select(round_idx, list(candidates), k, rng, self.world.estimated_flops(), state_nbytes(init),
+                                 analog=self.world.cfg.aggregation.analog_uplink(), entries_estimate=_entries(init)))
 
     def train(self, round_idx: int, jobs: list[TrainJob], record: RoundRecord | None = None) -> list[Result]:
         """Run ``jobs`` on the engine, reporting progress per client; self-reported values are checked
@@ -162,13 +163,17 @@ class Scheme(ABC):
     def apply_network(
         self, round_idx: int, totals: dict[str, float], results: Sequence[Result], record: RoundRecord,
         bytes_down: int, groups: Sequence[Sequence[int]] | None = None,
+        slots: Sequence[Sequence[int]] | None = None,
     ) -> list[Result]:
         """Time a synchronous round on the simulated network; drop late or faded clients.
 
         ``groups`` splits the clients into cells that each have the whole band (edge servers of the
-        hierarchical scheme); the round ends when the slowest cell is done. Updates ``totals`` (simulated
-        time, bytes, energy) and returns the results that arrived.
+        hierarchical scheme); the round ends when the slowest cell is done. When the aggregation rule sums
+        over the air (``aggregation.analog_uplink()``), each cell's upload is one analog slot, or one per
+        group of ``slots`` (clients aggregated apart, e.g. clusters). Updates ``totals`` (simulated time, bytes,
+        energy) and returns the results that arrived.
         """
+        analog = self.world.cfg.aggregation.analog_uplink()
         net = self.world.network
         updates = [r for r in results if isinstance(r, Update)]
         if net is None:
@@ -180,10 +185,17 @@ class Scheme(ABC):
         cells = [list(g) for g in groups] if groups is not None else [[u.client_id for u in updates]]
         end, dropped, summaries = start, set(), []
         for cell in cells:
-            jobs = [ClientJob(u.client_id, u.flops, u.nbytes, bytes_down) for u in updates if u.client_id in cell]
+            jobs = [ClientJob(u.client_id, u.flops, u.nbytes, bytes_down, _entries(u.delta))
+                    for u in updates if u.client_id in cell]
             if not jobs:
                 continue
-            rt = net.simulate_round(round_idx, start, jobs)
+            if analog is None:
+                rt = net.simulate_round(round_idx, start, jobs)
+            else:
+                ids = {j.client_id for j in jobs}
+                cell_slots = None if slots is None else [[c for c in g if c in ids] for g in slots]
+                rt = net.simulate_round(round_idx, start, jobs, analog=analog,
+                                        slots=None if cell_slots is None else [g for g in cell_slots if g])
             end = max(end, rt.end_s)
             dropped |= set(rt.dropped)
             summaries.append(summarize_round(rt))
@@ -193,6 +205,8 @@ class Scheme(ABC):
                     energy_tx_j=t.energy_tx_j, energy_compute_j=t.energy_compute_j, rate_up_bps=t.rate_up_bps,
                     bandwidth_up_hz=t.bandwidth_up_hz, dropped=float(t.dropped),
                 )
+                if analog is not None:
+                    record.clients[cid].update(tx_power_w=t.tx_power_w, truncated=float(t.truncated))
                 if t.dropped:
                     record.events.append((cid, "dropped", f"{t.reason} (simulated network)"))
         sums = {k: sum(s[k] for s in summaries) for k in summaries[0]} if summaries else {}
@@ -261,7 +275,8 @@ class Scheme(ABC):
         dropped: Sequence[int] = (),
     ) -> AdapterState:
         """The aggregator's delta for ``updates``, with its diagnostics recorded."""
-        ctx = RoundContext(round_idx, list(dropped))
+        net = self.world.network
+        ctx = RoundContext(round_idx, list(dropped), channel=net.channel(round_idx) if net is not None else None)
         delta = self.aggregator.aggregate(updates, reference, ctx)
         record.aggregations.append(dict(Counter(u.client_id for u in updates)))
         record.metrics.update(ctx.stats)
@@ -313,3 +328,8 @@ class Scheme(ABC):
                 record.metrics[f"{prefix}client_eval_loss"] = float(np.mean(losses))
             if accs:
                 record.metrics[f"{prefix}client_eval_accuracy"] = float(np.mean(accs))
+
+
+def _entries(state: AdapterState) -> int:
+    """Values in an adapter state: what an over-the-air upload sends, one analog symbol each."""
+    return sum(t.numel() for t in state.values())

@@ -74,7 +74,13 @@ class ClusteredScheme(Scheme):
                                                   extras=self.optimizer.downlink(opt[cid], cid)) for cid in chosen],
                              record)
         down = state_nbytes(self.world.initial_state) + self.optimizer.downlink_nbytes(state["optimizer"][0])
-        arrived = self.apply_network(round_idx, state["totals"], results, record, down)
+        # over the air each cluster is summed in its own slot; a client not yet clustered sends alone
+        by_cluster: dict[int, list[int]] = {}
+        for cid in chosen:
+            k = state["assignment"][cid]
+            by_cluster.setdefault(k if k >= 0 else -1 - cid, []).append(cid)
+        arrived = self.apply_network(round_idx, state["totals"], results, record, down,
+                                     slots=[by_cluster[k] for k in sorted(by_cluster)])
         accepted = self.screen(arrived, self.world.initial_state, record, expected_version=version, bytes_down=down)
         if forming:
             labels = self.method.form([u.delta for u in accepted], derive_seed(fed.seed, 19))
