@@ -29,7 +29,6 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from fedintel.aggregation.base import Aggregator, RoundContext
@@ -90,6 +89,8 @@ class OverTheAir(Aggregator):
 
     def aggregate(self, updates: Sequence[Update], global_state: AdapterState,
                   ctx: RoundContext | None = None) -> AdapterState:
+        import torch
+
         if not updates:
             raise ValueError("over-the-air aggregation of no updates")
         if ctx is not None:  # the round's stream, so resumed runs repeat it
