@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "transformers", "peft")
 
 SCRIPT = """
 import argparse, contextlib, io, json, sys
@@ -36,8 +35,8 @@ for argv in runs:
             codes[" ".join(argv)] = main(argv)
         except SystemExit as exit:
             codes[" ".join(argv)] = exit.code
-print(json.dumps({"codes": codes, "heavy": [m for m in %r if m in sys.modules]}))
-""" % (HEAVY,)
+print(json.dumps({"codes": codes, "heavy": [m for m in ("torch", "transformers", "peft") if m in sys.modules]}))
+"""
 
 
 def test_validate_and_every_help_import_no_torch() -> None:

@@ -7,6 +7,7 @@ It only makes sense for ``model.task = classification`` (the config refuses it o
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -56,4 +57,4 @@ class LabelFlip:
     def __call__(self, client_id: int, data: TokenizedSet) -> TokenizedSet:
         if client_id not in self.malicious or data.labels is None:
             return data
-        return TokenizedSet(data.input_ids, flip_labels(torch.tensor(data.labels), self.num_labels).tolist())
+        return dataclasses.replace(data, labels=flip_labels(torch.tensor(data.labels), self.num_labels).tolist())
