@@ -41,14 +41,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from fedintel.aggregation.fedavg import FedAvg  # noqa: E402
+from fedintel.audit.membership import run_membership  # noqa: E402
 from fedintel.config import ExperimentConfig, parse_config  # noqa: E402
 from fedintel.experiment import run_experiment  # noqa: E402
-from fedintel.privacy.membership import run_membership  # noqa: E402
 from fedintel.privacy.secagg import SecAggClient, SecAggServer, default_threshold  # noqa: E402
-from fedintel.privacy.unlearning import forget_approximate, forget_exact, participation  # noqa: E402
 from fedintel.tracking.checkpoint import latest_checkpoint  # noqa: E402
 from fedintel.tracking.store import MetricsStore, finished_rounds  # noqa: E402
 from fedintel.types import Update  # noqa: E402
+from fedintel.unlearning.forget import forget_approximate, forget_exact, participation  # noqa: E402
 from fedintel.world import build_world  # noqa: E402
 
 RULES = ["fedavg", "median", "trimmed_mean", "krum", "norm_bound"]

@@ -54,7 +54,7 @@ LONGEST_FIRST = [
     "serving/test_failover.py",
     "e2e/test_resume_schemes.py",
     "engines/test_flower_secagg_nodes.py",
-    "privacy/test_unlearning.py",
+    "unlearning/test_forget.py",
     "engines/test_flower_node_failure.py",
     "inference/test_analytics.py",
     "e2e/test_fault_tolerance.py",

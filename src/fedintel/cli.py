@@ -26,7 +26,7 @@ EXTENSIONS: list[str] = [
     "fedintel.reproduce.cli:add_reproduce_parser",
     "fedintel.inference.cli:add_infer_parser",
     "fedintel.engines.flower.cli:add_deploy_parser",
-    "fedintel.privacy.cli:add_forget_parser",
+    "fedintel.unlearning.cli:add_forget_parser",
     "fedintel.serving.cli:add_serve_parser",
 ]
 

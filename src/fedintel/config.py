@@ -21,12 +21,12 @@ from pydantic import (
 )
 
 from fedintel.aggregation.builtin import AggregationConfig, parse_aggregation_config
+from fedintel.attacks.config import AttackConfig
 from fedintel.errors import ConfigError
 from fedintel.models.peft_methods import PeftConfig, parse_peft_config
 from fedintel.network.config import NetworkConfig
 from fedintel.optimizers.base import OptimizerConfig
 from fedintel.optimizers.builtin import parse_optimizer_config
-from fedintel.privacy.attacks import AttackConfig
 from fedintel.privacy.config import PrivacyConfig
 from fedintel.schemes.cluster_methods import ClusteringConfig, parse_clustering_config
 from fedintel.schemes.config import AsyncConfig, HierarchyConfig

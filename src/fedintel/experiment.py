@@ -20,15 +20,8 @@ from fedintel.engines.batched import BatchedEngine
 from fedintel.engines.local import LocalEngine
 from fedintel.engines.parallel import ParallelEngine
 from fedintel.errors import RunFailed
-from fedintel.privacy.wiring import (
-    add_participation,
-    by_participation,
-    epsilon_after,
-    poison_data,
-    round_releases,
-    update_hook,
-    wrap_aggregator,
-)
+from fedintel.privacy.budget import PrivacyLedger
+from fedintel.privacy.secure_aggregator import SecureAggregator
 from fedintel.schemes.base import Scheme
 from fedintel.schemes.registry import scheme_class as registered_scheme
 from fedintel.tracking.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
@@ -38,6 +31,7 @@ from fedintel.tracking.progress import NullReporter, Reporter
 from fedintel.tracking.rundir import RunDirError, run_lock
 from fedintel.tracking.store import MetricsStore
 from fedintel.training.client import TrainingDiverged
+from fedintel.trust import build_client_mods, clients_unmask, wrap_aggregator
 from fedintel.world import World, build_world
 
 log = logging.getLogger(__name__)
@@ -115,19 +109,21 @@ def build_scheme(
     cfg: ExperimentConfig, world: World, reporter: Reporter, engine_factory: EngineFactory | None = None,
     scheme_factory: SchemeFactory | None = None,
 ) -> Scheme:
+    """The scheme of ``cfg`` with its engine and aggregator, the privacy wrappers and client mods in place
+    (:mod:`fedintel.trust`). An engine from ``engine_factory`` brings its own client mods."""
     aggregator = wrap_aggregator(cfg, build_aggregator(cfg))
-    poison_data(world)
+    mods = build_client_mods(cfg)
     if engine_factory:
         engine = engine_factory(world)
     elif cfg.runtime.num_workers > 1:
-        engine = ParallelEngine(cfg)
+        engine = ParallelEngine(cfg, mods)
     elif cfg.runtime.client_batching != "off":
-        engine = BatchedEngine(world, update_hook(cfg))
+        engine = BatchedEngine(world, mods)
     else:
-        engine = LocalEngine(world, update_hook(cfg))
-    remote_sum = getattr(engine, "secure_sum", None)
-    if cfg.privacy.secure_aggregation and remote_sum is not None and getattr(engine, "secagg", None) is not None:
-        aggregator.remote = remote_sum  # type: ignore[attr-defined]  # the clients mask; only the sum is unmasked
+        engine = LocalEngine(world, mods)
+    remote = clients_unmask(cfg, engine)
+    if remote is not None and isinstance(aggregator, SecureAggregator):
+        aggregator.remote = remote  # the clients mask; only the sum is unmasked here
     return (scheme_factory or scheme_class(cfg))(world, engine, aggregator, reporter)
 
 
@@ -200,9 +196,8 @@ def _run_locked(
                 store.log_round(run_id, 0, scheme.initial_record(state).metrics)
             save_checkpoint(run_dir, 0, {"state": state, "scheme": scheme.name, "config_hash": config_hash(cfg)})
         store.truncate_after(run_id, first - 1)  # rounds logged after the checkpoint are recomputed
-        # each client's DP releases so far (where epsilon is accounted by participation), from the store
-        participation = (add_participation({}, ((int(r["client_id"]), r) for r in store.client_rows(run_id)))
-                         if by_participation(cfg) else None)
+        # epsilon so far (each client's DP releases, where it is accounted by participation, from the store)
+        ledger = PrivacyLedger(cfg, lambda: store.client_rows(run_id))
         reporter.start(cfg.federation.rounds, first, cfg.federation.clients_per_round)
         try:
             for rnd in range(first, cfg.federation.rounds + 1):
@@ -215,14 +210,10 @@ def _run_locked(
                         f"round {rnd}: {err}. The run stopped; the last good checkpoint is kept in {run_dir}/checkpoints"
                     ) from None
                 record.metrics["wall_s"] = time.perf_counter() - t0
-                if participation is not None:
-                    releases = round_releases(cfg, record.aggregations, record.uploads)
-                    for cid, row in releases.items():
-                        record.clients.setdefault(cid, {}).update(row)
-                    add_participation(participation, releases.items())
-                eps = epsilon_after(cfg, rnd, participation)
-                if eps is not None:
-                    record.metrics["epsilon"] = eps
+                spent = ledger.account(rnd, record.aggregations, record.uploads)
+                for cid, row in spent.clients.items():
+                    record.clients.setdefault(cid, {}).update(row)
+                record.metrics.update(spent.metrics)
                 if scheme.contributions is not None:  # output.save_client_updates
                     save_contributions(run_dir, rnd, scheme.contributions)
                     scheme.contributions = []

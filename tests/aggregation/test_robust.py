@@ -11,7 +11,7 @@ from fedintel.aggregation.median import Median
 from fedintel.aggregation.norm_bound import NormBound, clip_to_norm
 from fedintel.aggregation.trimmed_mean import TrimmedMean
 from fedintel.aggregation.validate import update_norm
-from fedintel.privacy.attacks import scale, sign_flip
+from fedintel.attacks.update import scale, sign_flip
 from fedintel.types import AdapterState, Update
 
 

@@ -16,6 +16,7 @@ import torch
 from fedintel.config import dump_config
 from fedintel.experiment import resume_experiment, run_experiment
 from fedintel.tracking.checkpoint import latest_checkpoint, list_checkpoints
+from fedintel.training.mods import ClientMods
 
 CRASH, NAN, SHAPE, SLOW, HONEST = range(5)
 
@@ -46,7 +47,7 @@ def _inject_faults(monkeypatch):
 
     real_init = LocalEngine.__init__
     monkeypatch.setattr(experiment, "build_world", build_world)
-    monkeypatch.setattr(LocalEngine, "__init__", lambda self, world, update_hook=None: real_init(self, world, garbage))
+    monkeypatch.setattr(LocalEngine, "__init__", lambda self, world, mods=None: real_init(self, world, ClientMods(update=(garbage,))))
 
 
 def test_crashing_garbage_and_late_clients_are_dropped_and_the_round_goes_on(tiny_cfg, tmp_path, monkeypatch):

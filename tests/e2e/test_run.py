@@ -103,6 +103,7 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(tiny_cfg, tmp_path):
 
 def test_corrupt_client_update_is_rejected_not_averaged(tiny_cfg, tmp_path, monkeypatch):
     from fedintel.engines.local import LocalEngine
+    from fedintel.training.mods import ClientMods
 
     def poison(update, job):
         if update.client_id == min(j for j in range(4)):
@@ -111,7 +112,7 @@ def test_corrupt_client_update_is_rejected_not_averaged(tiny_cfg, tmp_path, monk
         return update
 
     orig = LocalEngine.__init__
-    monkeypatch.setattr(LocalEngine, "__init__", lambda self, world, update_hook=None: orig(self, world, poison))
+    monkeypatch.setattr(LocalEngine, "__init__", lambda self, world, mods=None: orig(self, world, ClientMods(update=(poison,))))
     res = run_experiment(tiny_cfg(federation={"clients_per_round": 4}), tmp_path / "poisoned")
     assert all(r["clients_rejected"] == 1 and r["clients_accepted"] == 3 for r in res.rounds[1:])
     assert all(math.isfinite(r["eval_loss"]) for r in res.rounds)

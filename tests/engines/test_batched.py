@@ -12,7 +12,7 @@ from fedintel.engines.local import LocalEngine
 from fedintel.experiment import build_scheme, run_experiment
 from fedintel.optimizers import build_optimizer
 from fedintel.optimizers.scaffold import DC_KEY
-from fedintel.privacy.wiring import update_hook
+from fedintel.trust import build_client_mods
 from fedintel.types import TrainJob, Update
 from fedintel.world import build_world
 
@@ -62,9 +62,9 @@ def test_mixed_ranks_fedprox_local_dp_and_unequal_steps_match_the_sequential_eng
     world = build_world(cfg)
     unequal_shards(world)  # 4, 2, 3 and 1 steps; batches of 4, 4, 4 and 3 rows
     jobs = [TrainJob(c, world.initial_state, 0, 1) for c in (3, 0, 2, 1)]
-    seq = LocalEngine(world, update_hook(cfg)).train(jobs)
+    seq = LocalEngine(world, build_client_mods(cfg)).train(jobs)
     seen: list[int] = []
-    bat = BatchedEngine(world, update_hook(cfg)).train(jobs, on_done=lambda r: seen.append(r.client_id))
+    bat = BatchedEngine(world, build_client_mods(cfg)).train(jobs, on_done=lambda r: seen.append(r.client_id))
     assert seen == [3, 0, 2, 1] and [u.steps for u in seq] == [1, 4, 3, 2]
     assert_same_updates(bat, seq)
     assert {u.wire_bytes for u in bat} != {None}  # rank-sized uploads
@@ -121,7 +121,7 @@ def test_every_scheme_gives_the_sequential_run(tiny_cfg, tmp_path, scheme, batch
         rec: dict[str, Recording] = {}
 
         def factory(world, cfg=cfg, engine_cls=engine_cls, rec=rec):
-            rec["engine"] = Recording(engine_cls(world, update_hook(cfg)))
+            rec["engine"] = Recording(engine_cls(world, build_client_mods(cfg)))
             return rec["engine"]
 
         result = run_experiment(cfg, tmp_path / name, engine_factory=factory)

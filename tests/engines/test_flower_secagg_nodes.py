@@ -16,8 +16,10 @@ from fedintel.engines.flower.secagg import AUDIT_ENV
 from fedintel.engines.local import LocalEngine
 from fedintel.experiment import run_experiment
 from fedintel.privacy.secagg import encode_fixed_point
-from fedintel.privacy.wiring import masking_input, update_hook
+from fedintel.privacy.secure_aggregator import masking_input
 from fedintel.tracking.checkpoint import latest_checkpoint
+from fedintel.training.mods import NO_MODS
+from fedintel.trust import build_client_mods
 from tests.conftest import tiny_config
 from tests.engines.flower_helpers import NUM_NODES, cluster, run_killing_node_when_training, run_rounds
 
@@ -29,8 +31,8 @@ JOB_TIMEOUT_S = 30.0
 class RecordingEngine(LocalEngine):
     """The local engine, keeping every update it produced (the reference's true deltas)."""
 
-    def __init__(self, world, hook=None):
-        super().__init__(world, hook)
+    def __init__(self, world, mods=NO_MODS):
+        super().__init__(world, mods)
         self.seen = {}
 
     def train(self, jobs, on_done=None):
@@ -61,7 +63,7 @@ def test_supernodes_mask_their_updates_and_a_killed_node_is_recovered(tmp_path, 
     local_cfg = cfg.model_copy(update={"federation": cfg.federation.model_copy(update={"exclude_clients": [2]})})
     engines = []
     local = run_experiment(local_cfg, tmp_path / "local",
-                           engine_factory=lambda w: engines.append(RecordingEngine(w, update_hook(local_cfg))) or engines[-1])
+                           engine_factory=lambda w: engines.append(RecordingEngine(w, build_client_mods(local_cfg))) or engines[-1])
     assert [r["eval_loss"] for r in rounds] == [r["eval_loss"] for r in local.rounds]
     a, b = latest_checkpoint(tmp_path / "run")["state"]["global"], latest_checkpoint(tmp_path / "local")["state"]["global"]
     assert all(torch.equal(a[k], b[k]) for k in b)

@@ -6,6 +6,7 @@ import torch
 from fedintel.config import ConfigError, parse_config
 from fedintel.engines.parallel import ParallelEngine
 from fedintel.experiment import run_experiment
+from fedintel.trust import build_client_mods
 from fedintel.types import TrainJob, Update
 from fedintel.world import build_world
 
@@ -26,13 +27,16 @@ def test_parallel_workers_give_the_sequential_run_bit_for_bit(tiny_cfg, tmp_path
 
 
 def test_every_clients_delta_matches_and_results_keep_job_order(tiny_cfg, one_thread):
-    cfg = tiny_cfg(runtime={"device": "cpu", "threads": 1, "workers": 2}, federation={"num_clients": 4})
+    # with client mods (a sign-flipping attacker, local DP): the workers apply the mods they were sent
+    cfg = tiny_cfg(runtime={"device": "cpu", "threads": 1, "workers": 2}, federation={"num_clients": 4},
+                   privacy={"dp": "local", "noise_multiplier": 0.5}, attack={"kind": "sign_flip", "fraction": 0.25})
     world = build_world(cfg)
     from fedintel.engines.local import LocalEngine
 
+    mods = build_client_mods(cfg)
     jobs = [TrainJob(c, world.initial_state, 0, 1) for c in (3, 0, 2, 1)]
-    seq = LocalEngine(world).train(jobs)
-    engine = ParallelEngine(cfg)
+    seq = LocalEngine(world, mods).train(jobs)
+    engine = ParallelEngine(cfg, mods)
     try:
         seen = []
         par = engine.train(jobs, on_done=lambda r: seen.append(r.client_id))
@@ -42,6 +46,8 @@ def test_every_clients_delta_matches_and_results_keep_job_order(tiny_cfg, one_th
     for a, b in zip(seq, par, strict=True):
         assert isinstance(b, Update)
         assert all(torch.equal(a.delta[k], b.delta[k]) for k in a.delta)
+        assert a.metrics == b.metrics
+    assert sum(u.metrics.get("malicious", 0.0) for u in par) == 1.0
     assert not any(p.is_alive() for p in engine.procs)
 
 

@@ -8,7 +8,8 @@ from fedintel.aggregation.factory import build_aggregator
 from fedintel.aggregation.lora_exact import ExactLoRA
 from fedintel.aggregation.validate import update_norm
 from fedintel.privacy.dp import DPAggregator
-from fedintel.privacy.wiring import SecureAggregator, update_hook, wrap_aggregator
+from fedintel.privacy.secure_aggregator import SecureAggregator
+from fedintel.trust import build_client_mods, wrap_aggregator
 from fedintel.types import TrainJob, Update
 
 
@@ -44,8 +45,8 @@ def test_local_dp_with_exact_lora_noises_each_update_and_aggregates_exactly(tiny
                     aggregation={"lora": "exact"})
     assert isinstance(agg, ExactLoRA)
     ups, ref = _updates()
-    hook = update_hook(cfg)
-    sent = [hook(dataclasses.replace(u, delta=dict(u.delta)), TrainJob(u.client_id, ref, 0, 1)) for u in ups]
+    mods = build_client_mods(cfg)
+    sent = [mods.finish(dataclasses.replace(u, delta=dict(u.delta)), TrainJob(u.client_id, ref, 0, 1)) for u in ups]
     for u, s in zip(ups, sent, strict=True):
         assert not torch.allclose(s.delta["l.lora_A.weight"], u.delta["l.lora_A.weight"])
     assert set(agg.aggregate(sent, ref)) == set(ref)

@@ -7,8 +7,8 @@ import dp_accounting
 import pytest
 
 from fedintel.experiment import resume_experiment, run_experiment
+from fedintel.privacy import budget, local_dp
 from fedintel.privacy import dp as dp_mod
-from fedintel.privacy import wiring
 from fedintel.privacy.accountant import compute_epsilon
 
 DELTA = 1e-5
@@ -62,7 +62,7 @@ def test_fastest_k_is_accounted_by_actual_participation(tiny_cfg, tmp_path, rele
 def test_random_selection_still_claims_amplification(tiny_cfg, tmp_path):
     cfg = tiny_cfg(federation={"rounds": 2}, privacy={"dp": "central", "noise_multiplier": 1.0},
                    eval={"per_client": False})
-    assert wiring.amplified(cfg)
+    assert budget.amplified(cfg)
     res = run_experiment(cfg, tmp_path / "random")
     assert res.final["epsilon"] == pytest.approx(compute_epsilon(1.0, 3 / 4, 2, DELTA), rel=1e-12)
 
@@ -71,7 +71,7 @@ def test_fedbuff_counts_each_flush_as_a_release(tiny_cfg, tmp_path, releases):
     cfg = tiny_cfg(federation={"scheme": "async", "rounds": 2, "clients_per_round": 4},
                    network={"enabled": True}, privacy={"dp": "central", "noise_multiplier": 1.0},
                    eval={"per_client": False}, **{"async": {"mode": "fedbuff", "buffer_size": 2, "concurrency": 2}})
-    assert not wiring.amplified(cfg)
+    assert not budget.amplified(cfg)
     res = run_experiment(cfg, tmp_path / "fedbuff")
     assert len(releases) >= 3
     assert res.final["epsilon"] == pytest.approx(_by_hand(1.0, releases), rel=1e-9)
@@ -79,13 +79,13 @@ def test_fedbuff_counts_each_flush_as_a_release(tiny_cfg, tmp_path, releases):
 
 def test_async_local_dp_counts_each_upload(tiny_cfg, tmp_path, monkeypatch):
     uploads: list[int] = []
-    real = wiring.privatize_local
+    real = local_dp.privatize_local
 
     def spy(delta, clip, sigma, gen):
         uploads.append(len(uploads))
         return real(delta, clip, sigma, gen)
 
-    monkeypatch.setattr(wiring, "privatize_local", spy)
+    monkeypatch.setattr(local_dp, "privatize_local", spy)
     cfg = tiny_cfg(federation={"scheme": "async", "rounds": 2, "clients_per_round": 3}, network={"enabled": True},
                    privacy={"dp": "local", "noise_multiplier": 2.0}, eval={"per_client": False},
                    **{"async": {"mode": "fedasync", "concurrency": 2}})

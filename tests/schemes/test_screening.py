@@ -39,9 +39,10 @@ def test_impossible_self_reports_are_rejected(claim):
 
 def _hooked(monkeypatch, edit):
     from fedintel.engines.local import LocalEngine
+    from fedintel.training.mods import ClientMods
 
     real_init = LocalEngine.__init__
-    monkeypatch.setattr(LocalEngine, "__init__", lambda self, world, update_hook=None: real_init(self, world, edit))
+    monkeypatch.setattr(LocalEngine, "__init__", lambda self, world, mods=None: real_init(self, world, ClientMods(update=(edit,))))
 
 
 def _events(run_dir):

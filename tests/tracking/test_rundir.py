@@ -66,7 +66,7 @@ def test_resume_refuses_a_checkpoint_written_with_other_settings(interrupted):
 
 
 def test_a_second_process_on_a_run_directory_gets_a_clear_error(interrupted, tiny_cfg, tmp_path, capsys):
-    from fedintel.privacy.unlearning import forget
+    from fedintel.unlearning.forget import forget
 
     before = _rounds(interrupted)
     with run_lock(interrupted, "resume"):

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 
 def build_aggregator(cfg: ExperimentConfig) -> Aggregator:
-    """The aggregation rule of ``cfg``; privacy wrappers are applied by :mod:`fedintel.privacy.wiring`."""
+    """The aggregation rule of ``cfg``; privacy wrappers are applied by :mod:`fedintel.trust`."""
     a = cfg.aggregation
     if a.lora == "exact":
         return ExactLoRA(weighted=a.weighted)

@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-import torch
-
 from fedintel.aggregation.base import Aggregator, RoundContext
 from fedintel.aggregation.config import AggregationConfig, register_aggregator
 from fedintel.types import AdapterState, Update
@@ -18,6 +16,8 @@ from fedintel.types import AdapterState, Update
 
 def weighted_mean(states: Sequence[AdapterState], weights: Sequence[float]) -> AdapterState:
     """``sum_i w_i * s_i / sum_i w_i`` key by key, accumulated in float64 for exactness."""
+    import torch
+
     if not states:
         raise ValueError("weighted_mean of no states")
     total = float(sum(weights))

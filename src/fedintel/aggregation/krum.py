@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
 
 from fedintel.aggregation.base import Aggregator, RoundContext
@@ -22,11 +21,16 @@ from fedintel.aggregation.config import AggregationConfig, register_aggregator
 from fedintel.aggregation.fedavg import weighted_mean
 from fedintel.types import AdapterState, Update
 
+if TYPE_CHECKING:
+    import torch
+
 log = logging.getLogger(__name__)
 
 
 def pairwise_sq_distances(states: Sequence[AdapterState]) -> torch.Tensor:
     """``n x n`` float64 matrix of squared L2 distances between whole deltas (all tensors together)."""
+    import torch
+
     n = len(states)
     dist = torch.zeros((n, n), dtype=torch.float64)
     for key in states[0]:
@@ -38,6 +42,8 @@ def pairwise_sq_distances(states: Sequence[AdapterState]) -> torch.Tensor:
 
 def krum_scores(states: Sequence[AdapterState], num_malicious: int) -> torch.Tensor:
     """Krum score of every state: sum of squared distances to its ``n - f - 2`` nearest neighbours."""
+    import torch
+
     n = len(states)
     if n == 1:
         return torch.zeros(1, dtype=torch.float64)
@@ -81,6 +87,8 @@ class Krum(Aggregator):
 
     def aggregate(self, updates: Sequence[Update], global_state: AdapterState,
                   ctx: RoundContext | None = None) -> AdapterState:
+        import torch
+
         scores = krum_scores([u.delta for u in updates], self.num_malicious)
         best = int(torch.argmin(scores))
         return {k: v.clone() for k, v in updates[best].delta.items()}
@@ -117,6 +125,8 @@ class MultiKrum(Aggregator):
 
     def selected(self, updates: Sequence[Update]) -> list[int]:
         """Positions in ``updates`` of the kept updates, best score first."""
+        import torch
+
         n = len(updates)
         m = self.m if self.m is not None else n - self.num_malicious
         m = max(1, min(m, n))

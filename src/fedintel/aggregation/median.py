@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-import torch
-
 from fedintel.aggregation.base import Aggregator, RoundContext
 from fedintel.aggregation.config import AggregationConfig, register_aggregator
 from fedintel.types import AdapterState, Update
@@ -20,6 +18,8 @@ from fedintel.types import AdapterState, Update
 
 def coordinate_median(states: Sequence[AdapterState]) -> AdapterState:
     """Median over ``states`` coordinate by coordinate, computed in float64, returned in the input dtype."""
+    import torch
+
     if not states:
         raise ValueError("coordinate_median of no states")
     n = len(states)

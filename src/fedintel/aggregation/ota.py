@@ -31,7 +31,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from pydantic import Field, field_validator, model_validator
 
 from fedintel.aggregation.base import Aggregator, RoundContext
@@ -164,6 +163,8 @@ class OverTheAir(Aggregator):
 
     def aggregate(self, updates: Sequence[Update], global_state: AdapterState,
                   ctx: RoundContext | None = None) -> AdapterState:
+        import torch  # here, so parsing a config (fedintel validate) imports no torch
+
         if not updates:
             raise ValueError("over-the-air aggregation of no updates")
         round_idx = ctx.round_idx if ctx is not None else self.calls

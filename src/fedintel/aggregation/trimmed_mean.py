@@ -11,7 +11,6 @@ import math
 from collections.abc import Sequence
 from typing import Literal
 
-import torch
 from pydantic import Field
 
 from fedintel.aggregation.base import Aggregator, RoundContext
@@ -21,6 +20,8 @@ from fedintel.types import AdapterState, Update
 
 def coordinate_trimmed_mean(states: Sequence[AdapterState], beta: float) -> AdapterState:
     """Mean over ``states`` after trimming ``floor(beta * n)`` values at each end, coordinate by coordinate."""
+    import torch
+
     if not states:
         raise ValueError("coordinate_trimmed_mean of no states")
     if not 0.0 <= beta < 0.5:

@@ -13,8 +13,6 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-import torch
-
 from fedintel.errors import FedintelError
 from fedintel.types import MASKED_KEY, AdapterState, Update
 
@@ -81,6 +79,8 @@ def validate_update(
     uniform noise. Its NaN/Inf and overflow checks ran on the client before masking, and ``max_norm`` cannot be
     applied (the config refuses ``federation.max_update_norm`` with secure aggregation on Flower).
     """
+    import torch
+
     if MASKED_KEY in update.delta:
         _validate_masked(update, reference, max_norm, expected_version)
         return
@@ -117,6 +117,8 @@ def validate_update(
 
 def _validate_masked(update: Update, reference: AdapterState, max_norm: float | None,
                      expected_version: int | None) -> None:
+    import torch
+
     cid = update.client_id
     words = update.delta[MASKED_KEY]
     n = sum(t.numel() for t in reference.values())

@@ -5,7 +5,7 @@ clients) is cut into groups of N; each group trains through
 :func:`~fedintel.training.batched.train_batched`: one forward and one backward over the shared base per
 micro-batch for the whole group. Each client's work before and after training is the sequential engine's
 (:func:`~fedintel.training.job.prepare_job` / :func:`~fedintel.training.job.finish_job`: rank slice, FedProx or
-SCAFFOLD terms, wire bytes, local DP and attacks), so it returns one :class:`Update` per client, as
+SCAFFOLD terms, wire bytes, the client mods: local DP and attacks), so it returns one :class:`Update` per client, as
 :class:`~fedintel.engines.local.LocalEngine` does. The asynchronous scheme dispatches one client at a time, so
 there it trains them one by one.
 
@@ -22,7 +22,8 @@ from collections.abc import Callable
 from fedintel.engines.local import LocalEngine
 from fedintel.training.batched import BatchJob, batching_problem, train_batched
 from fedintel.training.client import TrainingDiverged
-from fedintel.training.job import PreparedJob, UpdateHook, finish_job, local_spec, prepare_job
+from fedintel.training.job import PreparedJob, finish_job, local_spec, prepare_job
+from fedintel.training.mods import NO_MODS, ClientMods
 from fedintel.types import ClientFailure, TrainJob, Update
 from fedintel.world import World
 
@@ -48,8 +49,8 @@ def group_size(world: World) -> int:
 class BatchedEngine(LocalEngine):
     """:class:`LocalEngine` that trains up to ``group_size(world)`` clients of each call together."""
 
-    def __init__(self, world: World, update_hook: UpdateHook | None = None) -> None:
-        super().__init__(world, update_hook)
+    def __init__(self, world: World, mods: ClientMods = NO_MODS) -> None:
+        super().__init__(world, mods)
         self.group = group_size(world)
         cfg = world.cfg
         if cfg.peft.method != "lora":
@@ -83,8 +84,9 @@ class BatchedEngine(LocalEngine):
         if len(batch) < 2:
             return [self.run_job(j) for j in jobs]
         preps = [prepare_job(w.cfg, j) for j in batch]
-        bjobs = [BatchJob(j.client_id, p.start, w.data.clients[j.client_id].train, j.seed(w.cfg.federation.seed),
-                          j.version, p.local_term) for j, p in zip(batch, preps, strict=True)]
+        bjobs = [BatchJob(j.client_id, p.start, self.mods.train_data(j.client_id, w.data.clients[j.client_id].train),
+                          j.seed(w.cfg.federation.seed), j.version, p.local_term)
+                 for j, p in zip(batch, preps, strict=True)]
         try:
             outs = train_batched(w.slot, bjobs, local_spec(w.cfg), pad_id=w.pad_id, shape=w.shape)
         except Exception as err:  # never a wrong result: the group trains one by one instead
@@ -102,7 +104,7 @@ class BatchedEngine(LocalEngine):
             log.warning("client %d diverged; its update is dropped: %s", job.client_id, out)
             return ClientFailure(job.client_id, str(out), kind="diverged")
         try:
-            return finish_job(self.world.cfg, prep, out, job, self.update_hook)
+            return finish_job(self.world.cfg, prep, out, job, self.mods)
         except Exception as err:
             log.warning("client %d failed: %s", job.client_id, err)
             return ClientFailure(job.client_id, f"{type(err).__name__}: {err}")

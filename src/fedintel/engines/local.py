@@ -7,24 +7,24 @@ from collections.abc import Callable
 
 from fedintel.engines.base import Engine
 from fedintel.training.client import TrainingDiverged
-from fedintel.training.job import UpdateHook, run_train_job
+from fedintel.training.job import run_train_job
+from fedintel.training.mods import NO_MODS, ClientMods
 from fedintel.types import ClientFailure, TrainJob, Update
 from fedintel.world import World
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LocalEngine", "UpdateHook"]
-
 
 class LocalEngine(Engine):
     """Runs jobs one after another (2 cores are better spent inside one torch op than across clients).
 
-    ``update_hook`` lets experiments transform an update before it leaves the client (attacks, local DP).
+    ``mods``: what every client does to its shard before training and to its update before upload (attacks,
+    local DP; see :func:`fedintel.trust.build_client_mods`).
     """
 
-    def __init__(self, world: World, update_hook: UpdateHook | None = None) -> None:
+    def __init__(self, world: World, mods: ClientMods = NO_MODS) -> None:
         self.world = world
-        self.update_hook = update_hook
+        self.mods = mods
 
     def train(
         self, jobs: list[TrainJob], on_done: Callable[[Update | ClientFailure], None] | None = None
@@ -43,7 +43,7 @@ class LocalEngine(Engine):
         try:
             return run_train_job(w.cfg, w.slot, w.data.clients[job.client_id].train, job,
                                  seed=job.seed(w.cfg.federation.seed), pad_id=w.pad_id, shape=w.shape,
-                                 update_hook=self.update_hook)
+                                 mods=self.mods)
         except TrainingDiverged as err:
             if w.cfg.federation.on_client_diverged == "stop":
                 raise  # stops the run (the last good checkpoint is kept)

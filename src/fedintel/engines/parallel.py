@@ -23,6 +23,7 @@ import torch.multiprocessing as mp
 from fedintel.config import ExperimentConfig
 from fedintel.engines.base import Engine
 from fedintel.training.client import TrainingDiverged
+from fedintel.training.mods import NO_MODS, ClientMods
 from fedintel.types import ClientFailure, TrainJob, Update
 
 log = logging.getLogger(__name__)
@@ -38,17 +39,15 @@ def worker_config(cfg: ExperimentConfig, index: int) -> ExperimentConfig:
     return cfg.model_copy(update={"runtime": runtime})
 
 
-def _worker_main(cfg: ExperimentConfig, index: int, jobs: Any, results: Any) -> None:
-    """A worker process: build the world once, then train jobs until told to stop (``None``)."""
+def _worker_main(cfg: ExperimentConfig, mods: ClientMods, index: int, jobs: Any, results: Any) -> None:
+    """A worker process: build the world once, then train jobs (with the run's client mods) until told to stop."""
     from fedintel.engines.local import LocalEngine
-    from fedintel.privacy.wiring import poison_data, update_hook
     from fedintel.world import build_world
 
     try:
         torch.manual_seed(cfg.federation.seed)
         world = build_world(worker_config(cfg, index))
-        poison_data(world)  # malicious clients poison their own shards, as in the run's own process
-        engine = LocalEngine(world, update_hook(cfg))
+        engine = LocalEngine(world, mods)
     except Exception as err:  # reported to the run, which stops with the reason
         results.put((_ERROR, index, f"{type(err).__name__}: {err}"))
         return
@@ -65,15 +64,19 @@ def _worker_main(cfg: ExperimentConfig, index: int, jobs: Any, results: Any) -> 
 
 
 class ParallelEngine(Engine):
-    """Runs the jobs of a round on ``runtime.workers`` processes (or one per ``runtime.devices`` entry)."""
+    """Runs the jobs of a round on ``runtime.workers`` processes (or one per ``runtime.devices`` entry).
 
-    def __init__(self, cfg: ExperimentConfig, start_timeout_s: float = 600.0) -> None:
+    ``mods``: the clients' mods, sent to every worker (as :class:`~fedintel.engines.local.LocalEngine` takes them).
+    """
+
+    def __init__(self, cfg: ExperimentConfig, mods: ClientMods = NO_MODS, start_timeout_s: float = 600.0) -> None:
         self.cfg = cfg
+        self.mods = mods
         self.num_workers = cfg.runtime.num_workers
         ctx = mp.get_context("spawn")  # fork would copy this process's torch threads and CUDA state
         self.jobs = ctx.Queue()
         self.results = ctx.Queue()
-        self.procs = [ctx.Process(target=_worker_main, args=(cfg, i, self.jobs, self.results), daemon=True,
+        self.procs = [ctx.Process(target=_worker_main, args=(cfg, mods, i, self.jobs, self.results), daemon=True,
                                   name=f"fedintel-worker-{i}") for i in range(self.num_workers)]
         for p in self.procs:
             p.start()

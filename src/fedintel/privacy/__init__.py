@@ -1,7 +1,11 @@
-"""Trust building blocks: differential privacy, privacy accounting, secure aggregation, and attacks.
+"""Privacy: differential privacy (central as an aggregator wrapper, local as a client mod), privacy accounting
+and secure aggregation (an aggregator over pairwise-masked updates).
 
-Names are loaded lazily, so ``fedintel.privacy.config`` stays cheap to import for config parsing.
-Importing :mod:`fedintel.privacy.dp` registers the ``dp_fedavg`` aggregator.
+:mod:`.config` is the ``privacy:`` section; :mod:`.dp` clipping and noise and :class:`~.dp.DPAggregator`;
+:mod:`.local_dp` the client mod; :mod:`.secagg` the protocol and :mod:`.secure_aggregator` the aggregator;
+:mod:`.accountant` epsilon of Gaussian mechanisms and :mod:`.budget` a run's sigma and epsilon so far. Which of
+them a run uses is declared in :mod:`fedintel.trust`. Names are loaded lazily, so ``fedintel.privacy.config``
+stays cheap to import for config parsing.
 """
 
 from __future__ import annotations
@@ -12,16 +16,15 @@ _EXPORTS = {
     "PrivacyAccountant": "accountant",
     "compute_epsilon": "accountant",
     "noise_for_target_epsilon": "accountant",
-    "AttackConfig": "attacks",
-    "apply_attack": "attacks",
-    "flip_labels": "attacks",
-    "malicious_clients": "attacks",
     "PrivacyConfig": "config",
     "DPAggregator": "dp",
     "add_gaussian_noise": "dp",
     "clip_delta": "dp",
     "privatize_local": "dp",
     "privatize_sum": "dp",
+    "LocalDPMod": "local_dp",
+    "PrivacyLedger": "budget",
+    "SecureAggregator": "secure_aggregator",
     "SecAggClient": "secagg",
     "SecAggError": "secagg",
     "SecAggServer": "secagg",

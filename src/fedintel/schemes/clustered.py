@@ -126,7 +126,7 @@ class ClusteredScheme(Scheme):
     def _ifca_pick(self, cid: int, clusters: list[AdapterState]) -> int:
         """The cluster whose adapter has the lowest loss on a few of the client's own training batches."""
         w = self.world
-        data = w.data.clients[cid].train
+        data = self.engine.mods.train_data(cid, w.data.clients[cid].train)  # the client's own view (label flip)
         mb = w.cfg.federation.micro_batch_size
         batches = w.cfg.clustering.ifca_eval_batches  # type: ignore[attr-defined]
         idx = list(range(min(len(data), mb * batches)))

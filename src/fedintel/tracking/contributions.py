@@ -1,6 +1,6 @@
 """Stored client contributions (``output.save_client_updates``): every accepted update of a round, on disk.
 
-Approximate unlearning (:mod:`fedintel.privacy.unlearning`) reads them back to subtract one client's
+Approximate unlearning (:mod:`fedintel.unlearning.forget`) reads them back to subtract one client's
 contributions; the run loop writes them, one file per round.
 """
 

@@ -2,14 +2,13 @@
 
 The steps around :func:`~fedintel.training.client.train_local` that decide what a client sends: the LoRA
 rank slice it trains (``peft.client_ranks``, heterogeneous devices), the delta against the full global
-adapter it received with a rank-sized wire size, then the client-side transformations (local DP noise,
-attacks). Both engines call :func:`run_train_job` (the batched engine its two halves, :func:`prepare_job` and
-:func:`finish_job`, around a batched trainer), so they do the same work by construction.
+adapter it received with a rank-sized wire size, then the client's mods (:mod:`fedintel.training.mods`:
+local DP noise, attacks). Every engine calls :func:`run_train_job` (the batched engine its two halves,
+:func:`prepare_job` and :func:`finish_job`, around a batched trainer), so they do the same work by construction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from fedintel.config import ExperimentConfig
@@ -20,9 +19,8 @@ from fedintel.optimizers.base import FederatedOptimizer, LocalTerm
 from fedintel.optimizers.builtin import build_optimizer
 from fedintel.training.client import LocalTrainSpec, train_local
 from fedintel.training.flops import ModelShape
+from fedintel.training.mods import NO_MODS, ClientMods
 from fedintel.types import AdapterState, TrainJob, Update
-
-UpdateHook = Callable[[Update, TrainJob], Update]
 
 
 def local_spec(cfg: ExperimentConfig) -> LocalTrainSpec:
@@ -59,21 +57,22 @@ def prepare_job(cfg: ExperimentConfig, job: TrainJob) -> PreparedJob:
 
 
 def finish_job(cfg: ExperimentConfig, prepared: PreparedJob, update: Update, job: TrainJob,
-               update_hook: UpdateHook | None = None) -> Update:
-    """The update the client sends: optimizer uploads, the delta against the full global adapter, hooks."""
+               mods: ClientMods = NO_MODS) -> Update:
+    """The update the client sends: optimizer uploads, the delta against the full global adapter, its mods."""
     update = prepared.optimizer.finish_update(update, prepared.start, job.extras, cfg.federation.lr)
     if prepared.rank is not None:  # the delta is relative to the global adapter the client received
         update.delta = {k: update.delta[k] + (prepared.start[k] - job.state[k]) for k in job.state}
         update.wire_bytes = lora_wire_bytes(update.delta, prepared.rank)
-    return update_hook(update, job) if update_hook else update
+    return mods.finish(update, job)
 
 
 def run_train_job(
     cfg: ExperimentConfig, slot: AdapterSlot, data: TokenizedSet, job: TrainJob, *, seed: int, pad_id: int,
-    shape: ModelShape, update_hook: UpdateHook | None = None,
+    shape: ModelShape, mods: ClientMods = NO_MODS,
 ) -> Update:
-    """Train ``job``'s client on ``data`` and return the update it would send."""
+    """Train ``job``'s client on its shard ``data`` (after its data mods) and return the update it would send."""
+    data = mods.train_data(job.client_id, data)
     prep = prepare_job(cfg, job)
     update = train_local(slot, prep.start, data, local_spec(cfg), client_id=job.client_id, base_version=job.version,
                          seed=seed, pad_id=pad_id, task=cfg.model.task, shape=shape, local_term=prep.local_term)
-    return finish_job(cfg, prep, update, job, update_hook)
+    return finish_job(cfg, prep, update, job, mods)

@@ -180,7 +180,7 @@ def train(msg: Message, context: Context) -> Message:
     masked = None
     if cfg.privacy.secure_aggregation:  # only the masked words leave the node
         from fedintel.engines.flower.secagg import SECAGG_KEY, node_mask, secret_dir
-        from fedintel.privacy.wiring import masking_input
+        from fedintel.privacy.secure_aggregator import masking_input
 
         if SECAGG_KEY not in msg.content:
             raise m.MessageError("the experiment asks for secure aggregation but the job has no secagg record")
@@ -220,7 +220,7 @@ def secagg_unmask(msg: Message, context: Context) -> Message:
 
 
 def _client_data(cfg: Any, settings: NodeSettings, node: _NodeModel, cid: int) -> Any:
-    """The client's tokenised training shard (read once per file version), poisoned if the experiment says so."""
+    """The client's tokenised training shard (read once per file version), before its data mods."""
     from fedintel.engines.flower.shards import load_shard, shard_path
 
     path = shard_path(settings.data_dir, cid)
@@ -230,15 +230,14 @@ def _client_data(cfg: Any, settings: NodeSettings, node: _NodeModel, cid: int) -
         cache = settings.cache_dir / "datasets" if settings.cache_dir else None
         node.shards[key] = load_shard(settings.data_dir, cid, node.tokenizer, cfg.data.max_length, cfg.model.task,
                                       cache_dir=cache)
-    from fedintel.privacy.wiring import poisoned
-
-    return poisoned(cfg, cid, node.shards[key])  # a malicious client poisons its own data
+    return node.shards[key]
 
 
 def run_client_job(cfg: Any, node: _NodeModel, data: Any, job: Any, seed: int) -> Any:
-    """One client's work for ``job``: :func:`fedintel.training.job.run_train_job`, as the local engine does it."""
-    from fedintel.privacy.wiring import update_hook
+    """One client's work for ``job``: :func:`fedintel.training.job.run_train_job` with the experiment's client
+    mods (a malicious client poisons its own data or update, local DP noises it), as the local engine does it."""
     from fedintel.training.job import run_train_job
+    from fedintel.trust import build_client_mods
 
     return run_train_job(cfg, node.slot, data, job, seed=seed, pad_id=node.pad_id, shape=node.shape,
-                         update_hook=update_hook(cfg))
+                         mods=build_client_mods(cfg))

@@ -46,6 +46,7 @@ from fedintel.engines.flower import messages as m
 from fedintel.engines.flower.secagg import MASKED_RECORD, SECAGG_KEY, SecAggCoordinator
 from fedintel.engines.flower.shards import partition_key
 from fedintel.training.client import TrainingDiverged
+from fedintel.trust import build_client_mods
 from fedintel.types import MASKED_KEY, AdapterState, ClientFailure, TrainJob, Update
 from fedintel.world import World
 
@@ -190,6 +191,9 @@ class FlowerEngine(Engine):
         self._done: dict[int, tuple[JobHandle, Result]] = {}
         self._fingerprints: dict[int, str] = {}
         self._discovered = False
+        self.mods = build_client_mods(world.cfg)
+        """The clients apply their mods on their nodes; the server reads them only for client steps it
+        simulates itself (IFCA's cluster pick)."""
         self.secagg: SecAggCoordinator | None = None
         """Set under ``privacy.secure_aggregation``: every job's client masks its own update on its node."""
         p = world.cfg.privacy
@@ -336,7 +340,7 @@ class FlowerEngine(Engine):
     # -- internals ----------------------------------------------------------------------------------
     def _fingerprint(self, client_id: int) -> str:
         if client_id not in self._fingerprints:
-            train = self.world.data.clients[client_id].train  # after the world's own poisoning, if any
+            train = self.world.data.clients[client_id].train  # the shard as partitioned (a node checks it before its data mods)
             self._fingerprints[client_id] = m.shard_fingerprint(train.input_ids, train.labels)
         return self._fingerprints[client_id]
 

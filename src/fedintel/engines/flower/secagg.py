@@ -12,7 +12,7 @@ session per round, with fresh keys from the operating system's randomness on eve
    only routes ciphertexts.
 3. ``train`` (the normal job): carries the participants (those whose shares went out), their public keys and
    the sealed bundles addressed to this client. The node opens and keeps them, trains, encodes what
-   :func:`~fedintel.privacy.wiring.masking_input` gives (``w * delta`` and ``w``, or the clipped delta under
+   :func:`~fedintel.privacy.secure_aggregator.masking_input` gives (``w * delta`` and ``w``, or the clipped delta under
    central DP) in fixed point exactly as the local simulation does, and uploads only the masked words. A NaN,
    Inf or overflowing delta never leaves the node (the encoder refuses it: that client drops out).
 4. ``query.secagg_unmask``: after screening, the accepted updates are the survivors; every other participant
@@ -149,7 +149,7 @@ def node_shares(content: RecordDict, store: Path) -> RecordDict:
 
 def node_mask(job_rec: ConfigRecord, values: Any, store: Path) -> ArrayRecord:
     """Step 3 on the node: open the bundles addressed to this client, then mask ``values`` (an adapter state
-    from :func:`~fedintel.privacy.wiring.masking_input`) against the participants. Only the words leave."""
+    from :func:`~fedintel.privacy.secure_aggregator.masking_input`) against the participants. Only the words leave."""
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
     from fedintel.privacy.secagg import SecAggClient, SecAggError, open_bundle

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
+from fedintel.audit.membership import example_losses, held_out, loss_auc, membership_score, score_losses
 from fedintel.data.tokenize import TokenizedSet
-from fedintel.privacy.membership import example_losses, held_out, loss_auc, membership_score, score_losses
 from fedintel.training.evaluate import evaluate
 from fedintel.world import build_world
 

@@ -6,18 +6,18 @@ import sqlite3
 import pytest
 import torch
 
+from fedintel.audit.membership import run_membership
 from fedintel.cli import main
 from fedintel.config import ConfigError
 from fedintel.experiment import run_experiment
-from fedintel.privacy.membership import run_membership
-from fedintel.privacy.unlearning import (
+from fedintel.tracking.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from fedintel.tracking.contributions import load_contributions
+from fedintel.unlearning.forget import (
     forget_approximate,
     forget_exact,
     participation,
     subtract_contributions,
 )
-from fedintel.tracking.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
-from fedintel.tracking.contributions import load_contributions
 from fedintel.world import build_world
 from tests.conftest import tiny_config
 

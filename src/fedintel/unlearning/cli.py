@@ -11,8 +11,8 @@ def _cmd_forget(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from fedintel.cli import console
-    from fedintel.privacy.unlearning import forget
     from fedintel.tracking.progress import NullReporter, RichReporter
+    from fedintel.unlearning.forget import forget
 
     run_dir = Path(args.run_dir)
     reporter = NullReporter() if args.quiet else RichReporter()
@@ -47,8 +47,8 @@ def _cmd_forget(args: argparse.Namespace) -> int:
     if "eval_loss" in result.final:
         table.add_row("final eval_loss", f"{result.final['eval_loss']:.4f}")
     if args.check_membership:
+        from fedintel.audit.membership import run_membership
         from fedintel.config import load_config
-        from fedintel.privacy.membership import run_membership
         from fedintel.world import build_world
 
         world = build_world(load_config(run_dir / "config.yaml"))

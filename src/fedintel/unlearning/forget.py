@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from fedintel.aggregation.base import RoundContext
+from fedintel.aggregation.factory import build_aggregator
 from fedintel.config import ConfigError, ExperimentConfig, dump_config, load_config
 from fedintel.experiment import resume_experiment
 from fedintel.tracking.checkpoint import checkpoint_path, latest_checkpoint, list_checkpoints, save_checkpoint
@@ -43,6 +44,7 @@ from fedintel.tracking.contributions import contributions_path, load_contributio
 from fedintel.tracking.progress import Reporter
 from fedintel.tracking.rundir import run_lock
 from fedintel.tracking.store import MetricsStore
+from fedintel.trust import wrap_aggregator
 from fedintel.types import AdapterState
 
 log = logging.getLogger(__name__)
@@ -235,7 +237,7 @@ def forget_exact(
     which clients are eligible, so opting out changes it from the start).
 
     ``scope``: ``run`` retrains every client; ``cluster`` retrains only the client's cluster of a clustered
-    run and replays the others from the source's checkpoints (:mod:`fedintel.privacy.cluster_replay`; an error
+    run and replays the others from the source's checkpoints (:mod:`fedintel.unlearning.cluster_replay`; an error
     says why when that would not be exact); ``auto`` (default) uses ``cluster`` whenever it is exact.
     """
     if scope not in ("auto", "run", "cluster"):
@@ -259,7 +261,7 @@ def forget_exact(
     restart = ckpts[-1][0]
     factory, note = None, ""
     if scope != "run":
-        from fedintel.privacy.cluster_replay import ReplayClusteredScheme, per_cluster_blocker
+        from fedintel.unlearning.cluster_replay import ReplayClusteredScheme, per_cluster_blocker
 
         note = per_cluster_blocker(cfg, run_dir, run_id, restart + 1) or ""
         if note and scope == "cluster":
@@ -284,7 +286,7 @@ def forget_exact(
     db = out / "metrics.db"
     cluster = None
     if factory is not None:
-        from fedintel.privacy.cluster_replay import cluster_of
+        from fedintel.unlearning.cluster_replay import cluster_of
 
         cluster = cluster_of(out, client_id)
     return ForgetResult(
@@ -307,9 +309,6 @@ def subtract_contributions(
     re-normalises the others' weights). Summed in float64. A round whose only update was the client's gets a
     zero aggregate.
     """
-    from fedintel.aggregation.factory import build_aggregator
-    from fedintel.privacy.wiring import wrap_aggregator
-
     aggregator = wrap_aggregator(cfg, build_aggregator(cfg))
     correction = {k: torch.zeros(v.shape, dtype=torch.float64) for k, v in state.items()}
     rewritten: dict[int, list[dict[str, Any]]] = {}

@@ -6,15 +6,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from fedintel.privacy.attacks import (
-    AttackConfig,
-    apply_attack,
-    flip_labels,
-    gaussian_noise,
-    malicious_clients,
-    scale,
-    sign_flip,
-)
+from fedintel.attacks.config import AttackConfig, malicious_clients
+from fedintel.attacks.label_flip import flip_labels
+from fedintel.attacks.update import apply_attack, gaussian_noise, scale, sign_flip
 from fedintel.types import Update
 
 

@@ -1,0 +1,1 @@
+"""Audits of a trained run: what an attacker could learn from its adapters (membership inference)."""
