@@ -182,21 +182,8 @@ class Scheduler:
             r.session = ""
         self.on_failure(self, held, reason)
 
-    def _admit(self) -> list[GenRequest]:
-        with self.cond:
-            room = self.max_batch - len(self.active)
-            new = []
-            while room > 0 and self.pending:
-                new.append(self.pending.popleft())
-                room -= 1
-            return new
-
     def _turn(self) -> None:
-        for req in self._admit():
-            if req.cancelled.is_set():
-                req._finish("done", "cancelled")
-                continue
-            self._prefill(req)
+        self._admit()
         self._retire()
         if not self.active:
             return
@@ -220,8 +207,33 @@ class Scheduler:
             self._push(r, tok)
         self._retire()
 
-    def _prefill(self, req: GenRequest) -> None:
-        """Start ``req`` alone (from its prompt plus any tokens it already has, after a failover)."""
+    def _admit(self) -> None:
+        """Prefill waiting requests into the batch while it has room.
+
+        A request leaves ``pending`` only once it is in ``active``: when its prefill fails because the path
+        died, it is still queued, and :meth:`_fail` hands it over with every other request the path holds.
+        (Taking several requests off the queue before prefilling them lost the rest when one prefill hit the
+        dead device: neither the queue nor the batch held them any more, and their clients waited forever.)"""
+        while len(self.active) < self.max_batch:
+            with self.cond:
+                if not self.pending:
+                    return
+                req = self.pending[0]  # only this thread takes requests off the queue: the head stays ours
+            first = None
+            if req.cancelled.is_set():
+                req._finish("done", "cancelled")
+            else:
+                first = self._prefill(req)
+            with self.cond:
+                self.pending.popleft()
+                if first is not None:
+                    self.active.append(req)
+            if first is not None:
+                self._push(req, first)
+
+    def _prefill(self, req: GenRequest) -> int | None:
+        """Start ``req`` alone (from its prompt plus any tokens it already has, after a failover): its next
+        token, or None when a device refused it (the request is answered with the refusal)."""
         req.session = f"{req.id}-{next(self._ids)}"
         if not req.generated and not req.usage.prefill_s:
             req.usage.queue_s = time.perf_counter() - req.submitted
@@ -230,11 +242,10 @@ class Scheduler:
         except PathRefused as err:
             req.session = ""
             req._finish("error", (400, str(err)))
-            return
+            return None
         req.usage.prefill_s += res.wall_s
         req.usage.add_stages(res.stage_s)
-        self.active.append(req)
-        self._push(req, res.tokens[0])
+        return res.tokens[0]
 
     def _push(self, req: GenRequest, tok: int) -> None:
         if req.finished or req.cancelled.is_set():
