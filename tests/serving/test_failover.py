@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from fedintel.serving.config import ServeConfig
-from fedintel.serving.scheduler import GenRequest
 from fedintel.serving.server import serve_in_thread
 from fedintel.serving.service import ServeConfigError, check_bind
+from tests.serving.conftest import run_direct
 
 KEY = "test-key-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -115,35 +115,13 @@ def test_device_killed_under_load_fails_over(srv):
         assert all(p["serve_sessions"] == 0 for p in s.path.ping())
 
 
-def _collect(req_emits: list[list], n: int, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if all(any(k != "token" for k, _ in e) for e in req_emits[:n]):
-            return
-        time.sleep(0.05)
-    lost = [i for i, e in enumerate(req_emits[:n]) if not any(k != "token" for k, _ in e)]
-    raise AssertionError(f"requests {lost} never finished: lost between the dead path and the failover")
-
-
-def _run(sched, prompts: list[list[int]], max_tokens: int, eos: frozenset) -> tuple[list, list[list]]:
-    """Queue every prompt on ``sched`` at once (one turn admits them all) and wait for each to finish."""
-    emits: list[list] = [[] for _ in prompts]
-    reqs = [GenRequest(list(p), max_tokens, eos, lambda k, v, e=emits[i]: e.append((k, v)), "base")
-            for i, p in enumerate(prompts)]
-    with sched.cond:  # the loop wakes to find all of them queued
-        for r in reqs:
-            sched.submit(r)
-    _collect(emits, len(prompts))
-    return reqs, emits
-
-
 def test_device_killed_while_admitting_loses_nothing(srv, monkeypatch):
     """Deterministic: path a's device dies right after the first of several queued requests is prefilled.
     Every request must continue on path b (the first from the token it already has) with the tokens it
     gets alone there."""
     _wait_ok(srv)
     service = srv.service
-    monkeypatch.setattr(service.cfg, "restart_dead", False)  # the next test kills everything anyway
+    service.cfg.restart_dead = False  # for the rest of the module (the next test kills everything anyway)
     a, b = service.schedulers["a"], service.schedulers["b"]
     prompts = [service.prompt_ids(f"Question {i}: what comes after {i}?") for i in range(4)]
     real_prefill = a.path.prefill
@@ -157,12 +135,12 @@ def test_device_killed_while_admitting_loses_nothing(srv, monkeypatch):
         return out
 
     monkeypatch.setattr(a.path, "prefill", prefill_then_crash)
-    reqs, emits = _run(a, prompts, 10, service.eos_ids)
+    reqs, emits = run_direct(a, prompts, 10, service.eos_ids)
     assert len(calls) == 1 and a.down is not None
     for r, e in zip(reqs, emits, strict=True):
         assert e[-1][0] == "done", e[-1]
         assert r.usage.failovers == 1 and r.usage.path == "b"
-    alone = [_run(b, [p], 10, service.eos_ids)[0][0].generated for p in prompts]
+    alone = [run_direct(b, [p], 10, service.eos_ids)[0][0].generated for p in prompts]
     assert [r.generated for r in reqs] == alone
 
 
