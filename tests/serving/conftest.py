@@ -4,12 +4,14 @@ background thread, and a check that no device process outlives a module."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from fedintel.inference.launcher import child_pids
+from fedintel.serving.scheduler import GenRequest
 
 torch.set_num_threads(1)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -42,3 +44,22 @@ def make_run_dir(root: Path, model: str, num_layers: int | None, names: tuple[st
         peft.save_pretrained(str(root / "adapters" / name))
     (root / "adapters" / "clients.json").write_text(json.dumps({str(i): n for i, n in enumerate(names)}))
     return root
+
+
+def run_direct(sched, prompts: list[list[int]], max_tokens: int, eos: frozenset, model_id: str = "base",
+               seconds: float = 60) -> tuple[list[GenRequest], list[list]]:
+    """Queue every prompt on scheduler ``sched`` at once (one turn finds them all queued), bypassing the HTTP
+    front and the routing, and wait until each request has finished; each request's emitted events."""
+    emits: list[list] = [[] for _ in prompts]
+    reqs = [GenRequest(list(p), max_tokens, eos, lambda k, v, e=emits[i]: e.append((k, v)), model_id)
+            for i, p in enumerate(prompts)]
+    with sched.cond:  # the loop wakes to find all of them queued
+        for r in reqs:
+            sched.submit(r)
+    deadline = time.monotonic() + seconds
+    while not all(any(k != "token" for k, _ in e) for e in emits):
+        if time.monotonic() > deadline:
+            lost = [i for i, e in enumerate(emits) if not any(k != "token" for k, _ in e)]
+            raise AssertionError(f"requests {lost} never finished (lost between a dead path and the failover?)")
+        time.sleep(0.05)
+    return reqs, emits

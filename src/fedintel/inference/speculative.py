@@ -13,6 +13,7 @@ device or a :class:`~fedintel.inference.split.SplitPipeline`. Their KV caches ar
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -46,9 +47,12 @@ class SpeculativeResult:
 
 def speculative_generate(
     draft: IncrementalLM, target: IncrementalLM, prompt_ids: list[int], max_new_tokens: int, k: int = 4,
-    eos_token_id: int | None = None,
+    eos_token_id: int | None = None, on_tokens: Callable[[list[int]], bool | None] | None = None,
 ) -> SpeculativeResult:
-    """Greedy speculative decoding; returns exactly the target's greedy continuation (up to EOS)."""
+    """Greedy speculative decoding; returns exactly the target's greedy continuation (up to EOS).
+
+    ``on_tokens``, if given, receives the tokens each target call commits as soon as they are known (a
+    server streams them); when it returns ``False`` decoding stops there (the caller has what it needs)."""
     if k < 1:
         raise ValueError(f"k (draft tokens per round) must be >= 1, got {k}")
     check_context(target, len(prompt_ids), max_new_tokens + k)
@@ -67,7 +71,8 @@ def speculative_generate(
         t_len = len(seq)
         seq.append(int(out.argmax[-1]))
         new = [seq[-1]]
-        while len(new) < max_new_tokens and new[-1] != eos_token_id:
+        going = on_tokens is None or on_tokens([seq[-1]]) is not False
+        while going and len(new) < max_new_tokens and new[-1] != eos_token_id:
             kk = min(k, max_new_tokens - len(new))
             # draft kk tokens
             t0 = time.perf_counter()
@@ -103,11 +108,13 @@ def speculative_generate(
             if d_len > committed:
                 draft.truncate(d_sid, committed)
                 d_len = committed
+            before = len(new)
             for tok in accepted:
                 seq.append(tok)
                 new.append(tok)
                 if tok == eos_token_id or len(new) >= max_new_tokens:
                     break
+            going = on_tokens is None or on_tokens(new[before:]) is not False
         res.tokens = new[:max_new_tokens]
     finally:
         draft.close_session(d_sid)

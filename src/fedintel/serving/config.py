@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -25,12 +26,65 @@ class ServeModelConfig(_S):
     num_layers: int | None = Field(None, ge=1, description="Keep only the first N layers (small test setups).")
 
 
+class DraftConfig(_S):
+    """The small model of a speculative or cascade path: one device process, the base model only (an
+    adapter is merged into the large model alone). It must share the served model's tokenizer."""
+
+    model: str | None = Field(None, description="Built-in name, local directory or hub id; none = model.name.")
+    num_layers: int | None = Field(None, ge=1, description="Keep only its first N layers (with the model's own "
+                                   "norm and head: an early exit of the same model).")
+
+
+PATH_KINDS = ("single", "split", "speculative", "cascade")
+
+
 class ServePathConfig(_S):
-    """One way to run one model: a single process (``cuts: []``) or split stages."""
+    """One way to run one model.
+
+    ``single``: one process holds the whole model. ``split``: stages cut at ``cuts``, one process each.
+    ``speculative``: a draft process proposes ``k`` tokens, the target (``model``; one process, or split at
+    ``cuts``) checks them in one pass; the answer is exactly the target's greedy answer, so the path serves
+    ``model`` beside single and split paths. ``cascade``: the draft (the small model) answers when its
+    confidence reaches ``threshold``, else the large model (``model``, split at ``cuts``) answers; its answers
+    are not the large model's, so a cascade serves a model id of its own: its ``name``.
+    """
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,40}$")
-    model: str = Field("base", description="What the path serves: base, or an adapter's name (see adapters).")
+    kind: Literal["single", "split", "speculative", "cascade"] | None = Field(
+        None, description="single | split | speculative | cascade; none = single without cuts, split with them.")
+    model: str = Field("base", description="What the path serves: base, or an adapter's name (see adapters); "
+                       "speculative and cascade: the target / large model.")
     cuts: list[int] = Field(default_factory=list, description="Layer cut points; [] = one process.")
+    draft: DraftConfig | None = Field(None, description="speculative and cascade: the small model.")
+    k: int | None = Field(None, ge=1, le=16, description="speculative: draft tokens per target call (default 4).")
+    threshold: float | None = Field(None, ge=0, le=1, description="cascade: escalate below this confidence "
+                                    "(default 0.5).")
+    confidence: Literal["mean_prob", "min_prob", "first_prob"] | None = Field(
+        None, description="cascade: the small answer's confidence: geometric mean of its token probabilities, "
+        "the least likely token's, or the first token's (default mean_prob).")
+
+    @property
+    def path_kind(self) -> str:
+        """The kind, with the default filled in."""
+        return self.kind or ("split" if self.cuts else "single")
+
+    @model_validator(mode="after")
+    def _check(self) -> ServePathConfig:
+        kind, at = self.path_kind, f"paths.{self.name}"
+        if kind == "single" and self.cuts:
+            raise ValueError(f"{at}.cuts: kind single runs one process: drop cuts or use kind split")
+        if kind == "split" and not self.cuts:
+            raise ValueError(f"{at}.cuts: kind split needs cut points (e.g. cuts: [15])")
+        if kind in ("speculative", "cascade") and self.draft is None:
+            raise ValueError(f"{at}.draft: kind {kind} needs a draft (the small model: {{model, num_layers}})")
+        if kind in ("single", "split") and self.draft is not None:
+            raise ValueError(f"{at}.draft: only kind speculative or cascade runs a draft (this path is {kind})")
+        if self.k is not None and kind != "speculative":
+            raise ValueError(f"{at}.k: only kind speculative drafts k tokens (this path is {kind})")
+        for key in ("threshold", "confidence"):
+            if getattr(self, key) is not None and kind != "cascade":
+                raise ValueError(f"{at}.{key}: only kind cascade escalates (this path is {kind})")
+        return self
 
 
 class LimitsConfig(_S):
@@ -86,6 +140,17 @@ class ServeConfig(_S):
         for name in self.adapters:
             if name in ("base", "auto"):
                 raise ValueError(f"adapters: {name!r} is reserved (base = no adapter, auto = routing)")
+        for p in self.paths:
+            if p.path_kind == "cascade" and p.name in ("base", "auto", self.model.name):
+                raise ValueError(f"paths.{p.name}: a cascade serves the model id of its name, and {p.name!r} "
+                                 "means the base model or routing: rename the path")
+            if p.draft is not None and p.draft.model in (None, self.model.name):
+                if p.draft.num_layers is None:
+                    raise ValueError(f"paths.{p.name}.draft: the draft is the served model itself: set "
+                                     "draft.num_layers (an early exit) or draft.model (a smaller model)")
+                if self.model.num_layers is not None and p.draft.num_layers >= self.model.num_layers:
+                    raise ValueError(f"paths.{p.name}.draft.num_layers: {p.draft.num_layers} layers is not an early "
+                                     f"exit of the served model's {self.model.num_layers} (model.num_layers)")
         return self
 
 
@@ -103,5 +168,6 @@ def load_serve_config(path: str | Path | None, overrides: dict | None = None) ->
     try:
         return ServeConfig.model_validate(data)
     except ValidationError as err:
-        lines = [f"{'.'.join(str(x) for x in e['loc']) or '(file)'}: {e['msg']}" for e in err.errors()]
+        lines = [f"{'.'.join(str(x) for x in e['loc']) or '(file)'}: {e['msg'].removeprefix('Value error, ')}"
+                 for e in err.errors()]
         raise ServeConfigError(f"{path or 'serve config'}: " + "; ".join(lines)) from None

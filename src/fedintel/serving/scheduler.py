@@ -36,6 +36,7 @@ class Usage:
     """Where one request's time went (seconds) and on which devices."""
 
     path: str = ""
+    path_kind: str = ""
     devices: list[str] = field(default_factory=list)
     queue_s: float = 0.0
     prefill_s: float = 0.0
@@ -44,6 +45,7 @@ class Usage:
     steps: int = 0
     batch_sum: int = 0
     failovers: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # what a speculative or cascade path adds
 
     def add_stages(self, stage_s: list[float]) -> None:
         if len(self.stage_compute_s) != len(stage_s):
@@ -54,12 +56,12 @@ class Usage:
         """JSON form (the ``fedintel`` field of a response)."""
         compute = sum(self.stage_compute_s)
         return {
-            "path": self.path, "devices": self.devices, "queue_s": round(self.queue_s, 6),
+            "path": self.path, "path_kind": self.path_kind, "devices": self.devices, "queue_s": round(self.queue_s, 6),
             "prefill_s": round(self.prefill_s, 6), "decode_s": round(self.decode_s, 6),
             "stage_compute_s": [round(x, 6) for x in self.stage_compute_s],
             "transport_s": round(max(0.0, self.prefill_s + self.decode_s - compute), 6),
             "decode_steps": self.steps, "mean_batch": round(self.batch_sum / self.steps, 3) if self.steps else 0.0,
-            "failovers": self.failovers,
+            "failovers": self.failovers, **self.extra,
         }
 
 
@@ -129,6 +131,7 @@ class Scheduler:
             if self.down is not None or self.stopped:
                 raise PathDown(f"path {self.path.name} is down: {self.down or 'stopped'}")
             req.usage.path, req.usage.devices = self.path.name, self.path.device_names
+            req.usage.path_kind = self.path.spec.kind
             self.pending.append(req)
             self.cond.notify()
 
@@ -182,21 +185,8 @@ class Scheduler:
             r.session = ""
         self.on_failure(self, held, reason)
 
-    def _admit(self) -> list[GenRequest]:
-        with self.cond:
-            room = self.max_batch - len(self.active)
-            new = []
-            while room > 0 and self.pending:
-                new.append(self.pending.popleft())
-                room -= 1
-            return new
-
     def _turn(self) -> None:
-        for req in self._admit():
-            if req.cancelled.is_set():
-                req._finish("done", "cancelled")
-                continue
-            self._prefill(req)
+        self._admit()
         self._retire()
         if not self.active:
             return
@@ -220,8 +210,33 @@ class Scheduler:
             self._push(r, tok)
         self._retire()
 
-    def _prefill(self, req: GenRequest) -> None:
-        """Start ``req`` alone (from its prompt plus any tokens it already has, after a failover)."""
+    def _admit(self) -> None:
+        """Prefill waiting requests into the batch while it has room.
+
+        A request leaves ``pending`` only once it is in ``active``: when its prefill fails because the path
+        died, it is still queued, and :meth:`_fail` hands it over with every other request the path holds.
+        (Taking several requests off the queue before prefilling them lost the rest when one prefill hit the
+        dead device: neither the queue nor the batch held them any more, and their clients waited forever.)"""
+        while len(self.active) < self.max_batch:
+            with self.cond:
+                if not self.pending:
+                    return
+                req = self.pending[0]  # only this thread takes requests off the queue: the head stays ours
+            first = None
+            if req.cancelled.is_set():
+                req._finish("done", "cancelled")
+            else:
+                first = self._prefill(req)
+            with self.cond:
+                self.pending.popleft()
+                if first is not None:
+                    self.active.append(req)
+            if first is not None:
+                self._push(req, first)
+
+    def _prefill(self, req: GenRequest) -> int | None:
+        """Start ``req`` alone (from its prompt plus any tokens it already has, after a failover): its next
+        token, or None when a device refused it (the request is answered with the refusal)."""
         req.session = f"{req.id}-{next(self._ids)}"
         if not req.generated and not req.usage.prefill_s:
             req.usage.queue_s = time.perf_counter() - req.submitted
@@ -230,21 +245,28 @@ class Scheduler:
         except PathRefused as err:
             req.session = ""
             req._finish("error", (400, str(err)))
-            return
+            return None
         req.usage.prefill_s += res.wall_s
         req.usage.add_stages(res.stage_s)
-        self.active.append(req)
-        self._push(req, res.tokens[0])
+        return res.tokens[0]
 
     def _push(self, req: GenRequest, tok: int) -> None:
+        end = self._append(req, tok)
+        if end is not None:
+            req._finish("done", end)
+
+    @staticmethod
+    def _append(req: GenRequest, tok: int) -> str | None:
+        """Stream ``tok`` to ``req``; the finish reason it reached (``stop``, ``length``) or None."""
         if req.finished or req.cancelled.is_set():
-            return
+            return None
         req.generated.append(tok)
         req.emit("token", tok)
         if tok in req.eos_ids:
-            req._finish("done", "stop")
-        elif len(req.generated) >= req.max_tokens:
-            req._finish("done", "length")
+            return "stop"
+        if len(req.generated) >= req.max_tokens:
+            return "length"
+        return None
 
     def _retire(self) -> None:
         gone = [r for r in self.active if r.finished or r.cancelled.is_set()]

@@ -4,9 +4,11 @@
 mutual TLS on every link), one :class:`~fedintel.serving.scheduler.Scheduler` per path, and maps model ids
 to the paths that serve them: ``base`` (also the model's own name), each adapter (``global``, ``cluster0``
 ... of a run directory, merged into its own device process: an expert device), and ``auto`` (an adapter
-picked per request by :mod:`fedintel.inference.experts` routing). Requests for a model go to its least
-loaded live path; when a path dies its requests continue on another path of the same model, or get 503.
-A monitor restarts dead paths (``restart_dead``) while the others keep serving.
+picked per request by :mod:`fedintel.inference.experts` routing), and each cascade path (its own name).
+The paths serving one model are its access paths (multi-access): requests go to the least loaded live one,
+and when a path dies its requests continue on another path of the same model (a single, split or
+speculative path: they all give the model's greedy tokens), or get 503. A monitor restarts dead paths
+(``restart_dead``) while the others keep serving.
 """
 
 from __future__ import annotations
@@ -22,9 +24,18 @@ from typing import Any
 import torch
 
 from fedintel.inference.protocol import LinkSecurity, is_loopback
-from fedintel.serving.backends import DevicePath, PathDown, PathSpec, new_group, start_path
-from fedintel.serving.config import ServeConfig, ServeConfigError
+from fedintel.serving.backends import (
+    DevicePath,
+    DraftSpec,
+    PairPath,
+    PathDown,
+    PathSpec,
+    new_group,
+    start_path,
+)
+from fedintel.serving.config import ServeConfig, ServeConfigError, ServePathConfig
 from fedintel.serving.scheduler import Emit, GenRequest, Scheduler
+from fedintel.serving.vertical import CascadeScheduler, SpeculativeScheduler
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +92,37 @@ def discover_adapters(cfg: ServeConfig) -> dict[str, Path]:
     return out
 
 
+def path_spec(p: ServePathConfig, adapters: dict[str, Path], model: str, total_layers: int) -> PathSpec:
+    """The :class:`PathSpec` of one configured path (``adapters``: the known ones; ``model``: the served
+    model's name, of ``total_layers`` layers), refusing what cannot run with a message naming the field."""
+    from fedintel.inference.worker import _total_layers
+    from fedintel.models.loader import ModelError
+
+    if p.model != "base" and p.model not in adapters:
+        raise ServeConfigError(f"paths.{p.name}.model: {p.model!r} is neither base nor an adapter "
+                               f"({sorted(adapters) or 'none configured'})")
+    kind = p.path_kind
+    model_id = p.name if kind == "cascade" else p.model
+    if kind == "cascade" and p.name in adapters:
+        raise ServeConfigError(f"paths.{p.name}: a cascade serves the model id of its name, and {p.name!r} is an "
+                               "adapter: rename the path")
+    spec = PathSpec(p.name, model_id, adapters.get(p.model), list(p.cuts), kind)
+    if p.draft is not None:
+        name = p.draft.model or model
+        try:
+            layers = _total_layers(name, p.draft.num_layers)
+        except (ModelError, OSError, ValueError) as err:
+            raise ServeConfigError(f"paths.{p.name}.draft.model: {err}") from None
+        if name == model and layers >= total_layers:
+            raise ServeConfigError(f"paths.{p.name}.draft.num_layers: a draft of {layers} layers is not an early exit "
+                                   f"of the served model's {total_layers}")
+        spec.draft = DraftSpec(name, layers, p.draft.num_layers)
+        spec.k = p.k or spec.k
+        spec.threshold = spec.threshold if p.threshold is None else p.threshold
+        spec.confidence = p.confidence or spec.confidence
+    return spec
+
+
 def check_bind(host: str, api_key: str | None) -> None:
     """Refuse to listen beyond loopback without an API key."""
     if not is_loopback(host) and not api_key:
@@ -100,18 +142,15 @@ class Service:
         runtime = resolve_runtime(cfg.runtime, apply_threads=False)  # refuse a device this machine lacks
         self.device, self.dtype = str(runtime.device), cfg.runtime.dtype
         self.adapters = discover_adapters(cfg)
-        specs = [PathSpec(p.name, p.model, cuts=list(p.cuts)) for p in cfg.paths]
-        for spec in specs:
-            if spec.model_id != "base" and spec.model_id not in self.adapters:
-                raise ServeConfigError(f"paths.{spec.name}.model: {spec.model_id!r} is neither base nor an adapter "
-                                       f"({sorted(self.adapters) or 'none configured'})")
-            spec.adapter = self.adapters.get(spec.model_id)
+        self.model_name = cfg.model.name
+        self.total_layers = _total_layers(cfg.model.name, cfg.model.num_layers)
+        specs = [path_spec(p, self.adapters, self.model_name, self.total_layers) for p in cfg.paths]
+        self.cascades = [s.model_id for s in specs if s.kind == "cascade"]
         served = {s.model_id for s in specs}
         for name, d in self.adapters.items():
             if name not in served:
-                specs.append(PathSpec(f"expert-{name}", name, d, list(cfg.adapter_cuts)))
-        self.model_name = cfg.model.name
-        self.total_layers = _total_layers(cfg.model.name, cfg.model.num_layers)
+                kind = "split" if cfg.adapter_cuts else "single"
+                specs.append(PathSpec(f"expert-{name}", name, d, list(cfg.adapter_cuts), kind))
         self.tokenizer = _tokenizer(cfg.model.name)
         eos = {self.tokenizer.eos_token_id}
         im_end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -142,14 +181,14 @@ class Service:
         self._monitor.start()
 
     # ------------------------------------------------------------------ paths
-    def _start_path(self, spec: PathSpec) -> DevicePath:
+    def _start_path(self, spec: PathSpec) -> DevicePath | PairPath:
         return start_path(self.group, spec, self.model_name, self.total_layers, self.cfg.model.num_layers,
                           self.device, self.dtype, max_sessions=max(64, 2 * self.limits.max_batch),
                           timeout=self.cfg.timeout_s)
 
     def _start_paths(self, specs: list[PathSpec]) -> None:
         # start every process at once (they load in parallel), then connect each path
-        from fedintel.serving.backends import DevicePath, stage_specs
+        from fedintel.serving.backends import connect_path, stage_specs
 
         all_specs, owners = [], []
         for spec in specs:
@@ -159,9 +198,20 @@ class Service:
             owners += [spec.name] * len(st)
         workers = self.group.start(all_specs)
         for spec in specs:
-            path = DevicePath(spec, self.group, [w for w, o in zip(workers, owners, strict=True) if o == spec.name],
-                              self.cfg.timeout_s)
-            self.schedulers[spec.name] = Scheduler(path, self.limits.max_batch, self._failed)
+            path = connect_path(spec, self.group, [w for w, o in zip(workers, owners, strict=True) if o == spec.name],
+                                self.cfg.timeout_s)
+            if isinstance(path, PairPath) and path.small.vocab_size != path.large.vocab_size:
+                raise ServeConfigError(f"paths.{spec.name}.draft: its vocabulary ({path.small.vocab_size} tokens) is "
+                                       f"not the served model's ({path.large.vocab_size}): a draft must share the "
+                                       "tokenizer")
+            self.schedulers[spec.name] = self._scheduler(path)
+
+    def _scheduler(self, path: DevicePath | PairPath) -> Scheduler:
+        """Continuous batching on single and split paths; one request at a time on a pair."""
+        if isinstance(path, DevicePath):
+            return Scheduler(path, self.limits.max_batch, self._failed)
+        kind = SpeculativeScheduler if path.spec.kind == "speculative" else CascadeScheduler
+        return kind(path, self._failed, self.tokenizer.eos_token_id)
 
     def _router(self) -> Any:
         if not self.adapters:
@@ -178,11 +228,17 @@ class Service:
 
     # ------------------------------------------------------------------ models
     def model_ids(self) -> list[dict[str, Any]]:
-        """The ``/v1/models`` entries: base, each adapter, and auto (with the paths serving each)."""
+        """The ``/v1/models`` entries: base, each adapter, each cascade, and auto (with the paths serving each)."""
         out = [{"id": "base", "aliases": [self.model_name], "kind": "base", "paths": self._paths_of("base")}]
         for name in self.adapters:
             out.append({"id": name, "kind": "adapter", "adapter": str(self.adapters[name]),
                         "paths": self._paths_of(name)})
+        large = {p.name: p.model for p in self.cfg.paths}
+        for name in self.cascades:
+            spec, small = self.specs[name], self.specs[name].draft
+            out.append({"id": name, "kind": "cascade", "small": small.model if small else None,
+                        "small_layers": small.layers if small else None, "large": large[name],
+                        "threshold": spec.threshold, "confidence": spec.confidence, "paths": [name]})
         if self.adapters:
             out.append({"id": "auto", "kind": "router",
                         "routing": "embedding" if self.cfg.routing.examples else "loss", "paths": []})
@@ -195,7 +251,7 @@ class Service:
         """Resolve a request's ``model`` (``auto`` routes ``text`` to an adapter)."""
         if requested in ("base", self.model_name):
             return Route("base", requested)
-        if requested in self.adapters:
+        if requested in self.adapters or requested in self.cascades:
             return Route(requested, requested)
         if requested == "auto" and self.router is not None:
             names = list(self.adapters)
@@ -311,7 +367,7 @@ class Service:
                         self.group.kill(w)
                     path.close()
                     return
-                self.schedulers[name] = Scheduler(path, self.limits.max_batch, self._failed)
+                self.schedulers[name] = self._scheduler(path)
             log.warning("path %s restarted", name)
         except Exception as err:
             log.warning("restarting path %s failed: %s", name, err)
@@ -348,7 +404,7 @@ class Service:
         with self.lock:
             scheds = dict(self.schedulers)
         for name, s in scheds.items():
-            paths[name] = {"model": s.path.spec.model_id, "up": s.up, "down_reason": s.down,
+            paths[name] = {"model": s.path.spec.model_id, "kind": s.path.spec.kind, "up": s.up, "down_reason": s.down,
                            "devices": [{"name": w.name, "pid": w.pid, "alive": w.alive()} for w in s.path.workers],
                            "load": s.load, "restarting": name in self._restarting}
         models = {m["id"]: any(paths[p]["up"] for p in m["paths"]) for m in self.model_ids() if m["paths"]}
