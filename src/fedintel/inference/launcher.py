@@ -47,7 +47,7 @@ class WorkerProcess:
         return self.process.pid
 
     @property
-    def log_path(self) -> Path:
+    def log_path(self) -> Path | None:
         """The worker's stderr."""
         return self.process.log_path
 
