@@ -14,6 +14,7 @@ Processes are found by their command line or environment through ``psutil``, nev
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import select
@@ -53,7 +54,7 @@ class ManagedProcess:
 
     name: str
     popen: subprocess.Popen[bytes]
-    log_path: Path
+    log_path: Path | None
     own_session: bool = False
 
     def __post_init__(self) -> None:
@@ -79,7 +80,9 @@ class ManagedProcess:
         return self.popen.wait(timeout=timeout)
 
     def tail(self, lines: int = 30) -> str:
-        """The last ``lines`` lines of the log file."""
+        """The last ``lines`` lines of the log file ("" without one)."""
+        if self.log_path is None:
+            return ""
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
@@ -174,18 +177,22 @@ class ManagedProcess:
             self.popen.stdout.close()
 
 
-def start_process(name: str, cmd: Sequence[str], env: dict[str, str], log_path: Path, *, cwd: Path | None = None,
-                  own_session: bool = True, ready_pipe: bool = False) -> ManagedProcess:
-    """Start ``cmd`` with its output appended to ``log_path``.
+def start_process(name: str, cmd: Sequence[str], env: dict[str, str], log_path: Path | None, *,
+                  cwd: Path | None = None, own_session: bool = True, ready_pipe: bool = False) -> ManagedProcess:
+    """Start ``cmd`` with its output appended to ``log_path`` (``None``: this process's stdout and stderr).
 
     ``own_session``: in a new session (Ctrl-C in a terminal does not reach it; stopping it stops its
     process group). ``ready_pipe``: stdout is a pipe for :meth:`ManagedProcess.read_line` and only stderr
     goes to the log."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as out:
+    with contextlib.ExitStack() as stack:
+        out = None
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            out = stack.enter_context(open(log_path, "ab"))
         popen = subprocess.Popen(list(cmd), env=env, stdout=subprocess.PIPE if ready_pipe else out,
-                                 stderr=out if ready_pipe else subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 cwd=str(cwd) if cwd else None, start_new_session=own_session)
+                                 stderr=out if ready_pipe or out is None else subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, cwd=str(cwd) if cwd else None,
+                                 start_new_session=own_session)
     log.info("started %s (pid %d): %s", name, popen.pid, " ".join(cmd))
     return ManagedProcess(name, popen, log_path, own_session)
 
