@@ -44,9 +44,10 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from fedintel.config import ExperimentConfig, parse_config  # noqa: E402
 from fedintel.engines.flower.certs import write_certs  # noqa: E402
-from fedintel.engines.flower.deploy import LocalCluster, free_port  # noqa: E402
+from fedintel.engines.flower.deploy import LocalCluster  # noqa: E402
 from fedintel.engines.flower.shards import write_shards  # noqa: E402
 from fedintel.experiment import run_experiment  # noqa: E402
+from fedintel.processes import free_port  # noqa: E402
 from fedintel.tracking.store import MetricsStore  # noqa: E402
 from fedintel.types import state_nbytes  # noqa: E402
 

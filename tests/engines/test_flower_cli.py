@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key, l
 
 from fedintel.cli import build_parser, main
 from fedintel.config import dump_config
-from fedintel.engines.flower.deploy import flower_env, free_port, pids_with_env, start_process, wait_for_port
+from fedintel.engines.flower.deploy import flower_env
+from fedintel.processes import free_port, pids_with_env, start_process, wait_for_port
 from tests.engines.flower_helpers import experiment, wait_for_log
 
 SUBCOMMANDS = ["certs", "partition", "superlink", "register", "supernode", "run", "local"]

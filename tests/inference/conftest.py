@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedintel.inference.launcher import child_pids
 from fedintel.inference.protocol import LinkSecurity
+from fedintel.processes import child_pids
 
 torch.set_num_threads(1)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -25,7 +25,7 @@ def links(tmp_path_factory) -> LinkSecurity:
 
 @pytest.fixture(autouse=True, scope="module")
 def no_orphans():
-    """Every module must leave no child process behind (checked in /proc)."""
+    """Every module must leave no child process behind (found with psutil)."""
     yield
     left = child_pids(command="fedintel")  # device processes only
     assert left == [], f"device processes left behind: {left}"

@@ -10,7 +10,7 @@ from cryptography import x509
 
 from fedintel.inference.cli import MODES, add_infer_parser, main
 from fedintel.inference.config import InferConfigError, load_infer_config
-from fedintel.inference.launcher import child_pids
+from fedintel.processes import child_pids
 
 
 def parser() -> argparse.ArgumentParser:

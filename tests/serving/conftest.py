@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedintel.inference.launcher import child_pids
+from fedintel.processes import child_pids
 from fedintel.serving.scheduler import GenRequest
 
 torch.set_num_threads(1)
@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(autouse=True, scope="module")
 def no_orphans():
-    """Every module must leave no child process behind (checked in /proc)."""
+    """Every module must leave no child process behind (found with psutil)."""
     yield
     left = child_pids(command="fedintel")  # device processes only
     assert left == [], f"device processes left behind: {left}"

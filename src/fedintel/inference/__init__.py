@@ -14,5 +14,6 @@ Modules (import what you use; nothing heavy is imported here):
 ``analytics``    devices answer with their own models; only probabilities or votes leave them
 ``multiaccess``  several paths, a policy, failover without losing requests; fault-injecting relay
 ``simulate``     the same modes' latency on configured devices and links
-``config``/``cli``  ``fedintel infer`` and its YAML file
+``modes``       each ``fedintel infer`` mode as ``run(cfg) -> report``
+``config``/``cli``  ``fedintel infer``: its YAML file and the command (parse, run, print)
 """

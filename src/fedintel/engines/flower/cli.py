@@ -119,59 +119,32 @@ def _cmd_supernode(args: argparse.Namespace) -> int:
         node_config["threads"] = args.threads
     home = Path(args.home or _default_home(f"supernode-{args.port}")).expanduser().resolve()
     if args.warm_model:
-        _warm_model(args.warm_model, args.cache_dir)
+        from fedintel.engines.flower.workflows import warm_model
+
+        warm_model(args.warm_model, args.cache_dir)
+        print(f"model {args.warm_model} cached for this node", file=sys.stderr)
     cmd = supernode_command(args.superlink, args.port, node_config, certs.ca_cert if certs else None,
                             Path(args.key).expanduser().resolve() if (certs and args.key) else None, warm=args.warm)
     if not args.warm:
         return _exec(cmd, flower_env(home))
-    return _run_warm_node(cmd, flower_env(home), args.port)
-
-
-def _run_warm_node(cmd: list[str], env: dict[str, str], runtime_port: int) -> int:
-    """Run the SuperNode as a child and the warm ClientApp launcher in this process; stop both together."""
-    import subprocess
-
-    from fedintel.engines.flower import warm
+    from fedintel.engines.flower.workflows import run_warm_supernode
 
     print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
-    os.environ.update(env)
-    node = subprocess.Popen(cmd, env=env)
-    try:
-        return warm.main(["--runtime-api-address", f"127.0.0.1:{runtime_port}", "--parent-pid", str(node.pid)])
-    finally:
-        node.terminate()
-        try:
-            node.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            node.kill()
-
-
-def _warm_model(name: str, cache_dir: str | None) -> None:
-    """Build the node's on-disk model cache now, so the first round does not pay for it."""
-    if cache_dir:
-        os.environ["FEDINTEL_CACHE"] = str(Path(cache_dir).expanduser().resolve())
-    from fedintel.config import ModelConfig
-    from fedintel.models.loader import load_base_model
-
-    load_base_model(ModelConfig(name=name))
-    print(f"model {name} cached for this node", file=sys.stderr)
+    return run_warm_supernode(cmd, flower_env(home), args.port)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from fedintel.config import load_config
-    from fedintel.engines.flower.deploy import flwr_run, write_app, write_flwr_config, write_run_config
+    from fedintel.engines.flower.workflows import submit_run
     from fedintel.experiment import new_run_dir
 
     cfg = load_config(args.config, args.set)
     certs = _certs(args)
     home = Path(args.home or _default_home("cli")).expanduser().resolve()
-    write_flwr_config(home, args.superlink, certs.ca_cert if certs else None)
-    app_dir = write_app(home / "app")
     run_dir = Path(args.run_dir).expanduser().resolve() if args.run_dir else new_run_dir(cfg).resolve()
-    rc = write_run_config(home / "run-config.toml", cfg, run_dir, resume=args.resume,
-                          job_timeout=args.job_timeout, discovery_timeout=args.discovery_timeout)
-    res = flwr_run(home, app_dir, rc, capture=False)
-    return _report(res.returncode, run_dir)
+    code = submit_run(cfg, args.superlink, certs, home, run_dir, resume=args.resume, job_timeout=args.job_timeout,
+                      discovery_timeout=args.discovery_timeout)
+    return _report(code, run_dir)
 
 
 def _report(returncode: int, run_dir: Path) -> int:
@@ -190,40 +163,28 @@ def _report(returncode: int, run_dir: Path) -> int:
 
 def _cmd_local(args: argparse.Namespace) -> int:
     from fedintel.config import load_config
-    from fedintel.engines.flower.certs import write_certs
-    from fedintel.engines.flower.deploy import DeployError, LocalCluster
-    from fedintel.engines.flower.shards import write_shards
+    from fedintel.engines.flower.deploy import DeployError
+    from fedintel.engines.flower.workflows import LocalDeployment, run_local
     from fedintel.experiment import new_run_dir
 
     cfg = load_config(args.config, args.set)
-    n = args.nodes or cfg.federation.num_clients
     root = Path(args.dir).expanduser().resolve() if args.dir else Path(tempfile.mkdtemp(prefix="fedintel-flower-"))
-    certs = None
     if args.insecure:
         _warn_insecure()
-    else:
-        certs = write_certs(root / "certs", nodes=n)
-    shards = write_shards(cfg, root / "shards")
     run_dir = Path(args.run_dir).expanduser().resolve() if args.run_dir else new_run_dir(cfg).resolve()
-    hosts = [[c for c in range(cfg.federation.num_clients) if c % n == i] for i in range(n)]
-    with LocalCluster(root / "cluster", certs=certs) as cluster:
-        try:
-            cluster.start_superlink()
-            for i, clients in enumerate(hosts):
-                key = None
-                if certs is not None:
-                    cluster.register(f"node{i}", certs.node_pub(i))
-                    key = certs.node_key(i)
-                cluster.start_supernode(f"node{i}", shards, clients, private_key=key, cache_dir=args.cache_dir,
-                                        threads=args.threads, warm=not args.no_warm)
-            print(f"SuperLink on {cluster.address} ({'TLS + node auth' if certs else 'insecure'}), {n} SuperNodes "
-                  f"hosting clients {hosts}; logs in {cluster.root}", flush=True)
-            res = cluster.run(cfg, run_dir, job_timeout=args.job_timeout, discovery_timeout=args.discovery_timeout,
-                              capture=False)
-        except DeployError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-    return _report(res.returncode, run_dir)
+
+    def ready(d: LocalDeployment) -> None:
+        print(f"SuperLink on {d.address} ({'TLS + node auth' if d.secure else 'insecure'}), {len(d.hosts)} "
+              f"SuperNodes hosting clients {d.hosts}; logs in {d.logs}", flush=True)
+
+    try:
+        code = run_local(cfg, root, run_dir, nodes=args.nodes, insecure=args.insecure, cache_dir=args.cache_dir,
+                         threads=args.threads, warm=not args.no_warm, job_timeout=args.job_timeout,
+                         discovery_timeout=args.discovery_timeout, on_ready=ready)
+    except DeployError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return _report(code, run_dir)
 
 
 # -- parser -------------------------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +31,17 @@ import tomli_w
 
 from fedintel.config import ExperimentConfig
 from fedintel.engines.flower.certs import CertPaths
-from fedintel.errors import FedintelError
+from fedintel.processes import (
+    ManagedProcess,
+    ProcessError,
+    describe,
+    free_port,
+    kill_pids,
+    pids_with_env,
+    processes_with_env,
+    start_process,
+)
+from fedintel.processes import wait_for_port as _wait_for_port
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +52,7 @@ SERVER_APP = "fedintel.engines.flower.server_app:app"
 CLIENT_APP = "fedintel.engines.flower.client_app:app"
 
 
-class DeployError(FedintelError, RuntimeError):
+class DeployError(ProcessError):
     """A Flower process could not be started or a run failed; the message says where to look."""
 
 
@@ -85,96 +94,9 @@ def flower_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str
     return env
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def wait_for_port(host: str, port: int, timeout: float, proc: ManagedProcess | None = None) -> None:
-    """Block until ``host:port`` accepts TCP connections (or raise, with the process's log tail)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc is not None and not proc.alive():
-            raise DeployError(f"{proc.name} exited with code {proc.popen.returncode}:\n{proc.tail()}")
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise DeployError(f"nothing listens on {host}:{port} after {timeout:.0f} s" + (f":\n{proc.tail()}" if proc else ""))
-
-
-@dataclass
-class ManagedProcess:
-    """A process fedintel started (in its own session), with its log file."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def signal_group(self, sig: int) -> None:
-        try:
-            os.killpg(self.popen.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def kill(self) -> None:
-        """SIGKILL the process and its session at once (as a crash would)."""
-        self.signal_group(signal.SIGKILL)
-        self.popen.wait()
-
-    def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM the session, then SIGKILL whatever is left after ``grace`` seconds."""
-        if self.alive():
-            self.signal_group(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                pass
-        self.signal_group(signal.SIGKILL)  # children that outlived their parent
-        if self.alive():
-            self.popen.kill()
-        self.popen.wait()
-
-
-def start_process(name: str, cmd: Sequence[str], env: dict[str, str], log_path: Path, cwd: Path | None = None) -> ManagedProcess:
-    """Start ``cmd`` in a new session with stdout and stderr going to ``log_path``."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as out:
-        popen = subprocess.Popen(list(cmd), env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 cwd=str(cwd) if cwd else None, start_new_session=True)
-    log.info("started %s (pid %d): %s", name, popen.pid, " ".join(cmd))
-    return ManagedProcess(name, popen, log_path)
-
-
-def pids_with_env(marker: str) -> list[int]:
-    """PIDs of this user's processes whose environment contains ``marker`` (e.g. a unique FLWR_HOME root)."""
-    found = []
-    needle = marker.encode()
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
-            continue
-        try:
-            if needle in (d / "environ").read_bytes():
-                found.append(int(d.name))
-        except OSError:
-            continue
-    return found
+    """Block until ``host:port`` accepts TCP connections (or raise :class:`DeployError`, with the log tail)."""
+    _wait_for_port(host, port, timeout, proc, error=DeployError)
 
 
 # -- commands -----------------------------------------------------------------------------------------
@@ -422,28 +344,26 @@ class LocalCluster:
         """
         order = [p for n, p in self.procs.items() if n != "superlink"] + (
             [self.procs["superlink"]] if "superlink" in self.procs else [])
-        for p in order:
+        trees = [p.tree() for p in order]  # before any signal: children are found through their parents
+        for p, tree in zip(order, trees, strict=True):
             if p.alive():
-                p.signal_group(signal.SIGTERM)
+                p.send_signal(signal.SIGTERM, tree)
         end = time.monotonic() + grace
         for p in order:
             try:
-                p.popen.wait(timeout=max(0.0, end - time.monotonic()))
+                p.wait(timeout=max(0.0, end - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
-        for p in order:
+        for p, tree in zip(order, trees, strict=True):
+            p.send_signal(signal.SIGKILL, tree)
             p.stop(grace=0.0)
-        # Children that escaped their process group (ClientApps forked by a launcher), swept until none is
-        # left: a dying launcher may still fork one more.
+        # Children that escaped their process tree and group (ClientApps forked by a launcher that died), swept
+        # until none is left: a dying launcher may still fork one more.
         for _ in range(10):
             strays = pids_with_env(f"FLWR_HOME={self.root}/")
             if not strays:
                 break
-            for pid in strays:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+            kill_pids(strays)
             time.sleep(0.2)
 
     def leftovers(self, settle: float = 15.0) -> list[str]:
@@ -452,15 +372,7 @@ class LocalCluster:
         a model takes a moment to be torn down."""
         end = time.monotonic() + settle
         while True:
-            alive = []
-            for pid in pids_with_env(f"FLWR_HOME={self.root}/"):
-                try:
-                    state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                except OSError:
-                    continue
-                if state != "Z":
-                    alive.append(f"{pid}: {cmdline.strip()[:200]}")
+            alive = [describe(p) for p in processes_with_env(f"FLWR_HOME={self.root}/")]
             if not alive or time.monotonic() >= end:
                 return alive
             time.sleep(0.2)
