@@ -136,9 +136,10 @@ def _finished_with(run_dir: Path, cfg: ExperimentConfig) -> bool:
 
 def paper_runs(runs_dir: Path, seeds: dict[str, int]) -> list[PaperRun]:
     """Every experiment x seed (``seeds``: how many per figure) and the directory its run lives in
-    (``<runs_dir>/<experiment>-s<seed>``)."""
+    (``<runs_dir>/<experiment>-s<seed>``); seed by seed within a figure, so an interrupted reproduction already
+    holds paired runs to compare."""
     return [PaperRun(name, seed, runs_dir / f"{name}-s{seed}")
-            for fig, names in FIGURES.items() for name in names for seed in range(seeds[fig])]
+            for fig, names in FIGURES.items() for seed in range(seeds[fig]) for name in names]
 
 
 # -- reading results ---------------------------------------------------------------------------------
