@@ -202,7 +202,7 @@ def claims(runs: list[PaperRun]) -> list[list[str]]:
 def contrast(runs: list[PaperRun]) -> str:
     """The Fig. 6b finding, written from the numbers: does clustering help where tasks differ and not where
     they agree?"""
-    parts, helps = [], {}
+    parts, helps, paired = [], {}, {}
     for fig, kind in (("fig6b_tasks", "four different tasks (tasks4)"), ("fig6b", "one task in four domains (VADER-4)")):
         fl, cfl = FIGURES[fig]
         if not (_ran(runs, fl) and _ran(runs, cfl)):
@@ -213,12 +213,15 @@ def contrast(runs: list[PaperRun]) -> str:
                          _final_by_seed(runs, cfl, "client_eval_accuracy"))
         loss_c, acc_c = compare(la, lb), compare(aa, ab, lower_is_better=False)
         purity = _values(_final_by_seed(runs, cfl, "cluster_purity"))
-        helps[fig] = loss_c.verdict
+        helps[fig], paired[fig] = loss_c.verdict, loss_c.seeds
         parts.append(
             f"On {kind}, CFL's held-out loss on each client's own data is {lb.mean():.3f} against FL's {la.mean():.3f} "
             f"({loss_c.describe()}: {loss_c.verdict}) and its accuracy {ab.mean():.3f} against {aa.mean():.3f} "
             f"({acc_c.describe()}: {acc_c.verdict}); similarity clustering's purity is {purity.mean():.2f}.")
-    if len(helps) == 2:
+    if paired and min(paired.values()) < 2:
+        parts.append("Too few paired seeds to call the contrast ("
+                     + ", ".join(f"{FIGURE_TITLES[f]}: {n}" for f, n in paired.items()) + ").")
+    elif len(helps) == 2:
         differ, agree = helps["fig6b_tasks"] == "holds", helps["fig6b"] == "holds"
         if differ and not agree:
             parts.append("The contrast is seen: clustering helps where the tasks differ and not where they agree.")
