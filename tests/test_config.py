@@ -111,6 +111,9 @@ def test_async_wall_clock_needs_the_flower_engine(tmp_path):
          ("async.mode: fedasync", "privacy.secure_aggregation")),
         ({"federation": {"scheme": "async"}, "network": {"enabled": True}, "aggregation": {"rule": "median"}},
          ("async.mode: fedasync", "aggregation.rule median")),
+        ({"model": {"name": "minilm-l6", "task": "classification"},
+          "peft": {"method": "prefix", "prefix_init_text": "a movie review"}},
+         ("peft.prefix_init_text", "model.task causal_lm")),
     ],
 )
 def test_settings_that_would_be_dropped_are_refused_naming_both(raw, fields, tmp_path, capsys):

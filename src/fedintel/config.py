@@ -371,6 +371,9 @@ class ExperimentConfig(Section):
                              "hold plain text); use engine: local")
         if self.data.instruction and self.model.task != "causal_lm":
             raise ValueError("data.prompt_field: instruction data (prompt/response) needs model.task causal_lm")
+        if getattr(self.peft, "prefix_init_text", None) is not None and self.model.task != "causal_lm":
+            raise ValueError("peft.prefix_init_text: a prefix from a text's activations needs model.task causal_lm "
+                             "(an encoder's tokens attend to the input after them)")
         problem = _unsupported_combination(self)
         if problem:
             raise ValueError(problem)

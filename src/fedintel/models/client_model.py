@@ -28,6 +28,7 @@ class ClientModel:
 def build_client_model(cfg: ExperimentConfig, runtime: Runtime) -> ClientModel:
     """Load ``cfg.model`` on ``runtime`` and add a fresh adapter (the same one for a given run seed)."""
     base = load_base_model(cfg.model, runtime)
-    peft_model = build_peft_model(base.model, cfg.peft, cfg.model.task, seed=derive_seed(cfg.federation.seed, 1))
+    peft_model = build_peft_model(base.model, cfg.peft, cfg.model.task, seed=derive_seed(cfg.federation.seed, 1),
+                                  tokenizer=base.tokenizer)
     peft_model.eval()
     return ClientModel(base, peft_model, AdapterSlot(peft_model, runtime))

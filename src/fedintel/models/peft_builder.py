@@ -9,8 +9,11 @@ from __future__ import annotations
 import peft
 import torch
 from peft import PeftModel, TaskType, get_peft_model
+from transformers import PreTrainedTokenizerBase
 
+from fedintel.errors import ConfigError
 from fedintel.models.peft_methods import PeftConfig
+from fedintel.models.prefix_init import set_prefix, text_prefix
 from fedintel.runtime import CPU, Runtime, keep_trainable_fp32
 from fedintel.types import AdapterState
 
@@ -21,14 +24,27 @@ def peft_config_for(cfg: PeftConfig, task: str) -> peft.PeftConfig:
     return getattr(peft, cfg.peft_config_cls)(task_type=task_type, **cfg.peft_kwargs())
 
 
-def build_peft_model(base: torch.nn.Module, cfg: PeftConfig, task: str, seed: int = 0) -> PeftModel:
-    """Add a freshly initialised adapter (deterministic for ``seed``) to ``base``."""
+def build_peft_model(base: torch.nn.Module, cfg: PeftConfig, task: str, seed: int = 0,
+                     tokenizer: PreTrainedTokenizerBase | None = None) -> PeftModel:
+    """Add a freshly initialised adapter (deterministic for ``seed``) to ``base``; a prefix with
+    ``prefix_init_text`` starts from the base's activations of that text (``tokenizer`` required)."""
+    init_text = getattr(cfg, "prefix_init_text", None)
+    prefix = None
+    if init_text is not None:
+        if task != "causal_lm":
+            raise ConfigError("peft.prefix_init_text: needs a causal language model (model.task: causal_lm); an "
+                              "encoder's tokens attend to the input after them, so no fixed prefix reproduces them")
+        if tokenizer is None:
+            raise ValueError("build_peft_model: peft.prefix_init_text needs the base model's tokenizer")
+        prefix = text_prefix(base, tokenizer, init_text, cfg.num_virtual_tokens)  # type: ignore[attr-defined]
     torch.manual_seed(seed)  # PEFT initialises on the CPU, then moves: the same adapter on every device
     try:
         model = get_peft_model(base, peft_config_for(cfg, task))
     except ValueError as err:
         raise ValueError(f"peft: cannot apply {cfg.method} to this model: {err}") from None
     keep_trainable_fp32(model)  # e.g. a classifier head copied from a bfloat16 base
+    if prefix is not None:
+        set_prefix(model, prefix)
     return model
 
 

@@ -60,14 +60,47 @@ class LoraPeftConfig(PeftConfig):
 
 
 class PrefixPeftConfig(PeftConfig):
-    """Prefix tuning (Li and Liang, ACL 2021): trainable key/value prefixes in every layer."""
+    """Prefix tuning (Li and Liang, ACL 2021): trainable key/value prefixes in every layer.
+
+    PEFT's default draws the prefix at random. Li & Liang train it through an MLP (``prefix_projection``: their
+    reparameterisation, which they found stabilises training) and initialise it from the activations of real
+    words (``prefix_init_text``, see :mod:`fedintel.models.prefix_init`).
+    """
 
     method: Literal["prefix"] = "prefix"  # type: ignore[assignment]
     peft_config_cls: ClassVar[str] = "PrefixTuningConfig"
     num_virtual_tokens: int = Field(16, ge=1, description="Virtual tokens for prefix/prompt tuning.")
+    # the new knobs leave dumps (and so the hashes of existing checkpoints) unchanged at their defaults
+    prefix_projection: bool = Field(
+        False, exclude_if=lambda v: v is False,
+        description="Reparameterise the prefix through a two-layer MLP (Li & Liang; PEFT's prefix_projection). "
+        "Training updates the MLP; a saved PEFT adapter holds the prefix it produces.",
+    )
+    prefix_projection_hidden: int | None = Field(
+        None, ge=1, exclude_if=lambda v: v is None,
+        description="Hidden size of that MLP (PEFT's encoder_hidden_size); default: the prefix's key/value width.",
+    )
+    prefix_init_text: str | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="Initialise the prefix with the frozen base model's keys and values of this text's tokens "
+        "(Li & Liang's 'activations of real words'); repeated to num_virtual_tokens tokens when shorter. Causal "
+        "language models only.",
+    )
+
+    @model_validator(mode="after")
+    def _prefix_knobs(self) -> PrefixPeftConfig:
+        if self.prefix_projection_hidden is not None and not self.prefix_projection:
+            raise ValueError("peft.prefix_projection_hidden applies only with peft.prefix_projection: true")
+        if self.prefix_init_text is not None and not self.prefix_init_text.strip():
+            raise ValueError("peft.prefix_init_text: empty text; give words to initialise the prefix from, or omit it")
+        return self
 
     def peft_kwargs(self) -> dict[str, Any]:
-        return {"num_virtual_tokens": self.num_virtual_tokens}
+        kwargs: dict[str, Any] = {"num_virtual_tokens": self.num_virtual_tokens,
+                                  "prefix_projection": self.prefix_projection}
+        if self.prefix_projection_hidden is not None:
+            kwargs["encoder_hidden_size"] = self.prefix_projection_hidden
+        return kwargs
 
 
 class PromptPeftConfig(PeftConfig):

@@ -45,7 +45,8 @@ class Comparison:
         return "inconclusive"
 
     def describe(self) -> str:
-        d = "inf" if math.isinf(self.effect_size) else f"{self.effect_size:.2f}"
+        d = ("n/a" if math.isnan(self.effect_size) else "inf" if math.isinf(self.effect_size)
+             else f"{self.effect_size:.2f}")
         p = "n/a" if math.isnan(self.p_value) else f"{self.p_value:.3g}"
         return f"{self.wins}/{self.seeds} seeds, paired t-test p = {p}, d = {d}"
 
