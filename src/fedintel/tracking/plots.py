@@ -182,7 +182,7 @@ def plot_run(run_dir: Path, out_dir: Path | None = None, *, overview: bool = Tru
                     written.append(save(line_figure([("", pts)], "round", label, run_id), out_dir / f"{metric}.png"))
             for xm, ym, xl, yl in XY_CURVES:
                 pts = [(r[xm], r[ym]) for r in rows if xm in r and ym in r]
-                if pts:
+                if len({x for x, _ in pts}) > 1:  # without a simulated network the clock never moves: no curve
                     fig = line_figure([("", pts)], xl, yl, run_id, x_metric=xm)
                     written.append(save(fig, out_dir / f"{ym}_vs_{xm}.png"))
             names = set().union(*rows)
