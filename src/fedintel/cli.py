@@ -103,6 +103,9 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     if not (run_dir / "metrics.db").is_file():
         raise FileNotFoundError(f"{run_dir} has no metrics.db; is it a fedintel run directory?")
     print_summary(run_dir, console)
+    overview = run_dir / "plots" / "overview.png"
+    if overview.is_file():
+        console.print(f"overview: [bold]{overview}[/]")
     return 0
 
 
