@@ -144,20 +144,22 @@ def plot(curves: dict[str, dict[str, list[list[float]]]], path: Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves) + 1.6, 4), squeeze=False)
     for ax, (task, by_algo) in zip(axes[0], curves.items(), strict=True):
-        for algo, cs in by_algo.items():
+        for k, (algo, cs) in enumerate(by_algo.items()):
             n = min(len(c) for c in cs)
             arr = np.array([c[:n] for c in cs])
             x = np.arange(n)
             mean, std = arr.mean(axis=0), arr.std(axis=0)
-            ax.plot(x, mean, marker="o", ms=3, label=algo)
-            ax.fill_between(x, mean - std, mean + std, alpha=0.15)
+            ax.plot(x, mean, marker="o", ms=3, label=algo, color=f"C{k}")
+            ax.fill_between(x, mean - std, mean + std, alpha=0.15, color=f"C{k}")
         ax.set(title=TASK_TITLES[task], xlabel="round", ylabel="eval loss")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+    # one legend for both panels (the same optimizers, the same colours), beside them: never over a curve
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1 - 1.5 / fig.get_figwidth(), 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)

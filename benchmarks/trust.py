@@ -103,20 +103,27 @@ def bench_epsilon(tmp: Path, pretrained: bool, rounds: int) -> str:
                      final.get("dp_clipped_fraction", float("nan"))])
         if sigma:
             points.append((eps, final["eval_loss"]))
+    plot_loss_vs_epsilon(points, base_loss, OUT / "trust_loss_vs_epsilon.png")
+    head = (f"Loss vs epsilon: central client-level DP (clip C = 0.5), {fed['clients_per_round']} of "
+            f"{fed['num_clients']} clients per round, {rounds} rounds")
+    return head + "\n\n" + table(["noise multiplier", "epsilon", "loss at round 0", "final eval loss",
+                                  "vs no DP", "clipped fraction"], rows)
+
+
+def plot_loss_vs_epsilon(points: list[tuple[float, float]], base_loss: float, path: Path) -> Path:
+    """Final eval loss per epsilon (log axis) against the run without DP."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label="DP-FedAvg")
     ax.axhline(base_loss, color="gray", ls="--", label="no DP")
     ax.set_xscale("log")
     ax.set_xlabel("epsilon (delta = 1e-5)")
     ax.set_ylabel("final eval loss")
-    ax.legend()
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9)
     fig.tight_layout()
-    fig.savefig(OUT / "trust_loss_vs_epsilon.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    head = (f"Loss vs epsilon: central client-level DP (clip C = 0.5), {fed['clients_per_round']} of "
-            f"{fed['num_clients']} clients per round, {rounds} rounds")
-    return head + "\n\n" + table(["noise multiplier", "epsilon", "loss at round 0", "final eval loss",
-                                  "vs no DP", "clipped fraction"], rows)
+    return path
 
 
 # -- 2. robust rules under attack ------------------------------------------------------------------
@@ -161,6 +168,27 @@ def _robust_tables(loss: dict, attacks: list[str], metric: str = "eval_loss") ->
             + table(["rule"] + attacks, kept))
 
 
+def plot_robust(loss: dict[tuple[str, str], dict[str, float]], attacks: list[str], path: Path) -> Path:
+    """Bars of each rule's final eval loss per attack; the legend beside the axes (six entries would cover bars)."""
+    untrained = loss[("fedavg", "none")]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    width = 0.8 / len(RULES)
+    for i, rule in enumerate(RULES):
+        ax.bar([j + i * width for j in range(len(attacks))], [loss[(rule, a)]["eval_loss"] for a in attacks],
+               width, label=rule)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(attacks))], attacks)
+    ax.set_xlabel("attack")
+    ax.set_ylabel("final eval loss")
+    ax.set_ylim(min(v["eval_loss"] for v in loss.values()) - 0.01, max(v["loss0"] for v in loss.values()) + 0.01)
+    ax.axhline(untrained["loss0"], color="gray", ls="--", lw=1, label="untrained")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def bench_robust(tmp: Path, pretrained: bool, rounds: int, fraction: float) -> str:
     """Update-level attacks on a causal LM (the tiny models learn language statistics round after round)."""
     attacks = ["none", "sign_flip", "scale", "noise"]
@@ -170,19 +198,7 @@ def bench_robust(tmp: Path, pretrained: bool, rounds: int, fraction: float) -> s
 
     loss, bad = _rules_vs_attacks(tmp, attacks, fraction, make, "robust")
     untrained = loss[("fedavg", "none")]  # round 0 is the same for every run
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    width = 0.8 / len(RULES)
-    for i, rule in enumerate(RULES):
-        ax.bar([j + i * width for j in range(len(attacks))], [loss[(rule, a)]["eval_loss"] for a in attacks],
-               width, label=rule)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(attacks))], attacks)
-    ax.set_ylabel("final eval loss")
-    ax.set_ylim(min(v["eval_loss"] for v in loss.values()) - 0.01, max(v["loss0"] for v in loss.values()) + 0.01)
-    ax.axhline(untrained["loss0"], color="gray", ls="--", lw=1, label="untrained")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(OUT / "trust_robust_rules.png", dpi=120)
-    plt.close(fig)
+    plot_robust(loss, attacks, OUT / "trust_robust_rules.png")
     head = (f"Robust rules under attack ({'SmolLM2-135M' if pretrained else 'tiny-llama'}, causal LM): {bad} of 8 "
             f"clients malicious ({fraction:.0%}), all clients every round, {rounds} rounds; final eval loss "
             f"(FedAvg without attack: {untrained['eval_loss']:.4f}). sign_flip sends -delta, scale 10 x delta, "
@@ -211,6 +227,22 @@ def _steps(run_dir: Path) -> int:
     with MetricsStore(run_dir / "metrics.db") as store:
         return int(store.conn.execute("SELECT COALESCE(SUM(value), 0) FROM client_metrics WHERE name='steps'")
                    .fetchone()[0])
+
+
+def plot_membership(auc: dict[str, float], client: int, path: Path) -> Path:
+    """Membership AUC on the forgotten client's data per model (``orig``, ``full``, ``exact``, ``approx``)."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    names = ["original", "full retrain", "exact", "approx"]
+    ax.bar(names, [auc[k] for k in ("orig", "full", "exact", "approx")], color=["C3", "C0", "C2", "C1"])
+    ax.axhline(0.5, color="gray", ls="--", label="unseen data (0.5)")
+    ax.set_ylabel(f"membership AUC on client {client}'s data")
+    ax.set_ylim(0.3, 1.0)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=9, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def bench_unlearning(tmp: Path, pretrained: bool, rounds: int) -> str:
@@ -266,16 +298,8 @@ def bench_unlearning(tmp: Path, pretrained: bool, rounds: int) -> str:
                     "SELECT SUM(CASE WHEN round >= ? THEN value ELSE 0 END), SUM(value) FROM client_metrics "
                     "WHERE name='steps' AND client_id != ?", (first, c)).fetchone()
             ratios.append(after / total)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    names = ["original", "full retrain", "exact", "approx"]
-    ax.bar(names, [mia[k].auc for k in ("orig", "full", "exact", "approx")], color=["C3", "C0", "C2", "C1"])
-    ax.axhline(0.5, color="gray", ls="--", label="unseen data (0.5)")
-    ax.set_ylabel(f"membership AUC on client {client}'s data")
-    ax.set_ylim(0.3, 1.0)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(OUT / "trust_unlearning_membership.png", dpi=120)
-    plt.close(fig)
+    plot_membership({k: mia[k].auc for k in ("orig", "full", "exact", "approx")}, client,
+                    OUT / "trust_unlearning_membership.png")
     head = (f"Unlearning client {client} (first round {part[client][0][0]}, aggregated in rounds "
             f"{part[client][1]}) of a {n}-client run, 2 per round, {rounds} rounds. Membership AUC: loss-threshold "
             f"attack on its {mia['orig'].members} training examples vs {mia['orig'].nonmembers} held-out ones "

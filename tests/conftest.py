@@ -31,7 +31,7 @@ def tiny_config(tmp_path, **sections) -> ExperimentConfig:
         "federation": {"rounds": 2, "num_clients": 4, "clients_per_round": 3, "local_steps": 2,
                        "batch_size": 4, "micro_batch_size": 2, "lr": 0.01, "seed": 0},
         "eval": {"max_samples": 8},
-        "output": {"dir": str(tmp_path / "runs")},
+        "output": {"dir": str(tmp_path / "runs"), "overview": False},  # ~1 s of matplotlib per run; tested on its own
     }
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(raw.get(key), dict):

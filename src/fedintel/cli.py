@@ -55,9 +55,13 @@ def _finish(result: object) -> None:
     from fedintel.tracking.plots import plot_run
 
     run_dir = result.run_dir  # type: ignore[attr-defined]
+    overview = result.overview  # type: ignore[attr-defined]
     print_summary(run_dir, console)
-    plots = plot_run(run_dir)
-    console.print(f"run directory: [bold]{run_dir}[/] (metrics.db, checkpoints/, adapters/, {len(plots)} plots in plots/)")
+    plots = plot_run(run_dir, overview=overview is None)  # the run drew its overview itself
+    console.print(f"run directory: [bold]{run_dir}[/] (metrics.db, checkpoints/, adapters/, "
+                  f"{len(plots) + (overview is not None)} plots in plots/)")
+    for path in [overview] if overview is not None else [p for p in plots if p.name == "overview.png"]:
+        console.print(f"overview: [bold]{path}[/]")
     for name, path in result.adapters.items():  # type: ignore[attr-defined]
         console.print(f"adapter {name}: {path}  (PeftModel.from_pretrained(base, '{path}'))")
 
@@ -99,6 +103,9 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     if not (run_dir / "metrics.db").is_file():
         raise FileNotFoundError(f"{run_dir} has no metrics.db; is it a fedintel run directory?")
     print_summary(run_dir, console)
+    overview = run_dir / "plots" / "overview.png"
+    if overview.is_file():
+        console.print(f"overview: [bold]{overview}[/]")
     return 0
 
 

@@ -259,6 +259,11 @@ class OutputConfig(Section):
     run_name: str | None = Field(None, description="Run directory name; default: <name>-<timestamp>.")
     checkpoint_every: int = Field(1, ge=1)
     save_adapter: bool = True
+    overview: bool = Field(
+        True,
+        description="Draw plots/overview.png (loss, perplexity or accuracy, simulated time, bytes and energy per "
+        "round, one figure) when the run finishes, and list it in summary.json.",
+    )
     save_client_updates: bool = Field(
         False,
         description="Keep every accepted client delta per round in client_updates/ (needed by "

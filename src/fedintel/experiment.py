@@ -27,6 +27,7 @@ from fedintel.schemes.registry import scheme_class as registered_scheme
 from fedintel.tracking.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
 from fedintel.tracking.contributions import save_contributions
 from fedintel.tracking.export import export_adapters
+from fedintel.tracking.plots import OVERVIEW, overview_figure, save
 from fedintel.tracking.progress import NullReporter, Reporter
 from fedintel.tracking.rundir import RunDirError, run_lock
 from fedintel.tracking.store import MetricsStore
@@ -43,6 +44,8 @@ class RunResult:
     rounds: list[dict[str, float]]
     adapters: dict[str, Path]
     status: str
+    overview: Path | None = None
+    """The run's overview figure (``output.overview``), once it finished."""
 
     @property
     def final(self) -> dict[str, float]:
@@ -229,9 +232,15 @@ def _run_locked(
         adapters = (export_adapters(world, scheme.final_adapters(state), run_dir, scheme.client_adapters(state))
                     if cfg.output.save_adapter else {})
         rounds = store.rounds(run_id)
-        (run_dir / "summary.json").write_text(json.dumps({"run_id": run_id, "final": rounds[-1] if rounds else {}}, indent=2))
+        overview = None
+        if cfg.output.overview and rounds:
+            overview = save(overview_figure(rounds, run_id), run_dir / "plots" / OVERVIEW)
+        summary: dict[str, Any] = {"run_id": run_id, "final": rounds[-1] if rounds else {}}
+        if overview is not None:
+            summary["overview"] = str(overview.relative_to(run_dir))
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         store.set_status(run_id, "finished")
-        return RunResult(run_dir, run_id, rounds, adapters, "finished")
+        return RunResult(run_dir, run_id, rounds, adapters, "finished", overview)
     finally:
         store.close()
 

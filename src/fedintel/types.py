@@ -7,7 +7,7 @@ long it takes*; they meet only in these values.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from fedintel.seeding import derive_seed
 
@@ -99,12 +99,43 @@ class TrainJob:
         return derive_seed(*parts)
 
 
+EvalSplit = Literal["train", "eval"]
+EvalMeasure = Literal["metrics", "pick_loss"]
+
+
+@dataclass
+class EvalJob:
+    """Evaluate each adapter of ``states`` on client ``client_id``'s own data, where that data lives.
+
+    As Flower's ``configure_evaluate``: the adapters travel to the client, only numbers come back.
+    ``split``: the client's ``train`` rows (as it trains on them) or its held-out ``eval`` rows.
+    ``measure``: ``metrics`` is the run's evaluation (``eval.batch_size``, ``eval.max_samples``): token-weighted
+    ``loss`` and ``perplexity``, or ``loss`` and ``accuracy``; ``pick_loss`` is IFCA's cluster score, the model's
+    mean loss summed over the first ``clustering.ifca_eval_batches`` micro-batches, as ``loss``.
+    """
+
+    client_id: int
+    states: list[AdapterState]
+    round_idx: int
+    split: EvalSplit = "eval"
+    measure: EvalMeasure = "metrics"
+
+
+@dataclass
+class EvalResult:
+    """What a client sends back for an :class:`EvalJob`: one metrics dict per adapter, in the job's order
+    (empty dicts when the split holds no rows)."""
+
+    client_id: int
+    metrics: list[dict[str, float]]
+
+
 @dataclass
 class ClientFailure:
-    """A client that crashed, timed out or could not train; the round goes on without it."""
+    """A client that crashed, timed out or could not train (or evaluate); the round goes on without it."""
 
     client_id: int
     reason: str
     kind: str = "failed"
     """The event recorded for it: ``failed`` (crash, timeout, bad reply), ``diverged`` (NaN/Inf loss) or
-    ``rejected`` (implausible self-reported values)."""
+    ``rejected`` (implausible self-reported values); a failed :class:`EvalJob` is recorded as ``eval_failed``."""

@@ -1,5 +1,6 @@
 """End-to-end runs on a tiny model and real text: training, tracking, export, resume, bad updates."""
 
+import json
 import math
 import os
 import signal
@@ -11,6 +12,7 @@ import time
 import pytest
 import torch
 from peft import PeftModel
+from PIL import Image
 
 from fedintel.config import ModelConfig, dump_config
 from fedintel.experiment import RunFailed, resume_experiment, run_experiment
@@ -22,7 +24,7 @@ from fedintel.types import ClientFailure
 
 
 def test_two_round_run_learns_tracks_and_exports(tiny_cfg, tmp_path):
-    cfg = tiny_cfg()
+    cfg = tiny_cfg(output={"overview": True})
     res = run_experiment(cfg, tmp_path / "run")
     assert res.status == "finished" and len(res.rounds) == 3  # round 0 is the untrained baseline
     r0, r1, r2 = res.rounds
@@ -40,7 +42,12 @@ def test_two_round_run_learns_tracks_and_exports(tiny_cfg, tmp_path):
     # a checkpoint per round (plus the initial one), the config, plots
     assert [r for r, _ in list_checkpoints(tmp_path / "run")] == [0, 1, 2]
     assert (tmp_path / "run" / "config.yaml").read_text() == dump_config(cfg)
-    assert {p.name for p in plot_run(tmp_path / "run")} >= {"eval_loss.png", "train_loss.png"}
+    assert {p.name for p in plot_run(tmp_path / "run")} >= {"overview.png", "eval_loss.png", "train_loss.png"}
+    # the finished run drew its overview itself (one figure that fits on a screen) and lists it in its summary
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["overview"] == "plots/overview.png" and res.overview == tmp_path / "run" / "plots" / "overview.png"
+    width, height = Image.open(res.overview).size
+    assert 800 <= width <= 1400 and 400 <= height <= 800
 
 
 def test_exported_adapter_loads_with_peft_and_gives_the_same_loss(tiny_cfg, tmp_path):

@@ -33,7 +33,8 @@ def secure(tmp_path_factory):
 
 def test_flower_run_matches_local_engine(secure):
     """Through the documented command: ``fedintel deploy run CONFIG --superlink ... --certs ...``."""
-    cl, certs, cfg, root = secure
+    cl, certs, _, root = secure
+    cfg = experiment(root, per_client=True)  # the same shards; per-client evaluation runs on the nodes
     (root / "exp.yaml").write_text(dump_config(cfg))
     cmd = [sys.executable, "-m", "fedintel.cli", "deploy", "run", str(root / "exp.yaml"), "--superlink", cl.address,
            "--certs", str(certs.root), "--run-dir", str(root / "flower-run"), "--home", str(cl.root / "cli-run"),
@@ -65,6 +66,7 @@ def _check_matches_local(cfg, root):
             if k != "wall_s":
                 assert fr[k] == pytest.approx(v, rel=1e-5, abs=1e-9), k
     assert flower[1]["clients_accepted"] == NUM_NODES and flower[2]["eval_loss"] < flower[0]["eval_loss"]
+    assert ("client_eval_loss" in flower[-1]) is cfg.eval.per_client  # computed on the nodes, equal to the local one
 
 
 def test_unregistered_key_and_plain_http_nodes_are_refused(secure):
@@ -95,7 +97,7 @@ def test_hierarchical_and_wall_clock_async_run_on_real_supernodes(secure):
     clock merges the nodes' replies as they arrive (not bit-reproducible, so checked by its invariants)."""
     cl, _, _, root = secure
     three = {"num_clients": NUM_NODES, "clients_per_round": NUM_NODES}  # same shards as the fixture's experiment
-    hier = tiny_config(root, federation={**three, "scheme": "hierarchical"},
+    hier = tiny_config(root, federation={**three, "scheme": "hierarchical"}, eval={"per_client": False},
                        hierarchy={"tiers": [{"nodes": 2, "period": 1}], "cloud_period": 2})
     res = cl.run(hier, root / "hier-flower", job_timeout=300, discovery_timeout=120, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -106,7 +108,7 @@ def test_hierarchical_and_wall_clock_async_run_on_real_supernodes(secure):
         assert flower[-1][key] == pytest.approx(local[-1][key], rel=1e-5), key
 
     wall = tiny_config(root, engine="flower", federation={**three, "scheme": "async"}, network={"enabled": False},
-                       **{"async": {"clock": "wall", "concurrency": 2, "alpha": 0.6}})
+                       eval={"per_client": False}, **{"async": {"clock": "wall", "concurrency": 2, "alpha": 0.6}})
     res = cl.run(wall, root / "async-flower", job_timeout=300, discovery_timeout=120, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     rounds, events, status = run_rounds(root / "async-flower")

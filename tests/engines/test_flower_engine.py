@@ -26,7 +26,7 @@ from fedintel.engines.flower.engine import FlowerEngine
 from fedintel.engines.flower.shards import load_shard, partition_key, write_shards
 from fedintel.experiment import RunFailed, run_experiment
 from fedintel.tracking.store import MetricsStore
-from fedintel.types import ClientFailure, TrainJob, Update
+from fedintel.types import ClientFailure, EvalJob, EvalResult, TrainJob, Update
 from fedintel.world import build_world
 
 
@@ -138,6 +138,14 @@ def test_flower_engine_reproduces_the_local_engine(tiny_cfg, tmp_path):
     assert _metrics(flower.rounds) == _metrics(local.rounds)  # same process, same threads: bit-identical
     jobs = [msg for msg in grid.sent if msg.metadata.message_type == m.TRAIN]
     assert len(jobs) == 6 and {j.metadata.dst_node_id for j in jobs} == {100, 101, 102}
+    # eval.per_client: each client's eval split is scored on its own node (rounds 0, 1, 2), never on the server
+    evals = [msg for msg in grid.sent if msg.metadata.message_type == m.EVALUATE]
+    assert sorted((int(e.content[m.JOB_KEY]["round"]), e.metadata.dst_node_id) for e in evals) == [
+        (r, n) for r in (0, 1, 2) for n in (100, 101, 102)]
+    with MetricsStore(tmp_path / "flower" / "metrics.db") as fs, MetricsStore(tmp_path / "local" / "metrics.db") as ls:
+        for r in (1, 2):
+            assert fs.client_rows(flower.run_id, r) == ls.client_rows(local.run_id, r)
+            assert all("eval_loss" in row for row in fs.client_rows(flower.run_id, r))
 
 
 def test_client_side_transformations_happen_on_the_node_as_locally(tiny_cfg, tmp_path):
@@ -172,7 +180,9 @@ def test_dead_node_times_out_once_then_fails_fast(tiny_cfg, tmp_path):
     # node 102 never answered discovery: client 2 has no host, which every round reports
     with MetricsStore(tmp_path / "run" / "metrics.db") as store:
         events = store.events(res.run_id)
-    assert [e[1:3] for e in events] == [(2, "failed"), (2, "failed")]
+    assert [e[1:3] for e in events if e[2] == "failed"] == [(2, "failed"), (2, "failed")]
+    # nor can it evaluate client 2's own eval split (eval.per_client): recorded, the others evaluated
+    assert [e[:3] for e in events if e[2] == "eval_failed"] == [(1, 2, "eval_failed"), (2, 2, "eval_failed")]
     assert all("no SuperNode hosts client 2" in e[3] for e in events)
 
     # A node that answered discovery and then died: one timeout, then immediate failures.
@@ -288,6 +298,63 @@ def test_a_malformed_reply_fails_that_client_only(tiny_cfg, tmp_path, corrupt):
     assert res.status == "finished" and res.rounds[1]["clients_accepted"] == 2.0
     with MetricsStore(tmp_path / "run" / "metrics.db") as store:
         assert [e[1:3] for e in store.events(res.run_id)] == [(1, "failed")]
+
+
+class CorruptingEvalGrid(FakeGrid):
+    """Like FakeGrid, but ``corrupt(content)`` rewrites every evaluation reply of node 101."""
+
+    def __init__(self, node_configs, corrupt):
+        super().__init__(node_configs)
+        self.corrupt = corrupt
+
+    def pull_messages(self, message_ids):
+        out = super().pull_messages(message_ids)
+        for reply in out:
+            if reply.metadata.src_node_id == 101 and "eval-0" in reply.content:
+                self.corrupt(reply.content)
+        return out
+
+
+def _set_eval(key, value):
+    def corrupt(content):
+        content["eval-0"][key] = value
+    return corrupt
+
+
+def _drop_eval_record(content):
+    del content["eval-1"]
+
+
+def test_evaluation_jobs_run_on_the_clients_nodes_as_locally(tiny_cfg, tmp_path):
+    """IFCA's cluster pick (train rows, several adapters) and per-client evaluation (eval rows) on the node that
+    holds the data give the local engine's numbers; only adapters go down and only numbers come back."""
+    from fedintel.engines.local import LocalEngine
+
+    cfg = tiny_cfg(federation={"num_clients": 3, "clients_per_round": 3, "scheme": "clustered"},
+                   clustering={"method": "ifca", "num_clusters": 2})
+    world = build_world(cfg)
+    shards = write_shards(cfg, tmp_path / "shards", tokenizer=world.base.tokenizer)
+    other = {k: v + 0.01 for k, v in world.initial_state.items()}
+    jobs = [EvalJob(2, [world.initial_state, other], 1, split="train", measure="pick_loss"),
+            EvalJob(0, [other], 1), EvalJob(1, [world.initial_state], 1)]
+    grid = FakeGrid(_nodes(shards))
+    flower = FlowerEngine(grid, world, poll_interval=0.0).evaluate(jobs)
+    local = LocalEngine(world).evaluate(jobs)
+    assert [type(r) for r in flower] == [EvalResult] * 3 and [r.client_id for r in flower] == [2, 0, 1]
+    assert [r.metrics for r in flower] == [r.metrics for r in local]
+    assert set(flower[0].metrics[0]) == {"loss"} and set(flower[1].metrics[0]) == {"loss", "perplexity"}
+    assert flower[0].metrics[0] != flower[0].metrics[1]  # each adapter scored on its own
+    sent = [msg for msg in grid.sent if msg.metadata.message_type == m.EVALUATE]
+    assert [msg.metadata.dst_node_id for msg in sent] == [102, 100, 101]
+    assert all(set(msg.content) <= {m.JOB_KEY, "adapter-0", "adapter-1"} for msg in sent)
+
+    # a reply that does not hold what the job asked for fails that client only, with the reason
+    for corrupt, why in [(_set_eval("loss", float("nan")), "finite"), (_set_eval("loss", -1.0), "out of range"),
+                         (_set_eval("accuracy", 0.5), "gives only"), (_drop_eval_record, "eval-1")]:
+        res = FlowerEngine(CorruptingEvalGrid(_nodes(shards), corrupt), world, poll_interval=0.0).evaluate(
+            [EvalJob(1, [world.initial_state, other], 1, split="train", measure="pick_loss"), jobs[1]])
+        assert isinstance(res[0], ClientFailure) and why in res[0].reason, res[0]
+        assert isinstance(res[1], EvalResult)
 
 
 @pytest.mark.parametrize("scheme", [

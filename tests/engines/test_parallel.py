@@ -21,7 +21,7 @@ def one_thread():
 def test_parallel_workers_give_the_sequential_run_bit_for_bit(tiny_cfg, tmp_path, one_thread):
     seq = run_experiment(tiny_cfg(runtime={"device": "cpu", "threads": 1}), tmp_path / "seq")
     par = run_experiment(tiny_cfg(runtime={"device": "cpu", "threads": 1, "workers": 2}), tmp_path / "par")
-    keys = ("eval_loss", "train_loss", "cum_bytes_up", "sim_time_s")
+    keys = ("eval_loss", "train_loss", "cum_bytes_up", "sim_time_s", "client_eval_loss")  # per-client eval: on workers
     assert [[r.get(k) for k in keys] for r in par.rounds] == [[r.get(k) for k in keys] for r in seq.rounds]
     assert par.rounds[-1]["eval_loss"] < par.rounds[0]["eval_loss"]
 

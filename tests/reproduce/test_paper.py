@@ -12,7 +12,8 @@ from fedintel.reproduce.report import write_report
 
 TINY = ["--set", "model.name=tiny-llama", "--set", "model.num_layers=null", "--set", "data.max_length=16",
         "--set", "federation.rounds=2", "--set", "network.enabled=false", "--set", "federation.local_steps=1",
-        "--set", "data.samples_per_client=10", "--set", "eval.max_samples=4", "--set", "data.global_eval_samples=8"]
+        "--set", "data.samples_per_client=10", "--set", "eval.max_samples=4", "--set", "data.global_eval_samples=8",
+        "--set", "output.overview=false"]  # 14 runs: their overview figures would add seconds, the report draws its own
 
 
 def test_quick_reproduction_writes_a_full_report_from_the_store(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""The embedded engine: every client trains in this process on the one shared base model."""
+"""The embedded engine: every client trains and evaluates in this process on the one shared base model."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 from fedintel.engines.base import Engine
 from fedintel.training.client import TrainingDiverged
-from fedintel.training.job import run_train_job
+from fedintel.training.job import run_eval_job, run_train_job
 from fedintel.training.mods import NO_MODS, ClientMods
-from fedintel.types import ClientFailure, TrainJob, Update
+from fedintel.types import ClientFailure, EvalJob, EvalResult, TrainJob, Update
 from fedintel.world import World
 
 log = logging.getLogger(__name__)
@@ -52,3 +52,13 @@ class LocalEngine(Engine):
         except Exception as err:  # a crashing client is dropped; the round goes on without it
             log.warning("client %d failed: %s", job.client_id, err)
             return ClientFailure(job.client_id, f"{type(err).__name__}: {err}")
+
+    def evaluate(self, jobs: list[EvalJob]) -> list[EvalResult | ClientFailure]:
+        return [self.run_eval(job) for job in jobs]
+
+    def run_eval(self, job: EvalJob) -> EvalResult:
+        """Evaluate one job on the client's shard in this process (an error here is a bug: it stops the run)."""
+        w = self.world
+        client = w.data.clients[job.client_id]
+        data = client.train if job.split == "train" else client.eval
+        return run_eval_job(w.cfg, w.slot, data, job, pad_id=w.pad_id, mods=self.mods)

@@ -2,9 +2,10 @@
 
 Each worker is a spawned process that builds the run's world itself (base model, PEFT wrapper, data) on its
 own device (``runtime.devices``) or on the CPU with ``runtime.threads`` torch threads (default 1), and then
-runs jobs exactly as :class:`~fedintel.engines.local.LocalEngine` does. A job's result depends only on the
-job (its seed comes from run seed, round and client), never on which worker ran it, so a parallel run gives
-the sequential run's numbers; on the CPU they match bit for bit when the sequential run also uses one thread.
+runs jobs exactly as :class:`~fedintel.engines.local.LocalEngine` does, training and evaluation jobs alike. A
+job's result depends only on the job (its seed comes from run seed, round and client), never on which worker
+ran it, so a parallel run gives the sequential run's numbers; on the CPU they match bit for bit when the
+sequential run also uses one thread.
 
 Costs: one copy of the base model per worker, and a few seconds at start-up while the workers load it.
 Adapter states travel through shared memory (torch.multiprocessing), so a job costs no copy of the model.
@@ -24,7 +25,7 @@ from fedintel.config import ExperimentConfig
 from fedintel.engines.base import Engine
 from fedintel.training.client import TrainingDiverged
 from fedintel.training.mods import NO_MODS, ClientMods
-from fedintel.types import ClientFailure, TrainJob, Update
+from fedintel.types import ClientFailure, EvalJob, EvalResult, TrainJob, Update
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,11 @@ def _worker_main(cfg: ExperimentConfig, mods: ClientMods, index: int, jobs: Any,
             return
         pos, job = item
         try:
-            results.put((_RESULT, pos, engine.run_job(job)))
+            results.put((_RESULT, pos, engine.run_eval(job) if isinstance(job, EvalJob) else engine.run_job(job)))
         except TrainingDiverged as err:
             results.put((_DIVERGED, pos, str(err)))
+        except Exception as err:  # only evaluation raises here (a failing train job is a ClientFailure)
+            results.put((_ERROR, pos, f"{type(err).__name__}: {err}"))
 
 
 class ParallelEngine(Engine):
@@ -121,6 +124,22 @@ class ParallelEngine(Engine):
                 on_done(payload)
         if diverged is not None:  # as in the sequential engine: a diverging loss stops the run
             raise TrainingDiverged(diverged)
+        return [r for r in results if r is not None]
+
+    def evaluate(self, jobs: list[EvalJob]) -> list[EvalResult | ClientFailure]:
+        """Evaluate ``jobs`` on the workers; an evaluation that raises stops the run, as in the local engine."""
+        for pos, job in enumerate(jobs):
+            self.jobs.put((pos, job))
+        results: list[EvalResult | ClientFailure | None] = [None] * len(jobs)
+        error: str | None = None
+        for _ in jobs:
+            kind, pos, payload = self._get(timeout_s=24 * 3600.0)
+            if kind == _ERROR:
+                error = error or f"client {jobs[pos].client_id}: {payload}"
+            else:
+                results[pos] = payload
+        if error is not None:
+            raise RuntimeError(f"evaluation failed on an engine worker: {error}")
         return [r for r in results if r is not None]
 
     def close(self) -> None:

@@ -35,6 +35,7 @@ from fedintel.reproduce.paper import (  # noqa: E402
     series,
 )
 from fedintel.reproduce.verdicts import Comparison, combine, compare  # noqa: E402
+from fedintel.tracking.plots import save, style_axis  # noqa: E402
 
 NOT_RUN = "not run"
 PAPER_SETUP = {  # section V of the paper; the "here" column beside it is read from the runs
@@ -354,22 +355,24 @@ def cost_rows(runs: list[PaperRun]) -> list[list[str]]:
 def _band_plot(runs: list[PaperRun], experiments: list[str], metric: str, path: Path, ylabel: str,
                x: str = "round", xlabel: str = "round") -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
+    means = []
     for exp in experiments:
         xs, ys = series(runs, exp, metric, x)  # x from the first seed (simulated time differs per seed)
         mean, std = ys.mean(axis=0), ys.std(axis=0)
-        ax.plot(xs, mean, marker="o", label=LABELS[exp])
+        ax.plot(xs, mean, marker="o", ms=4, label=LABELS[exp])
         ax.fill_between(xs, mean - std, mean + std, alpha=0.2)
-    if metric == "eval_perplexity":
-        ax.set_yscale("log")  # a randomly initialised prefix starts orders of magnitude above the others
-    ax.set_xlabel(xlabel)
+        means.append(mean)
+    unit = style_axis(ax, x)  # whole rounds; uplink bytes in MiB
+    ax.set_xlabel(xlabel.replace("bytes", f"traffic ({unit})") if unit else xlabel)
+    lo, hi = float(np.min(np.concatenate(means))), float(np.max(np.concatenate(means)))
+    if lo > 0 and hi / lo > 20:  # e.g. perplexities 30 and 100,000: a linear axis flattens the small ones to 0
+        ax.set_yscale("log")
+        ylabel += " (log scale)"
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def _plots(runs: list[PaperRun], plots: Path) -> list[str]:

@@ -164,7 +164,7 @@ class AsyncScheme(Scheme):
         self._totals_into(record, totals)
         if self.should_evaluate(round_idx):
             g = state["global"]
-            self.evaluate_into(record, {c.client_id: g for c in self.world.data.clients}, g)
+            self.evaluate_into(record, {c.client_id: g for c in self.world.data.clients}, g, round_idx=round_idx)
         return state, record
 
     def arrive(self, round_idx: int, state: dict[str, Any], job: dict[str, Any], update: Update,

@@ -19,7 +19,7 @@ from fedintel.network.simulator import ClientJob
 from fedintel.optimizers.builtin import build_optimizer
 from fedintel.tracking.progress import NullReporter, Reporter
 from fedintel.training.flops import train_flops
-from fedintel.types import AdapterState, ClientFailure, TrainJob, Update, state_nbytes
+from fedintel.types import AdapterState, ClientFailure, EvalJob, EvalResult, TrainJob, Update, state_nbytes
 from fedintel.world import World, derive_seed
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class Scheme(ABC):
         """Round 0: the untrained adapter evaluated like any round, the baseline of every curve."""
         record = RoundRecord()
         g = self.world.initial_state
-        self.evaluate_into(record, {c.client_id: g for c in self.world.data.clients}, g)
+        self.evaluate_into(record, {c.client_id: g for c in self.world.data.clients}, g, round_idx=0)
         self._totals_into(record, new_totals())
         record.metrics["cum_bytes_cloud"] = 0.0
         return record
@@ -285,18 +285,33 @@ class Scheme(ABC):
         return delta
 
     # -- evaluation ----------------------------------------------------------------------------------
+    def evaluate_clients(self, jobs: list[EvalJob], record: RoundRecord | None = None) -> dict[int, EvalResult]:
+        """Run ``jobs`` on the engine, where the clients' data lives; each failed job is logged and recorded as an
+        ``eval_failed`` event (in ``record``) and left out of the result, keyed by client id."""
+        out = {}
+        for res in self.engine.evaluate(jobs) if jobs else []:
+            if isinstance(res, EvalResult):
+                out[res.client_id] = res
+                continue
+            log.warning("client %d could not evaluate: %s", res.client_id, res.reason)
+            if record is not None:
+                record.events.append((res.client_id, "eval_failed", res.reason))
+        return out
+
     def should_evaluate(self, round_idx: int) -> bool:
         cfg = self.world.cfg
         return round_idx % cfg.eval.every == 0 or round_idx == cfg.federation.rounds
 
     def evaluate_into(
         self, record: RoundRecord, state_for_client: dict[int, AdapterState], global_state: AdapterState | None,
-        domain_states: dict[str, AdapterState] | None = None, prefix: str = "",
+        domain_states: dict[str, AdapterState] | None = None, prefix: str = "", *, round_idx: int,
     ) -> None:
-        """Global, per-domain and per-client evaluation of the current adapter(s).
+        """Global, per-domain and per-client evaluation of the current adapter(s) after round ``round_idx``.
 
         ``domain_states`` evaluates each domain's held-out set with its own adapter (clustered schemes);
-        ``eval_loss_domain_mean`` averages the per-domain losses so schemes compare on equal terms.
+        ``eval_loss_domain_mean`` averages the per-domain losses so schemes compare on equal terms. The
+        held-out sets are the server's; each client's own eval split is evaluated where it lives, through
+        the engine's evaluation jobs (``eval.per_client``).
         """
         w = self.world
         if global_state is not None:
@@ -315,11 +330,10 @@ class Scheme(ABC):
             record.metrics[f"{prefix}eval_loss_domain_mean"] = float(np.mean(dom_losses))
         if w.cfg.eval.per_client:
             losses, accs = [], []
-            for cid, state in state_for_client.items():
-                client = w.data.clients[cid]
-                if len(client.eval) == 0:
-                    continue
-                m = w.evaluate(state, client.eval)
+            jobs = [EvalJob(cid, [state], round_idx) for cid, state in state_for_client.items()
+                    if len(w.data.clients[cid].eval) > 0]
+            for cid, res in self.evaluate_clients(jobs, record).items():
+                m = res.metrics[0]
                 record.clients.setdefault(cid, {}).update({f"{prefix}eval_{k}": v for k, v in m.items()})
                 losses.append(m["loss"])
                 if "accuracy" in m:

@@ -16,11 +16,10 @@ import numpy as np
 import torch
 
 from fedintel.aggregation.fedavg import weighted_mean
-from fedintel.data.tokenize import collate
 from fedintel.schemes.base import RoundRecord, Scheme, new_totals
 from fedintel.schemes.cluster_methods import build_clustering_method, purity
 from fedintel.seeding import derive_seed
-from fedintel.types import AdapterState, TrainJob, Update, state_nbytes
+from fedintel.types import AdapterState, EvalJob, TrainJob, Update, state_nbytes
 
 
 class ClusteredScheme(Scheme):
@@ -65,8 +64,7 @@ class ClusteredScheme(Scheme):
         else:
             chosen = self.choose_clients(round_idx, range(fed.num_clients), fed.clients_per_round)
         if self.method.picks_each_round:
-            for cid in chosen:
-                state["assignment"][cid] = self._ifca_pick(cid, state["clusters"])
+            self._ifca_pick(round_idx, chosen, state, record)
         start = {cid: state["clusters"][max(state["assignment"][cid], 0)] for cid in chosen}
         version = {cid: state["versions"][max(state["assignment"][cid], 0)] for cid in chosen}
         opt = {cid: state["optimizer"][max(state["assignment"][cid], 0)] for cid in chosen}
@@ -93,7 +91,7 @@ class ClusteredScheme(Scheme):
         record.metrics["cum_bytes_cloud"] = state["totals"]["bytes_cloud"]
         self._record_assignment(state["assignment"], record)
         if self.should_evaluate(round_idx):
-            self._evaluate(state, record)
+            self._evaluate(round_idx, state, record)
         return state, record
 
     def _aggregate_clusters(self, round_idx: int, state: dict[str, Any], accepted: list[Update], record: RoundRecord) -> None:
@@ -123,24 +121,12 @@ class ClusteredScheme(Scheme):
             mean = weighted_mean(clusters, [1.0] * len(clusters))
             clusters[:] = [{k: (1 - c.share_beta) * cl[k] + c.share_beta * mean[k] for k in cl} for cl in clusters]
 
-    def _ifca_pick(self, cid: int, clusters: list[AdapterState]) -> int:
-        """The cluster whose adapter has the lowest loss on a few of the client's own training batches."""
-        w = self.world
-        data = self.engine.mods.train_data(cid, w.data.clients[cid].train)  # the client's own view (label flip)
-        mb = w.cfg.federation.micro_batch_size
-        batches = w.cfg.clustering.ifca_eval_batches  # type: ignore[attr-defined]
-        idx = list(range(min(len(data), mb * batches)))
-        losses = []
-        with torch.inference_mode():
-            for cl in clusters:
-                w.slot.set(cl)
-                total = 0.0
-                for s in range(0, len(idx), mb):
-                    batch = w.runtime.to_device(collate(data, idx[s : s + mb], w.pad_id, w.task))
-                    with w.runtime.autocast():
-                        total += float(w.peft_model(**batch).loss)
-                losses.append(total)
-        return int(np.argmin(losses))
+    def _ifca_pick(self, round_idx: int, chosen: list[int], state: dict[str, Any], record: RoundRecord) -> None:
+        """Each of ``chosen`` takes the cluster whose adapter has the lowest loss on a few of its own training
+        batches, scored where its data lives (an evaluation job); a client that cannot score keeps its cluster."""
+        jobs = [EvalJob(cid, state["clusters"], round_idx, split="train", measure="pick_loss") for cid in chosen]
+        for cid, res in self.evaluate_clients(jobs, record).items():
+            state["assignment"][cid] = int(np.argmin([m["loss"] for m in res.metrics]))
 
     def _record_assignment(self, assignment: list[int], record: RoundRecord) -> None:
         for cid, k in enumerate(assignment):
@@ -158,16 +144,16 @@ class ClusteredScheme(Scheme):
                 out[dom] = votes.most_common(1)[0][0]
         return out
 
-    def _evaluate(self, state: dict[str, Any], record: RoundRecord) -> None:
+    def _evaluate(self, round_idx: int, state: dict[str, Any], record: RoundRecord) -> None:
         clusters, assignment = state["clusters"], state["assignment"]
         per_client = {c.client_id: clusters[max(assignment[c.client_id], 0)] for c in self.world.data.clients}
         dom = {d: clusters[k] for d, k in self.domain_clusters(assignment).items()}
         if dom:
-            self.evaluate_into(record, per_client, None, domain_states=dom)
+            self.evaluate_into(record, per_client, None, domain_states=dom, round_idx=round_idx)
             self._domain_means_as_global(record)
         else:  # no domains known: evaluate the largest cluster's adapter on the global set
             biggest = Counter(a for a in assignment if a >= 0).most_common(1)
-            self.evaluate_into(record, per_client, clusters[biggest[0][0] if biggest else 0])
+            self.evaluate_into(record, per_client, clusters[biggest[0][0] if biggest else 0], round_idx=round_idx)
 
     def _domain_means_as_global(self, record: RoundRecord) -> None:
         # With one adapter per cluster there is no single global model: the headline eval metrics are the

@@ -106,7 +106,7 @@ class HierarchicalScheme(Scheme):
             record.metrics["sim_round_s"] = record.metrics.get("sim_round_s", 0.0) + link_s
         record.metrics["cum_bytes_cloud"] = totals["bytes_cloud"]
         if self.should_evaluate(round_idx):
-            self._evaluate(state, record)
+            self._evaluate(round_idx, state, record)
         return state, record
 
     def _link_time(self, nbytes: int, tier: int) -> float:
@@ -124,16 +124,16 @@ class HierarchicalScheme(Scheme):
         for lvl in range(level, 0, -1):
             tiers[lvl - 1] = [tiers[lvl][self.parent[lvl - 1][j]] for j in range(len(tiers[lvl - 1]))]
 
-    def _evaluate(self, state: dict[str, Any], record: RoundRecord) -> None:
+    def _evaluate(self, round_idx: int, state: dict[str, Any], record: RoundRecord) -> None:
         g = state["global"]
         clients = self.world.data.clients
         if self.world.cfg.hierarchy.personalize:
             # personalised: each client with its edge server's adapter; generalisation: the cloud's
             edge = {c.client_id: state["tiers"][0][self.client_edge[c.client_id]] for c in clients}
-            self.evaluate_into(record, edge, g)
-            self.evaluate_into(record, {c.client_id: g for c in clients}, None, prefix="global_")
+            self.evaluate_into(record, edge, g, round_idx=round_idx)
+            self.evaluate_into(record, {c.client_id: g for c in clients}, None, prefix="global_", round_idx=round_idx)
         else:
-            self.evaluate_into(record, {c.client_id: g for c in clients}, g)
+            self.evaluate_into(record, {c.client_id: g for c in clients}, g, round_idx=round_idx)
 
     def final_adapters(self, state: dict[str, Any]) -> dict[str, AdapterState]:
         out = {"global": state["global"]}

@@ -45,5 +45,5 @@ class FedAvgScheme(Scheme):
             record.events.append((None, "no_updates", "no client update was accepted; the global adapter is unchanged"))
         if self.should_evaluate(round_idx):
             g = state["global"]
-            self.evaluate_into(record, {c.client_id: g for c in self.world.data.clients}, g)
+            self.evaluate_into(record, {c.client_id: g for c in self.world.data.clients}, g, round_idx=round_idx)
         return state, record

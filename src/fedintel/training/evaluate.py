@@ -1,4 +1,4 @@
-"""Evaluation of the current adapter: token-weighted loss and perplexity, or loss and accuracy."""
+"""Evaluation of the current adapter: token-weighted loss and perplexity, or loss and accuracy; IFCA's score."""
 
 from __future__ import annotations
 
@@ -65,3 +65,20 @@ def evaluate(
     if task == "causal_lm":
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
     return {"loss": loss, "accuracy": correct / total_count}
+
+
+@torch.inference_mode()
+def pick_loss(
+    model: torch.nn.Module, data: TokenizedSet, *, task: str, pad_id: int, micro_batch_size: int, batches: int,
+    runtime: Runtime = CPU,
+) -> float:
+    """IFCA's cluster score (Ghosh et al., 2020): the model's own mean loss (nats), summed over the first
+    ``batches`` micro-batches of ``data``; 0.0 for empty ``data``."""
+    idx = list(range(min(len(data), micro_batch_size * batches)))
+    model.eval()
+    total = 0.0
+    for s in range(0, len(idx), micro_batch_size):
+        batch = runtime.to_device(collate(data, idx[s : s + micro_batch_size], pad_id, task))
+        with runtime.autocast():
+            total += float(model(**batch).loss)
+    return total

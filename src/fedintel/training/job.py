@@ -1,10 +1,11 @@
-"""One client's work for a training job, shared by every engine (local and Flower).
+"""One client's work for a training or evaluation job, shared by every engine (local and Flower).
 
 The steps around :func:`~fedintel.training.client.train_local` that decide what a client sends: the LoRA
 rank slice it trains (``peft.client_ranks``, heterogeneous devices), the delta against the full global
 adapter it received with a rank-sized wire size, then the client's mods (:mod:`fedintel.training.mods`:
 local DP noise, attacks). Every engine calls :func:`run_train_job` (the batched engine its two halves,
-:func:`prepare_job` and :func:`finish_job`, around a batched trainer), so they do the same work by construction.
+:func:`prepare_job` and :func:`finish_job`, around a batched trainer), so they do the same work by construction;
+and :func:`run_eval_job` for an :class:`~fedintel.types.EvalJob` (per-client evaluation, IFCA's cluster pick).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from fedintel.models.peft_builder import AdapterSlot
 from fedintel.optimizers.base import FederatedOptimizer, LocalTerm
 from fedintel.optimizers.builtin import build_optimizer
 from fedintel.training.client import LocalTrainSpec, train_local
+from fedintel.training.evaluate import evaluate, pick_loss
 from fedintel.training.flops import ModelShape
 from fedintel.training.mods import NO_MODS, ClientMods
-from fedintel.types import AdapterState, TrainJob, Update
+from fedintel.types import AdapterState, EvalJob, EvalResult, TrainJob, Update
 
 
 def local_spec(cfg: ExperimentConfig) -> LocalTrainSpec:
@@ -76,3 +78,26 @@ def run_train_job(
     update = train_local(slot, prep.start, data, local_spec(cfg), client_id=job.client_id, base_version=job.version,
                          seed=seed, pad_id=pad_id, task=cfg.model.task, shape=shape, local_term=prep.local_term)
     return finish_job(cfg, prep, update, job, mods)
+
+
+def run_eval_job(cfg: ExperimentConfig, slot: AdapterSlot, data: TokenizedSet, job: EvalJob, *, pad_id: int,
+                 mods: ClientMods = NO_MODS) -> EvalResult:
+    """Evaluate each adapter of ``job`` on ``data`` (the client's ``job.split``) and return the numbers it sends.
+
+    On its training rows the client sees what it trains on: the rows after its data mods (a label flipper's
+    flipped labels, as in IFCA's pick)."""
+    if job.split == "train":
+        data = mods.train_data(job.client_id, data)
+    model, task, out = slot.model, cfg.model.task, []
+    batches = getattr(cfg.clustering, "ifca_eval_batches", None)  # an IFCA knob
+    if job.measure == "pick_loss" and batches is None:
+        raise ValueError(f"a pick_loss evaluation needs clustering.method ifca, not {cfg.clustering.method}")
+    for state in job.states:
+        slot.set(state)
+        if job.measure == "pick_loss":
+            out.append({"loss": pick_loss(model, data, task=task, pad_id=pad_id, runtime=slot.runtime,
+                                          micro_batch_size=cfg.federation.micro_batch_size, batches=batches)})
+        else:
+            out.append(evaluate(model, data, task=task, pad_id=pad_id, batch_size=cfg.eval.batch_size,
+                                max_samples=cfg.eval.max_samples, runtime=slot.runtime))
+    return EvalResult(job.client_id, out)

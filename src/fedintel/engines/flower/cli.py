@@ -155,6 +155,8 @@ def _report(returncode: int, run_dir: Path) -> int:
 
         print_summary(run_dir, console)
         print(f"run directory: {run_dir}")
+        if (run_dir / "plots" / "overview.png").is_file():
+            print(f"overview: {run_dir / 'plots' / 'overview.png'}")
         return 0
     print(f"error: the run did not finish (flwr exit code {returncode}); see the output above"
           + (f" and {run_dir}" if run_dir.exists() else ""), file=sys.stderr)

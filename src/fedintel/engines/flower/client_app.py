@@ -16,7 +16,10 @@ On a ``train`` message the app builds the base model and PEFT wrapper from the e
 message (once per process: Flower starts a fresh process per message, so the cache that matters is the
 on-disk one), loads only the requested client's shard, checks its fingerprint against the server's, runs
 :func:`fedintel.training.client.train_local` with the seed the server computed for the job (as :class:`~fedintel.engines.local.LocalEngine` does)
-and replies with the adapter delta and metrics. The data never leaves the node.
+and replies with the adapter delta and metrics. On an ``evaluate`` message it scores the adapters carried in
+the message on the client's ``train`` or ``eval`` rows (per-client evaluation, IFCA's cluster pick) with
+:func:`fedintel.training.job.run_eval_job`, as the local engine does, and replies with the numbers only. The data
+never leaves the node.
 
 On a ``query`` message (discovery) it answers which clients it hosts, without importing torch.
 """
@@ -97,8 +100,8 @@ class _NodeModel:
     shape: Any
     tokenizer: Any
     pad_id: int
-    shards: dict[tuple[str, int, int], Any]
-    """Tokenised shards by (file, mtime in ns, size): an edited file is read again."""
+    shards: dict[tuple[str, int, int, str], Any]
+    """Tokenised shards by (file, mtime in ns, size, split): an edited file is read again."""
 
 
 _MODEL: _NodeModel | None = None
@@ -138,13 +141,9 @@ def hello(msg: Message, context: Context) -> Message:
         return Message(m.hello_content([], "", str(err)), reply_to=msg)
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    """Train the client named in the message on this node's shard; reply with the delta and metrics."""
-    t0 = time.perf_counter()
-    settings = NodeSettings.from_node_config(dict(context.node_config))
-    settings.apply_env()
-    job = m.read_job(msg.content)
+def _prepare(job: dict[str, Any], settings: NodeSettings, split: str = "train") -> tuple[Any, _NodeModel, Any, int]:
+    """The experiment, model and client data a job asks for, after checking that this node holds that client's
+    ``split`` rows exactly as the server partitioned them: ``(cfg, node model, data, client id)``."""
     cid = int(job["client-id"])
     if cid not in settings.client_ids:
         raise NodeConfigError(f"this SuperNode hosts clients {list(settings.client_ids)}, not client {cid}")
@@ -153,8 +152,6 @@ def train(msg: Message, context: Context) -> Message:
 
     from fedintel.config import parse_config
     from fedintel.engines.flower.shards import Manifest, ShardError, partition_key
-    from fedintel.training.client import TrainingDiverged
-    from fedintel.types import TrainJob
 
     cfg = parse_config(json.loads(str(job["experiment"])))
     threads = settings.threads or cfg.runtime.threads
@@ -164,10 +161,25 @@ def train(msg: Message, context: Context) -> Message:
         raise ShardError(f"{settings.data_dir} holds another partition than this experiment's; "
                          "re-run `fedintel deploy partition` with the experiment file and copy the shards")
     node = _model_for(cfg, settings)
-    data = _client_data(cfg, settings, node, cid)
+    data = _client_data(cfg, settings, node, cid, split)
     if m.shard_fingerprint(data.input_ids, data.labels) != job["shard-sha256"]:
         raise ShardError(f"client {cid}: the tokenised shard in {settings.data_dir} differs from the experiment's "
                          "(other rows, tokenizer or max_length); re-run `fedintel deploy partition`")
+    return cfg, node, data, cid
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the client named in the message on this node's shard; reply with the delta and metrics."""
+    t0 = time.perf_counter()
+    settings = NodeSettings.from_node_config(dict(context.node_config))
+    settings.apply_env()
+    job = m.read_job(msg.content)
+
+    from fedintel.training.client import TrainingDiverged
+    from fedintel.types import TrainJob
+
+    cfg, node, data, cid = _prepare(job, settings)
     train_job = TrainJob(cid, m.record_to_state(msg.content[m.ADAPTER_KEY]), int(job["version"]), int(job["round"]),
                          int(job.get("salt", 0)))
     t_ready = time.perf_counter()
@@ -188,6 +200,24 @@ def train(msg: Message, context: Context) -> Message:
                            secret_dir(settings.cache_dir))
         update.wire_bytes = None  # what travels is the masked vector, counted as such
     return Message(m.reply_content(update, timings, masked), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Score the adapters in the message on the client's own rows; reply with one metrics record per adapter."""
+    settings = NodeSettings.from_node_config(dict(context.node_config))
+    settings.apply_env()
+    job, states = m.read_eval_job(msg.content)
+
+    from fedintel.training.job import run_eval_job
+    from fedintel.types import EvalJob
+
+    cfg, node, data, cid = _prepare(job, settings, str(job["split"]))
+    eval_job = EvalJob(cid, states, int(job["round"]), job["split"], job["measure"])
+    from fedintel.trust import build_client_mods
+
+    result = run_eval_job(cfg, node.slot, data, eval_job, pad_id=node.pad_id, mods=build_client_mods(cfg))
+    return Message(m.eval_reply_content(result), reply_to=msg)
 
 
 def _secagg_step(step: str, msg: Message, context: Context) -> Message:
@@ -219,17 +249,18 @@ def secagg_unmask(msg: Message, context: Context) -> Message:
     return _secagg_step("unmask", msg, context)
 
 
-def _client_data(cfg: Any, settings: NodeSettings, node: _NodeModel, cid: int) -> Any:
-    """The client's tokenised training shard (read once per file version), before its data mods."""
+def _client_data(cfg: Any, settings: NodeSettings, node: _NodeModel, cid: int, split: str = "train") -> Any:
+    """The client's tokenised ``train`` rows or held-out ``eval`` rows as partitioned (before its data mods), read
+    once per file version."""
     from fedintel.engines.flower.shards import load_shard, shard_path
 
     path = shard_path(settings.data_dir, cid)
     stat = path.stat() if path.is_file() else None
-    key = (str(path), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
+    key = (str(path), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0, split)
     if key not in node.shards:
         cache = settings.cache_dir / "datasets" if settings.cache_dir else None
         node.shards[key] = load_shard(settings.data_dir, cid, node.tokenizer, cfg.data.max_length, cfg.model.task,
-                                      cache_dir=cache)
+                                      split=split, cache_dir=cache)
     return node.shards[key]
 
 

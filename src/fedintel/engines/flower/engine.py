@@ -7,6 +7,11 @@ back as :class:`~fedintel.types.Update` in job order. A node that errors, is rep
 SuperLink, or sends nothing within ``job_timeout`` seconds yields a
 :class:`~fedintel.engines.base.ClientFailure`, and the round goes on without it.
 
+:meth:`FlowerEngine.evaluate` does the same for :class:`~fedintel.types.EvalJob` (per-client evaluation,
+IFCA's cluster pick): each job becomes one ``evaluate`` message to the node holding the client's data, which
+scores the adapters on its shard and sends back only numbers, checked before use
+(:func:`~fedintel.engines.flower.messages.eval_result_from_reply`).
+
 Asynchronous schemes use the lower-level pair instead of :meth:`train`::
 
     handle = engine.submit(job)                  # returns at once; the job is on its way
@@ -47,7 +52,7 @@ from fedintel.engines.flower.secagg import MASKED_RECORD, SECAGG_KEY, SecAggCoor
 from fedintel.engines.flower.shards import partition_key
 from fedintel.training.client import TrainingDiverged
 from fedintel.trust import build_client_mods
-from fedintel.types import MASKED_KEY, AdapterState, ClientFailure, TrainJob, Update
+from fedintel.types import MASKED_KEY, AdapterState, ClientFailure, EvalJob, EvalResult, TrainJob, Update
 from fedintel.world import World
 
 log = logging.getLogger(__name__)
@@ -59,7 +64,7 @@ Result = Update | ClientFailure
 class JobHandle:
     """One submitted job: where it went and until when its reply is awaited."""
 
-    job: TrainJob
+    job: TrainJob | EvalJob
     seq: int
     node_id: int | None = None
     message_id: str | None = None
@@ -72,6 +77,8 @@ class EngineStats:
     """What crossed the Grid, for benchmarks and logs (payload bytes as Flower counts them)."""
 
     jobs: int = 0
+    evals: int = 0
+    """Evaluation jobs sent (``jobs`` counts training jobs)."""
     replies: int = 0
     failures: int = 0
     bytes_down: int = 0
@@ -188,8 +195,8 @@ class FlowerEngine(Engine):
         self.stats = EngineStats()
         self._seq = itertools.count()
         self._pending: dict[str, JobHandle] = {}
-        self._done: dict[int, tuple[JobHandle, Result]] = {}
-        self._fingerprints: dict[int, str] = {}
+        self._done: dict[int, tuple[JobHandle, Result | EvalResult]] = {}
+        self._fingerprints: dict[tuple[int, str], str] = {}
         self._discovered = False
         self.mods = build_client_mods(world.cfg)
         """The clients apply their mods on their nodes; the server reads them only for client steps it
@@ -240,6 +247,27 @@ class FlowerEngine(Engine):
                     on_done(r)
         return [results[h.seq] for h in handles]
 
+    def evaluate(self, jobs: list[EvalJob]) -> list[EvalResult | ClientFailure]:
+        """Evaluate ``jobs`` on their clients' nodes (one push) and return one result per job, in job order."""
+        self.discover(wait=not self._discovered)
+        handles, to_push = [], []
+        for job in jobs:
+            h = JobHandle(job, next(self._seq))
+            handles.append(h)
+            nid = self._node_for(h)
+            if nid is not None:
+                h.node_id = nid
+                content = m.eval_job_content(job, self.experiment_json, self._fingerprint(job.client_id, job.split))
+                self.stats.bytes_down += sum(content[k].count_bytes() for k in content if k != m.JOB_KEY)
+                to_push.append((h, Message(content, nid, m.EVALUATE, ttl=self.job_timeout + 60.0,
+                                           group_id=f"eval-{job.round_idx}")))
+        self._push(to_push)
+        results: dict[int, EvalResult | ClientFailure] = {}
+        while len(results) < len(handles):
+            for h, r in self.poll(handles, timeout=1.0):
+                results[h.seq] = r  # type: ignore[assignment]
+        return [results[h.seq] for h in handles]
+
     def secure_sum(self, round_idx: int, updates: Sequence[Update], template: AdapterState) -> AdapterState:
         """The unmasked sum of ``updates`` (masked on their nodes in ``round_idx``), shaped like ``template``;
         every other participant of the round's session is dropped and its masks are recovered."""
@@ -266,22 +294,14 @@ class FlowerEngine(Engine):
             raise RuntimeError("under secure aggregation jobs go through train() (the round's key set-up)")
         records, refused = (secagg or {}).get("records", {}), (secagg or {}).get("failed", {})
         handles, to_push = [], []
-        now = time.monotonic()
         for job in jobs:
             h = JobHandle(job, next(self._seq))
             handles.append(h)
-            d = self.directory
-            nid = d.hosts.get(job.client_id)
             if job.client_id in refused:
                 self._fail(h, refused[job.client_id])
             elif self.secagg is not None and job.client_id not in records:
                 self._fail(h, f"client {job.client_id} is not in the round's secure-aggregation session")
-            elif nid is None:
-                why = "; ".join(f"node {n}: {e}" for n, e in d.errors.items())
-                self._fail(h, f"no SuperNode hosts client {job.client_id}" + (f" ({why})" if why else ""))
-            elif nid in d.lost:
-                self._fail(h, f"SuperNode {nid} (client {job.client_id}) is lost: {d.lost[nid]}")
-            else:
+            elif (nid := self._node_for(h)) is not None:
                 h.node_id = nid
                 seed = job.seed(self.world.cfg.federation.seed)  # the seed LocalEngine trains this job with
                 content = m.job_content(job, self.experiment_json, self._fingerprint(job.client_id), seed)
@@ -290,16 +310,38 @@ class FlowerEngine(Engine):
                 msg = Message(content, nid, m.TRAIN, ttl=self.job_timeout + 60.0, group_id=str(job.round_idx))
                 self.stats.bytes_down += content[m.ADAPTER_KEY].count_bytes()
                 to_push.append((h, msg))
-        if to_push:
-            ids = list(self.grid.push_messages([msg for _, msg in to_push]))
-            for (h, _), mid in itertools.zip_longest(to_push, ids[: len(to_push)]):
-                if mid is None:
-                    self._fail(h, f"the SuperLink refused the job message for client {h.job.client_id}")
-                    continue
-                h.message_id, h.submitted_at, h.deadline = mid, now, now + self.job_timeout
-                self._pending[mid] = h
-                self.stats.jobs += 1
+        self._push(to_push)
         return handles
+
+    def _node_for(self, h: JobHandle) -> int | None:
+        """The node hosting ``h``'s client, or None after failing ``h`` (no host, or the host is lost)."""
+        d, cid = self.directory, h.job.client_id
+        nid = d.hosts.get(cid)
+        if nid is None:
+            why = "; ".join(f"node {n}: {e}" for n, e in d.errors.items())
+            self._fail(h, f"no SuperNode hosts client {cid}" + (f" ({why})" if why else ""))
+        elif nid in d.lost:
+            self._fail(h, f"SuperNode {nid} (client {cid}) is lost: {d.lost[nid]}")
+        else:
+            return nid
+        return None
+
+    def _push(self, to_push: list[tuple[JobHandle, Message]]) -> None:
+        """Send the messages of ``to_push`` in one push; a message the SuperLink refuses fails its job."""
+        if not to_push:
+            return
+        now = time.monotonic()
+        ids = list(self.grid.push_messages([msg for _, msg in to_push]))
+        for (h, _), mid in itertools.zip_longest(to_push, ids[: len(to_push)]):
+            if mid is None:
+                self._fail(h, f"the SuperLink refused the job message for client {h.job.client_id}")
+                continue
+            h.message_id, h.submitted_at, h.deadline = mid, now, now + self.job_timeout
+            self._pending[mid] = h
+            if isinstance(h.job, EvalJob):
+                self.stats.evals += 1
+            else:
+                self.stats.jobs += 1
 
     def poll(self, handles: Iterable[JobHandle] | None = None, timeout: float = 0.0) -> list[tuple[JobHandle, Result]]:
         """Results of ``handles`` (default: all) that are ready, waiting up to ``timeout`` s for the first."""
@@ -338,11 +380,15 @@ class FlowerEngine(Engine):
         log.info("Flower engine: %s", {k: v for k, v in vars(self.stats).items() if k != "node_seconds"})
 
     # -- internals ----------------------------------------------------------------------------------
-    def _fingerprint(self, client_id: int) -> str:
-        if client_id not in self._fingerprints:
-            train = self.world.data.clients[client_id].train  # the shard as partitioned (a node checks it before its data mods)
-            self._fingerprints[client_id] = m.shard_fingerprint(train.input_ids, train.labels)
-        return self._fingerprints[client_id]
+    def _fingerprint(self, client_id: int, split: str = "train") -> str:
+        """The fingerprint of a client's ``train`` or ``eval`` rows as partitioned (a node checks them before
+        its data mods)."""
+        key = (client_id, split)
+        if key not in self._fingerprints:
+            c = self.world.data.clients[client_id]
+            rows = c.train if split == "train" else c.eval
+            self._fingerprints[key] = m.shard_fingerprint(rows.input_ids, rows.labels)
+        return self._fingerprints[key]
 
     def _fail(self, h: JobHandle, reason: str, kind: str = "failed") -> None:
         log.warning("client %d: %s", h.job.client_id, reason)
@@ -377,6 +423,9 @@ class FlowerEngine(Engine):
                 self.directory.mark_lost(h.node_id, reply.error.reason)
             self._fail(h, f"SuperNode {h.node_id}: {reply.error.reason}")
             return
+        if isinstance(h.job, EvalJob):
+            self._on_eval_reply(h, h.job, reply)
+            return
         try:
             status, reason = m.outcome(reply)
             if status == "diverged":
@@ -403,6 +452,19 @@ class FlowerEngine(Engine):
                  update.metrics.get("node_train_s", float("nan")))
         self._done[h.seq] = (h, update)
 
+    def _on_eval_reply(self, h: JobHandle, job: EvalJob, reply: Message) -> None:
+        try:
+            for key in reply.content:
+                if key.startswith(m.EVAL_METRICS_PREFIX):
+                    self.stats.bytes_up += reply.content[key].count_bytes()
+            result = m.eval_result_from_reply(reply, job)
+        except m.MessageError as err:
+            self._fail(h, f"SuperNode {h.node_id}: {err}")
+            return
+        except Exception as err:  # noqa: BLE001 - a reply must never kill the ServerApp
+            self._fail(h, f"SuperNode {h.node_id}: malformed evaluation reply ({type(err).__name__}: {err})")
+            return
+        self._done[h.seq] = (h, result)
 
     def _exchange(self, msgs: dict[int, tuple[str, RecordDict]], timeout: float) -> dict[int, Message | str]:
         """Send each client's message to its node; wait up to ``timeout`` s for every reply (see

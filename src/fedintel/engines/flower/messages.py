@@ -17,6 +17,12 @@ rank-sliced LoRA uploads, and node timings in seconds). A client whose training 
 the local engine does. The decoders raise :class:`MessageError` for any malformed reply (missing or
 non-numeric field, bad layout), which the engine turns into that client's failure.
 
+An evaluation job (:class:`~fedintel.types.EvalJob`, Flower's ``configure_evaluate``) travels as a message of
+type ``evaluate`` holding ``adapter-0``, ``adapter-1``... (the adapters to score, packed as above) and ``job``
+(``client-id``, ``round``, ``split``, ``measure``, ``adapters``, ``experiment`` and the fingerprint of the
+split it reads); the reply holds one ``MetricRecord`` per adapter (``eval-0``...: ``loss``, ``perplexity`` or
+``accuracy``) and ``outcome``. The decoder checks their number, names and ranges (:func:`eval_result_from_reply`).
+
 Discovery uses a ``query`` message: each SuperNode answers with the client ids whose shards it holds.
 
 This module imports torch inside the functions that convert tensors, so the ``query`` path of the ClientApp
@@ -34,13 +40,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from fedintel.types import Update
+from fedintel.types import EvalResult, Update
 
 if TYPE_CHECKING:
-    from fedintel.types import AdapterState, TrainJob
+    from fedintel.types import AdapterState, EvalJob, TrainJob
 
 TRAIN = "train"
 """Message type of a training job (Flower's ``MessageType.TRAIN``)."""
+EVALUATE = "evaluate"
+"""Message type of an evaluation job (Flower's ``MessageType.EVALUATE``)."""
 HELLO = "query"
 """Message type of node discovery (Flower's ``MessageType.QUERY``)."""
 
@@ -54,6 +62,10 @@ OUTCOME_KEY = "outcome"
 HOSTS_KEY = "hosts"
 LAYOUT_KEY = "layout"
 PACKED_PREFIX = "packed:"
+EVAL_ADAPTER_PREFIX = "adapter-"
+EVAL_METRICS_PREFIX = "eval-"
+EVAL_METRICS = {"metrics": ("loss", "perplexity", "accuracy"), "pick_loss": ("loss",)}
+"""The metric names an evaluation reply may hold, per ``measure``."""
 
 MESSAGE_TTL_S = 3600.0
 """Time to live of a job message on the SuperLink (seconds); the engine's own timeout is shorter."""
@@ -209,16 +221,16 @@ def outcome(reply: Message) -> tuple[str, str]:
     return str(status), str(rec.get("reason", ""))[:1000]
 
 
-def _number(res: Any, key: str, *, integer: bool = False) -> float:
+def _number(res: Any, key: str, *, integer: bool = False, what: str = "training") -> float:
     """``res[key]`` as a finite number (an integer if ``integer``), else :class:`MessageError`."""
 
     if key not in res:
-        raise MessageError(f"training reply's '{RESULT_KEY}' lacks {key!r}")
+        raise MessageError(f"{what} reply's '{RESULT_KEY}' lacks {key!r}")
     v = res[key]
     if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-        raise MessageError(f"training reply's {key!r} is {v!r}, expected a finite number")
+        raise MessageError(f"{what} reply's {key!r} is {v!r}, expected a finite number")
     if integer and v != int(v):
-        raise MessageError(f"training reply's {key!r} is {v!r}, expected an integer")
+        raise MessageError(f"{what} reply's {key!r} is {v!r}, expected an integer")
     return v
 
 
@@ -271,6 +283,80 @@ def _masked_delta(record: Any) -> AdapterState:
     if words.dtype != np.uint64 or words.ndim != 1:
         raise MessageError(f"masked words are {words.dtype} of shape {words.shape}, expected a uint64 vector")
     return {UPDATE_MASKED_KEY: torch.from_numpy(words.view(np.int64).copy())}
+
+
+def eval_job_content(job: EvalJob, experiment_json: str, fingerprint: str) -> RecordDict:
+    """The ``RecordDict`` of an evaluation job; ``fingerprint`` is that of the client's ``job.split`` rows."""
+    content = RecordDict({f"{EVAL_ADAPTER_PREFIX}{i}": state_to_record(s) for i, s in enumerate(job.states)})
+    content[JOB_KEY] = ConfigRecord(
+        {
+            "client-id": int(job.client_id),
+            "round": int(job.round_idx),
+            "split": str(job.split),
+            "measure": str(job.measure),
+            "adapters": len(job.states),
+            "experiment": experiment_json,
+            "shard-sha256": fingerprint,
+        }
+    )
+    return content
+
+
+def read_eval_job(content: RecordDict) -> tuple[dict[str, Any], list[AdapterState]]:
+    """The job fields and the adapters of an evaluation message."""
+    if JOB_KEY not in content:
+        raise MessageError(f"an evaluate message needs a '{JOB_KEY}' record, got {sorted(content)}")
+    job = dict(content[JOB_KEY])
+    n = int(job.get("adapters", -1))
+    keys = [f"{EVAL_ADAPTER_PREFIX}{i}" for i in range(n)]
+    if n < 1 or any(k not in content for k in keys):
+        raise MessageError(f"an evaluate message for {n} adapters must hold {keys}, got {sorted(content)}")
+    if job.get("split") not in ("train", "eval") or job.get("measure") not in EVAL_METRICS:
+        raise MessageError(f"evaluate job: split {job.get('split')!r} / measure {job.get('measure')!r} unknown")
+    return job, [record_to_state(content[k]) for k in keys]
+
+
+def eval_reply_content(result: EvalResult) -> RecordDict:
+    """The ``RecordDict`` a node sends back after an evaluation: one ``MetricRecord`` per adapter."""
+    content = RecordDict({f"{EVAL_METRICS_PREFIX}{i}": MetricRecord({k: float(v) for k, v in met.items()})
+                          for i, met in enumerate(result.metrics)})
+    content[OUTCOME_KEY] = ConfigRecord({"status": "ok", "client-id": int(result.client_id)})
+    return content
+
+
+def eval_result_from_reply(reply: Message, job: EvalJob) -> EvalResult:
+    """The :class:`~fedintel.types.EvalResult` of a successful evaluation reply to ``job``.
+
+    One record per adapter of the job, holding only the names its measure produces, each a finite number
+    >= 0 (an accuracy at most 1), with ``loss`` present unless the split was empty; else :class:`MessageError`.
+    """
+    content = reply.content
+    status, _ = outcome(reply)
+    if status != "ok":
+        raise MessageError(f"evaluation reply status {status!r}, expected 'ok'")
+    got = _number(dict(content[OUTCOME_KEY]), "client-id", integer=True, what="evaluation")
+    if got != job.client_id:
+        raise MessageError(f"evaluation reply for client {got} arrived for a job of client {job.client_id}")
+    allowed = EVAL_METRICS[job.measure]
+    metrics = []
+    for i in range(len(job.states)):
+        rec = content.get(f"{EVAL_METRICS_PREFIX}{i}")
+        if not isinstance(rec, MetricRecord):
+            raise MessageError(f"evaluation reply lacks a '{EVAL_METRICS_PREFIX}{i}' metric record "
+                               f"(records: {sorted(content)})")
+        res = dict(rec)
+        extra = sorted(set(res) - set(allowed))
+        if extra:
+            raise MessageError(f"evaluation reply holds {extra}; a {job.measure} evaluation gives only {list(allowed)}")
+        if res and "loss" not in res:
+            raise MessageError(f"evaluation reply's '{EVAL_METRICS_PREFIX}{i}' lacks 'loss'")
+        met = {k: float(_number(res, k, what="evaluation")) for k in res}
+        if any(v < 0 for v in met.values()) or met.get("accuracy", 0.0) > 1:
+            raise MessageError(f"evaluation reply's values {met} are out of range")
+        metrics.append(met)
+    if f"{EVAL_METRICS_PREFIX}{len(job.states)}" in content:
+        raise MessageError(f"evaluation reply holds more records than the job's {len(job.states)} adapters")
+    return EvalResult(job.client_id, metrics)
 
 
 def hello_content(client_ids: Sequence[int], partition_key: str, error: str = "") -> RecordDict:

@@ -15,10 +15,9 @@ Run config keys (``[tool.flwr.app.config]`` of the generated app, set by ``fedin
 - ``resume``: continue the run in ``run-dir`` from its last checkpoint;
 - ``job-timeout``, ``discovery-timeout``, ``poll-interval``: seconds, see :class:`FlowerEngine`.
 
-Limits: the ServerApp builds the same world as the local engine (model, global held-out set and, when
-``eval.per_client`` is on, each client's *eval* split, evaluated on the server). Client *training* data is
-only read on the SuperNodes. For a deployment where no client row may reach the server, set
-``eval.per_client: false`` (the examples do).
+Limits: the ServerApp builds the same world as the local engine (model, global held-out set, and the
+partition it fingerprints each node's shard against). Whatever scores a client's own rows (``eval.per_client``,
+IFCA's cluster pick) is an ``evaluate`` message to the client's SuperNode, as training is a ``train`` message.
 """
 
 from __future__ import annotations

@@ -107,5 +107,5 @@ class WallClockAsyncScheme(AsyncScheme):
             m["max_staleness"] = float(np.max(staleness_seen))
         if self.should_evaluate(round_idx):
             g = state["global"]
-            self.evaluate_into(record, {c.client_id: g for c in self.world.data.clients}, g)
+            self.evaluate_into(record, {c.client_id: g for c in self.world.data.clients}, g, round_idx=round_idx)
         return state, record
