@@ -180,7 +180,7 @@ def _rich_table(table: ReportTable) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m fedintel.inference.cli infer split ...``) until the lead wires it in."""
+    """Stand-alone entry, the same parser as ``fedintel infer`` (``python -m fedintel.inference.cli infer split ...``)."""
     parser = argparse.ArgumentParser(prog="fedintel")
     add_infer_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
