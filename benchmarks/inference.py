@@ -37,6 +37,7 @@ from fedintel.inference.multiaccess import (
     simulate_multiaccess,
 )
 from fedintel.inference.planner import DeviceSpec, LinkSpec
+from fedintel.inference.modes.common import DEFAULT_PROMPTS
 from fedintel.inference.protocol import LinkSecurity
 from fedintel.inference.simulate import ModelCost, cascade_s, remote_generate_s, speculative_s
 from fedintel.inference.speculative import speculative_generate
@@ -44,16 +45,7 @@ from fedintel.inference.split import SplitPipeline
 from fedintel.inference.stage import LocalLM, greedy_generate, quantize_int8
 from fedintel.models.loader import load_base_model
 
-PROMPTS = [
-    "What is the capital of France?",
-    "Tell me a joke about computers.",
-    "What is 2 plus 2?",
-    "Who wrote Romeo and Juliet?",
-    "How do I reset my password?",
-    "What is the boiling point of water?",
-    "Name a primary colour.",
-    "What is machine learning?",
-]
+PROMPTS = DEFAULT_PROMPTS  # the prompts `fedintel infer` plays by default
 console = Console(width=170)
 
 
