@@ -28,6 +28,7 @@ from rich.table import Table
 from fedintel.config import ModelConfig
 from fedintel.inference.cascade import Cascade
 from fedintel.inference.launcher import WorkerGroup
+from fedintel.inference.modes.common import DEFAULT_PROMPTS
 from fedintel.inference.multiaccess import (
     AccessPath,
     AllPathsFailed,
@@ -37,7 +38,6 @@ from fedintel.inference.multiaccess import (
     simulate_multiaccess,
 )
 from fedintel.inference.planner import DeviceSpec, LinkSpec
-from fedintel.inference.modes.common import DEFAULT_PROMPTS
 from fedintel.inference.protocol import LinkSecurity
 from fedintel.inference.simulate import ModelCost, cascade_s, remote_generate_s, speculative_s
 from fedintel.inference.speculative import speculative_generate
