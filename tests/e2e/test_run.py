@@ -89,6 +89,7 @@ def test_resume_after_interruption_gives_identical_metrics(tiny_cfg, tmp_path):
     assert [r.get("train_loss") for r in resumed.rounds] == [r.get("train_loss") for r in full.rounds]
 
 
+@pytest.mark.slow  # test_fault_tolerance.py SIGKILLs a run three times at random points in make test
 def test_sigkill_mid_run_then_resume_matches_uninterrupted(tiny_cfg, tmp_path):
     cfg = tiny_cfg(federation={"rounds": 4})
     cfg_path = tmp_path / "exp.yaml"

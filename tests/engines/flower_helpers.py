@@ -22,7 +22,8 @@ def experiment(tmp_path: Path, per_client: bool = False) -> ExperimentConfig:
     """2 rounds of FL-LoRA on tiny-llama, 3 clients, all sampled every round (one per SuperNode).
 
     ``per_client``: also evaluate each client's eval split, on its node (an ``evaluate`` message per client at
-    rounds 0, 1 and 2: three more message waves, so only the comparison with the local engine does it)."""
+    rounds 0, 1 and 2: three more message waves; the real-process tests leave it off, the fake-Grid tests in
+    test_flower_engine.py run it through the real ClientApp)."""
     return tiny_config(tmp_path, federation={"num_clients": NUM_NODES, "clients_per_round": NUM_NODES},
                        eval={"per_client": per_client})
 

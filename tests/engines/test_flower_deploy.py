@@ -34,7 +34,7 @@ def secure(tmp_path_factory):
 def test_flower_run_matches_local_engine(secure):
     """Through the documented command: ``fedintel deploy run CONFIG --superlink ... --certs ...``."""
     cl, certs, _, root = secure
-    cfg = experiment(root, per_client=True)  # the same shards; per-client evaluation runs on the nodes
+    cfg = experiment(root)  # the same shards (per-client evaluation on the nodes: test_flower_engine.py, real ClientApp)
     (root / "exp.yaml").write_text(dump_config(cfg))
     cmd = [sys.executable, "-m", "fedintel.cli", "deploy", "run", str(root / "exp.yaml"), "--superlink", cl.address,
            "--certs", str(certs.root), "--run-dir", str(root / "flower-run"), "--home", str(cl.root / "cli-run"),
@@ -92,6 +92,7 @@ def test_unregistered_key_and_plain_http_nodes_are_refused(secure):
         register_node(stranger_home, certs.node_pub(NUM_NODES))
 
 
+@pytest.mark.slow  # make test-all; in make test the fake-Grid tests (test_flower_engine.py) run every scheme's logic
 def test_hierarchical_and_wall_clock_async_run_on_real_supernodes(secure):
     """The other schemes on the same SuperLink: hierarchical equals the local engine; async on the wall
     clock merges the nodes' replies as they arrive (not bit-reproducible, so checked by its invariants)."""

@@ -28,7 +28,7 @@ def test_every_builtin_is_covered():
     assert set(BUILTIN) <= set(registered())
 
 
-@pytest.mark.parametrize("name", BUILTIN)
+@pytest.mark.parametrize("name", [n for n in BUILTIN if n != "fedavg"])  # fedavg: tests/e2e/test_resume_schemes.py
 def test_resume_after_interruption_equals_the_uninterrupted_run(tiny_cfg, tmp_path, name):
     cfg = tiny_cfg(optimizer={"name": name}, federation={"rounds": 3}, eval={"per_client": False})
     full = run_experiment(cfg, tmp_path / "full")

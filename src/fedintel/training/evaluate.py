@@ -26,8 +26,9 @@ def example_loss_sums(
         # PEFT prompt/prefix methods may prepend virtual tokens to the logits: keep the last positions.
         logits = logits[:, -labels.shape[1] :, :]
         shift_logits, shift_labels = logits[:, :-1, :], labels[:, 1:]
-        tok = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=-100, reduction="none")
-        return tok.sum(dim=1), (shift_labels != -100).sum(dim=1), None
+        # Flattened rows, not logits.transpose(1, 2): cross-entropy over a strided class dimension is ~2x slower.
+        tok = F.cross_entropy(shift_logits.flatten(0, 1), shift_labels.flatten(), ignore_index=-100, reduction="none")
+        return tok.view(shift_labels.shape).sum(dim=1), (shift_labels != -100).sum(dim=1), None
     losses = F.cross_entropy(logits, labels, reduction="none")
     return losses, torch.ones_like(labels), logits.argmax(-1) == labels
 
