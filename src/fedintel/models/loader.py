@@ -8,6 +8,7 @@ cache (``$HF_HOME``) and honour ``HF_HUB_OFFLINE``; built-in names never touch a
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import logging
 import re
@@ -69,7 +70,9 @@ def _ensure_pad(tokenizer: PreTrainedTokenizerBase) -> None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
 
 
-_PACKAGED_TOKENIZERS: dict[Path, PreTrainedTokenizerBase] = {}
+@functools.cache
+def _parsed_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(path)
 
 
 def _packaged_tokenizer(path: Path) -> PreTrainedTokenizerBase:
@@ -78,9 +81,7 @@ def _packaged_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     Each caller gets its own copy (callers set pad tokens and padding sides); a copy costs ~0.2 s against
     ~0.6 s to parse tokenizer.json again, which adds up over the many short runs of a sweep or a test suite.
     """
-    if path not in _PACKAGED_TOKENIZERS:
-        _PACKAGED_TOKENIZERS[path] = AutoTokenizer.from_pretrained(path)
-    return copy.deepcopy(_PACKAGED_TOKENIZERS[path])
+    return copy.deepcopy(_parsed_tokenizer(path))
 
 
 def _tiny_model(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -214,7 +215,7 @@ def load_base_model(cfg: ModelConfig, runtime: Runtime = CPU) -> LoadedModel:
     source, kwargs = _source(cfg)
     hub = isinstance(source, str)
     try:
-        packaged = cfg.name in ("smollm2-135m", "minilm-l6") and not kwargs
+        packaged = cfg.name in BUILTIN_MODELS  # the tiny ones returned above; packaged dirs never change
         tok = _packaged_tokenizer(source) if packaged else AutoTokenizer.from_pretrained(source, **kwargs)
         mcfg = AutoConfig.from_pretrained(source, **kwargs)
     except Exception as err:  # hub and file errors come in many types
