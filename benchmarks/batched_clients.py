@@ -100,7 +100,16 @@ def max_rel_err(a: list, b: list) -> float:
 def throughput(models: list[str], sizes: list[int], steps: int, repeats: int, device: str) -> list[list[object]]:
     rows = []
     for model in models:
+        per_client = 0.0  # MiB of batched peak memory per client, from the last size measured
         for n in sizes:
+            free = psutil.virtual_memory().available / 2**20
+            on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+            if on_cpu and per_client * n > 0.8 * free:
+                # a batched group's activations grow with its clients: past the RAM there is only the OOM killer
+                print(f"{model}, {n} clients: skipped, batched needs ~{per_client * n / 1024:.0f} GiB, "
+                      f"{free / 1024:.0f} GiB free", flush=True)
+                rows.append([model, "cpu", n, "batched", "-", "-", "-", f"~{per_client * n:.0f} (skipped)", "-"])
+                continue
             with TemporaryDirectory() as tmp:
                 world = world_for(model, n, steps, device, Path(tmp))
             jobs = [TrainJob(c, world.initial_state, 0, 1) for c in range(n)]
@@ -124,6 +133,7 @@ def throughput(models: list[str], sizes: list[int], steps: int, repeats: int, de
                 rows.append([model, str(world.runtime.device), n, name, round(n / med[name], 3),
                              round(tokens / med[name], 1), round(med["sequential"] / med[name], 3),
                              round(mem[name], 1), f"{err:.1e}" if name == "batched" else "-"])
+            per_client = mem["batched"] / n
             print(rows[-2], rows[-1], flush=True)
     return rows
 
@@ -170,15 +180,20 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2, help="local steps per client")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--models", nargs="*", help="default: smollm2-135m tiny-llama (quick: tiny-llama)")
+    ap.add_argument("--sizes", nargs="*", type=int, help="clients per round; default: 8 16 32 (quick: 2 4)")
+    ap.add_argument("--no-overhead", action="store_true", help="skip the 100-client engine overhead round")
     args = ap.parse_args()
-    models = ["tiny-llama"] if args.quick else ["smollm2-135m", "tiny-llama"]
-    sizes = [2, 4] if args.quick else [8, 16, 32]
+    models = args.models or (["tiny-llama"] if args.quick else ["smollm2-135m", "tiny-llama"])
+    sizes = args.sizes or ([2, 4] if args.quick else [8, 16, 32])
     repeats = 1 if args.quick else args.repeats
     steps = 1 if args.quick else args.steps
     rows = throughput(models, sizes, steps, repeats, args.device)
     print(f"\nClients of 8 x 64 tokens, {steps} local steps each, LoRA r=8 on q/v, median of {repeats}:\n")
     print(_common.table(["model", "device", "clients", "engine", "clients/s", "tokens/s", "x sequential",
                          "peak mem (MiB)", "max rel. delta diff"], rows))
+    if args.no_overhead:
+        return
     row = overhead(20 if args.quick else 100, args.device)
     print("\nEngine overhead, one FedAvg round (tiny-llama, local engine, network model on):\n")
     print(_common.table(["clients", "round wall (s)", "inside train_local (s)", "overhead (s)",
