@@ -81,8 +81,8 @@ class TreeMemory:
         return self.peak / 2**20
 
 
-def workload(quick: bool, out_dir: Path) -> ExperimentConfig:
-    overrides = ["eval.per_client=false", "eval.at_start=true", f"output.dir={out_dir}", "output.save_adapter=false"]
+def workload(quick: bool, out_dir: Path, extra: tuple[str, ...] = ()) -> ExperimentConfig:
+    overrides = [*extra, "eval.per_client=false", "eval.at_start=true", f"output.dir={out_dir}", "output.save_adapter=false"]
     if quick:
         overrides += ["model.name=tiny-llama", "federation.num_clients=2", "federation.clients_per_round=2",
                       "federation.rounds=1", "data.samples_per_client=16", "eval.max_samples=8"]
@@ -195,10 +195,15 @@ def main() -> None:
         cfg = workload(args.quick, Path(tmp) / "runs")
         ours = run_fedintel(cfg)
         print("fedintel:", ours, flush=True)
+        # the same parallelism as Flower's actors: 2 worker processes of one thread each (same numbers, by design)
+        workers = run_fedintel(workload(args.quick, Path(tmp) / "runs-workers", ("runtime.workers=2",)))
+        print("fedintel, 2 workers:", workers, flush=True)
         theirs = run_flower(cfg, Path(tmp))
         print("flower:", theirs, flush=True)
     rows = [["fedintel local engine", round(ours["wall_s"], 1), round(ours["round_s"], 2), round(ours["peak_mib"]),
-             round(ours["eval_loss"], 4), 1.0]]
+             round(ours["eval_loss"], 4), 1.0],
+            ["fedintel local engine, runtime.workers: 2", round(workers["wall_s"], 1), round(workers["round_s"], 2),
+             round(workers["peak_mib"]), round(workers["eval_loss"], 4), round(workers["wall_s"] / ours["wall_s"], 2)]]
     if isinstance(theirs, dict):
         rows.append(["Flower simulation (Ray)", round(theirs["wall_s"], 1), round(theirs["round_s"], 2),
                      round(theirs["peak_mib"]), round(theirs["eval_loss"], 4),

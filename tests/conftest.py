@@ -56,6 +56,7 @@ LONGEST_FIRST = [
     "engines/test_flower_secagg_nodes.py",
     "unlearning/test_forget.py",
     "inference/test_analytics.py",
+    "inference/test_run_experts.py",
     "e2e/test_fault_tolerance.py",
     "reproduce/test_paper.py",
     "serving/test_pairs.py",

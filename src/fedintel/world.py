@@ -17,7 +17,7 @@ from fedintel.network.simulator import WirelessNetwork
 from fedintel.runtime import Runtime, resolve_runtime
 from fedintel.seeding import derive_seed
 from fedintel.training.client import LocalTrainSpec
-from fedintel.training.evaluate import evaluate
+from fedintel.training.evaluate import evaluate, evaluate_sets
 from fedintel.training.flops import ModelShape, train_flops
 from fedintel.training.job import client_rank, local_spec
 from fedintel.types import AdapterState
@@ -72,6 +72,15 @@ class World:
         e = self.cfg.eval
         return evaluate(
             self.peft_model, data, task=self.task, pad_id=self.pad_id, batch_size=e.batch_size,
+            max_samples=e.max_samples, runtime=self.runtime,
+        )
+
+    def evaluate_sets(self, state: AdapterState, sets: dict[str, TokenizedSet]) -> dict[str, dict[str, float]]:
+        """:meth:`evaluate` of each set under one adapter, in shared batches (the per-domain held-out sets)."""
+        self.slot.set(state)
+        e = self.cfg.eval
+        return evaluate_sets(
+            self.peft_model, sets, task=self.task, pad_id=self.pad_id, batch_size=e.batch_size,
             max_samples=e.max_samples, runtime=self.runtime,
         )
 

@@ -140,20 +140,34 @@ def dataset_task(cfg: DataConfig) -> str | None:
     return BUILTIN_DATASETS[cfg.dataset][0] if cfg.dataset in BUILTIN_DATASETS else None
 
 
-def build_federated_data(
-    cfg: DataConfig,
-    tokenizer: PreTrainedTokenizerBase,
-    task: str,
-    num_clients: int,
-    seed: int,
-) -> FederatedData:
-    """Partition the dataset across ``num_clients`` clients, deterministically for ``seed``."""
+@dataclass
+class Partition:
+    """Which rows each client holds and which are held out: the split alone, before tokenization.
+
+    ``domain_held[d]`` is domain ``d``'s held-out evaluation rows (inside ``held``, never trained on)."""
+
+    rows: list[dict]
+    domains: list[str]
+    labels: list[int] | None
+    label_names: list[str] | None
+    held: list[int]
+    domain_held: dict[str, list[int]]
+    client_train: list[list[int]]
+    client_eval: list[list[int]]
+    client_domain: list[str | None]
+
+    def text(self, i: int, cfg: DataConfig) -> str:
+        """Row ``i``'s text as a client reads it (the prompt of an instruction row)."""
+        return str(self.rows[i][cfg.prompt_field if cfg.instruction else cfg.text_field])
+
+
+def plan_partition(cfg: DataConfig, task: str, num_clients: int, seed: int) -> Partition:
+    """Split the dataset across ``num_clients`` clients, deterministically for ``seed``."""
     expected = dataset_task(cfg)
     if expected is not None and expected != task:
         raise DatasetError(f"data.dataset: {cfg.dataset} is a {expected} dataset but model.task is {task}")
     rows = load_records(cfg, task)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xDA7A]))
-    texts = [str(r[cfg.text_field]) for r in rows] if not cfg.instruction else []
     domains = [str(r.get(cfg.domain_field, "all")) for r in rows]
     labels: list[int] | None = None
     label_names: list[str] | None = None
@@ -187,6 +201,31 @@ def build_federated_data(
         shards, assigned = partition.by_domain(rest, [domains[i] for i in rest], num_clients, cfg.samples_per_client, rng)
         client_domain = list(assigned)
 
+    train, evals = [], []
+    for shard in shards:
+        n_eval = int(round(len(shard) * cfg.eval_fraction))
+        if cfg.eval_fraction > 0:
+            n_eval = max(1, n_eval)
+        if n_eval >= len(shard):
+            raise DatasetError("data.eval_fraction leaves no training examples; lower it or raise samples_per_client")
+        train.append(shard[n_eval:])
+        evals.append(shard[:n_eval])
+    domain_held = {d: by_dom[d][:per_dom] for d in names} if len(names) > 1 else {}
+    log.info("partitioned %d rows into %d clients (%s)", len(rows), num_clients, method)
+    return Partition(rows, domains, labels, label_names, held, domain_held, train, evals, client_domain)
+
+
+def build_federated_data(
+    cfg: DataConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    task: str,
+    num_clients: int,
+    seed: int,
+) -> FederatedData:
+    """Partition the dataset across ``num_clients`` clients (:func:`plan_partition`) and tokenize each part."""
+    part = plan_partition(cfg, task, num_clients, seed)
+    rows, labels = part.rows, part.labels
+
     def tok(idx: list[int]) -> TokenizedSet:
         if cfg.instruction:
             return tokenize_instructions(
@@ -194,19 +233,11 @@ def build_federated_data(
                 tokenizer, cfg.max_length, [rows[i].get(cfg.system_field) for i in idx] if cfg.system_field else None,
             )
         pairs = [rows[i].get(cfg.text_pair_field) for i in idx] if cfg.text_pair_field else None
-        return tokenize([texts[i] for i in idx], tokenizer, cfg.max_length, [labels[i] for i in idx] if labels else None,
+        return tokenize([str(rows[i][cfg.text_field]) for i in idx], tokenizer, cfg.max_length,
+                        [labels[i] for i in idx] if labels else None,
                         [None if p is None else str(p) for p in pairs] if pairs is not None else None)
 
-    clients = []
-    for cid, shard in enumerate(shards):
-        n_eval = int(round(len(shard) * cfg.eval_fraction))
-        if cfg.eval_fraction > 0:
-            n_eval = max(1, n_eval)
-        if n_eval >= len(shard):
-            raise DatasetError("data.eval_fraction leaves no training examples; lower it or raise samples_per_client")
-        clients.append(
-            ClientData(cid, tok(shard[n_eval:]), tok(shard[:n_eval]), client_domain[cid], shard[n_eval:], shard[:n_eval])
-        )
-    domain_eval = {d: tok(by_dom[d][:per_dom]) for d in names} if len(names) > 1 else {}
-    log.info("partitioned %d rows into %d clients (%s)", len(rows), num_clients, method)
-    return FederatedData(clients, tok(held), domain_eval, label_names, held)
+    clients = [ClientData(cid, tok(tr), tok(ev), part.client_domain[cid], tr, ev)
+               for cid, (tr, ev) in enumerate(zip(part.client_train, part.client_eval, strict=True))]
+    domain_eval = {d: tok(idx) for d, idx in part.domain_held.items()}
+    return FederatedData(clients, tok(part.held), domain_eval, part.label_names, part.held)

@@ -70,6 +70,13 @@ def add_infer_parser(subparsers: Any) -> argparse.ArgumentParser:
             sp.add_argument("--policy", default=None, help="override: fastest|cheapest|most_available|weighted|round_robin")
             sp.add_argument("--requests", type=int, default=None)
             sp.add_argument("--kill-after", type=int, default=None, help="kill the preferred node after N answers")
+        if mode == "experts":
+            sp.add_argument("--from-run", default=None, metavar="RUN_DIR",
+                            help="override: serve each cluster/edge adapter of a finished clustered or hierarchical "
+                            "run as an expert, routed by its clients' centroids, and measure on its held-out queries")
+            sp.add_argument("--baseline", default=None, metavar="PATH",
+                            help="override: the global adapter to compare with (a FedAvg run directory or a PEFT "
+                            "directory; default: the run's own global adapter)")
         if mode != "plan":
             sp.add_argument("--certs", default=None, metavar="DIR", help="override tls_dir: the CA (and ca.key to "
                             "issue device certificates) for the links; default: a fresh CA for this run")
@@ -111,7 +118,7 @@ def _entry(mode: str) -> Callable[[argparse.Namespace], int]:
 def _apply_overrides(cfg: InferConfig, args: argparse.Namespace) -> InferConfig:
     upd: dict[str, Any] = {}
     for field in ("model", "num_layers", "prompt", "max_new_tokens", "draft_model", "draft_num_layers", "k",
-                  "threshold", "policy", "requests", "kill_after", "insecure"):
+                  "threshold", "policy", "requests", "kill_after", "insecure", "from_run", "baseline"):
         v = getattr(args, field, None)
         if v is not None:
             upd[field] = v
@@ -124,7 +131,7 @@ def _apply_overrides(cfg: InferConfig, args: argparse.Namespace) -> InferConfig:
     from fedintel.inference.config import InferConfig, InferConfigError
 
     try:
-        return InferConfig.model_validate({**cfg.model_dump(), **upd})
+        return InferConfig.model_validate({**cfg.model_dump(exclude_unset=True), **upd})
     except Exception as err:
         raise InferConfigError(str(err)) from None
 

@@ -101,6 +101,10 @@ class InferConfig(_S):
     domains: list[str] = Field(default_factory=lambda: ["coding", "emotion", "tech_support", "trivia"])
     adapters: dict[str, str] = Field(default_factory=dict, description="Domain -> PEFT adapter dir (experts).")
     num_devices: int = Field(3, ge=1, description="Devices in federated analytics.")
+    from_run: str | None = Field(None, description="Experts: a finished clustered or hierarchical run directory; "
+                                 "each of its cluster/edge adapters becomes an expert device.")
+    baseline: str | None = Field(None, description="Experts from a run: the global adapter to compare with (a "
+                                 "FedAvg run directory or a PEFT directory); default: the run's own global adapter.")
 
     @model_validator(mode="before")
     @classmethod
@@ -133,6 +137,10 @@ class InferConfig(_S):
             raise ValueError(f"source: device {self.source} does not exist ({len(self.devices)} devices)")
         if self.policy not in POLICIES:
             raise ValueError(f"policy: unknown {self.policy!r}; choose one of {', '.join(POLICIES)}")
+        if self.baseline and not self.from_run:
+            raise ValueError("baseline: compares a run's experts with a global adapter; set from_run too")
+        if self.from_run and self.adapters:
+            raise ValueError("adapters and from_run both name the experts; set one")
         if len({p.name for p in self.paths}) != len(self.paths):
             raise ValueError("paths: names must be unique")
         return self

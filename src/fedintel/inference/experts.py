@@ -33,16 +33,52 @@ def split_subtasks(query: str) -> list[str]:
     return [p for p in parts if p] or [query.strip()]
 
 
+@dataclass(frozen=True)
+class EmbeddingStats:
+    """What a client sends for routing: the sum of its texts' unit embeddings and their count, never a text.
+
+    Summed over the clients of an expert they give its centroid: the same vector as embedding all their
+    texts in one place."""
+
+    total: torch.Tensor
+    count: int
+
+    @classmethod
+    def of(cls, encoder: Encoder, texts: list[str]) -> EmbeddingStats:
+        """This client's statistics over its own ``texts`` (computed where the texts are)."""
+        if not texts:
+            raise ValueError("routing statistics need at least one text")
+        return cls(encoder.embed(texts).sum(0), len(texts))
+
+    def __add__(self, other: EmbeddingStats) -> EmbeddingStats:
+        return EmbeddingStats(self.total + other.total, self.count + other.count)
+
+    def centroid(self) -> torch.Tensor:
+        """The unit direction of the mean embedding."""
+        return torch.nn.functional.normalize(self.total / self.count, dim=0)
+
+
 class EmbeddingRouter:
     """Routes by cosine similarity to each expert's domain centroid."""
 
     def __init__(self, encoder: Encoder, domain_examples: dict[str, list[str]]) -> None:
         if not domain_examples or any(not v for v in domain_examples.values()):
             raise ValueError("every expert needs at least one example text of its domain")
+        self._set(encoder, {n: EmbeddingStats.of(encoder, v) for n, v in domain_examples.items()})
+
+    @classmethod
+    def from_statistics(cls, encoder: Encoder, stats: dict[str, EmbeddingStats]) -> EmbeddingRouter:
+        """A router from each expert's aggregated client statistics (see :class:`EmbeddingStats`)."""
+        if not stats or any(s.count < 1 for s in stats.values()):
+            raise ValueError("every expert needs statistics over at least one text")
+        router = cls.__new__(cls)
+        router._set(encoder, stats)
+        return router
+
+    def _set(self, encoder: Encoder, stats: dict[str, EmbeddingStats]) -> None:
         self.encoder = encoder
-        self.names = list(domain_examples)
-        cents = [torch.nn.functional.normalize(encoder.embed(v).mean(0), dim=0) for v in domain_examples.values()]
-        self.centroids = torch.stack(cents)
+        self.names = list(stats)
+        self.centroids = torch.stack([s.centroid() for s in stats.values()])
 
     def scores(self, texts: list[str]) -> torch.Tensor:
         """``(len(texts), experts)`` cosine similarities."""

@@ -318,11 +318,16 @@ class Scheme(ABC):
             for k, v in w.evaluate(global_state, w.data.global_eval).items():
                 record.metrics[f"{prefix}eval_{k}"] = v
         dom_losses = []
-        for dom, data in w.data.domain_eval.items():
+        by_state: dict[int, tuple[AdapterState, list[str]]] = {}  # domains sharing an adapter share batches
+        for dom in w.data.domain_eval:
             state = (domain_states or {}).get(dom, global_state)
-            if state is None:
-                continue
-            for k, v in w.evaluate(state, data).items():
+            if state is not None:
+                by_state.setdefault(id(state), (state, []))[1].append(dom)
+        results: dict[str, dict[str, float]] = {}
+        for state, doms in by_state.values():
+            results.update(w.evaluate_sets(state, {d: w.data.domain_eval[d] for d in doms}))
+        for dom in w.data.domain_eval:
+            for k, v in results.get(dom, {}).items():
                 record.metrics[f"{prefix}eval_{k}/{dom}"] = v
                 if k == "loss":
                     dom_losses.append(v)
