@@ -75,7 +75,6 @@ def test_routed_cluster_experts_beat_the_global_adapter(runs, encoder):
                                      prompt="In the beginning God created the heaven. What is a compiler?",
                                      max_new_tokens=4))
     o = report.overall
-    print(*report.domains, sep="\n")
     assert report.routing_accuracy >= 0.75, report.domains
     assert o.loss_global is not None and o.loss_routed < o.loss_global, report.domains
     assert o.loss_own < o.loss_global and o.loss_global < o.loss_base, report.domains
@@ -113,6 +112,10 @@ def test_runs_that_cannot_serve_experts_are_refused(runs, encoder, tmp_path, cap
         resolve_baseline(tmp_path, rx)
     with pytest.raises(ValueError, match="baseline: .* set from_run"):
         InferConfig(baseline=str(fl_dir))
+    with pytest.raises(ValueError, match="domains: a run's experts"):
+        InferConfig(from_run=str(cfl_dir), domains=["coding"])
+    with pytest.raises(ValueError, match="num_layers: 3, but the run's adapters were trained with num_layers=2"):
+        run_experts(InferConfig(from_run=str(cfl_dir), num_layers=3, insecure=True))
     # the command line: a clear error and exit status 2, before any device process starts
     assert cli_main(["infer", "experts", "--from-run", str(fl_dir)]) == 2
     assert "clustered run" in capsys.readouterr().out

@@ -141,6 +141,8 @@ class InferConfig(_S):
             raise ValueError("baseline: compares a run's experts with a global adapter; set from_run too")
         if self.from_run and self.adapters:
             raise ValueError("adapters and from_run both name the experts; set one")
+        if self.from_run and "domains" in self.model_fields_set:
+            raise ValueError("domains: a run's experts serve the run's own domains; drop domains or from_run")
         if len({p.name for p in self.paths}) != len(self.paths):
             raise ValueError("paths: names must be unique")
         return self

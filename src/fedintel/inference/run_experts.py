@@ -68,6 +68,7 @@ def load_run_experts(run_dir: str | Path, encoder: Encoder) -> RunExperts:
     """The experts of finished run ``run_dir``, with routing statistics computed client by client."""
     from fedintel.config import ConfigError, load_config
     from fedintel.data.federated import plan_partition
+    from fedintel.tracking.export import CLIENT_MAP, read_client_map
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -83,11 +84,12 @@ def load_run_experts(run_dir: str | Path, encoder: Encoder) -> RunExperts:
         raise RunExpertsError(f"from_run: {run_dir} trained {cfg.peft.method} adapters; an expert device merges "
                               "its adapter into the model, which PEFT can do for LoRA only")
     adapters = run_dir / "adapters"
-    mapping_path = adapters / "clients.json"
-    if not mapping_path.is_file():
+    mapping_path = adapters / CLIENT_MAP
+    try:
+        mapping = read_client_map(run_dir)
+    except FileNotFoundError:
         raise RunExpertsError(f"from_run: {mapping_path} is missing: the run saved no adapters "
-                              "(output.save_adapter: false, or it has not finished)")
-    mapping = {int(k): str(v) for k, v in json.loads(mapping_path.read_text()).items()}
+                              "(output.save_adapter: false, or it has not finished)") from None
     exported = sorted(p.name for p in adapters.iterdir() if (p / "adapter_config.json").is_file())
     candidates = [n for n in exported if EXPERT_ADAPTER.match(n)]
     if len(candidates) < 2:

@@ -36,13 +36,19 @@ def export_adapters(
     return out
 
 
-def adapter_for_client(run_dir: Path, client_id: int) -> Path:
-    """The PEFT directory client ``client_id`` of a finished run serves with (its cluster's adapter in a
-    clustered run, its edge server's in a hierarchical one, ``global`` otherwise)."""
+def read_client_map(run_dir: Path) -> dict[int, str]:
+    """``adapters/clients.json`` of a finished run: client id -> the exported adapter it uses."""
     mapping_path = Path(run_dir) / "adapters" / CLIENT_MAP
     if not mapping_path.is_file():
         raise FileNotFoundError(f"{mapping_path} is missing: the run saved no adapters (output.save_adapter: false?)")
-    mapping = json.loads(mapping_path.read_text())
-    if str(client_id) not in mapping:
-        raise KeyError(f"client {client_id} is not in {mapping_path} (clients 0..{len(mapping) - 1})")
-    return Path(run_dir) / "adapters" / mapping[str(client_id)]
+    return {int(k): str(v) for k, v in json.loads(mapping_path.read_text()).items()}
+
+
+def adapter_for_client(run_dir: Path, client_id: int) -> Path:
+    """The PEFT directory client ``client_id`` of a finished run serves with (its cluster's adapter in a
+    clustered run, its edge server's in a hierarchical one, ``global`` otherwise)."""
+    mapping = read_client_map(run_dir)
+    if client_id not in mapping:
+        raise KeyError(f"client {client_id} is not in {Path(run_dir) / 'adapters' / CLIENT_MAP} "
+                       f"(clients 0..{len(mapping) - 1})")
+    return Path(run_dir) / "adapters" / mapping[client_id]

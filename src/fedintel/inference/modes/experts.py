@@ -29,7 +29,7 @@ from fedintel.inference.experts import (
     routing_accuracy,
 )
 from fedintel.inference.launcher import WorkerGroup
-from fedintel.inference.modes.common import link_security, worker_model_args
+from fedintel.inference.modes.common import link_security, runtime_args, worker_model_args
 from fedintel.inference.modes.report import ModeReport, ReportTable
 from fedintel.inference.protocol import Client, ProtocolError, RemoteError
 
@@ -122,7 +122,7 @@ def run(cfg: InferConfig) -> ExpertsModeReport | RunExpertsReport:
     router = EmbeddingRouter(Encoder("minilm-l6"), train)
     acc = routing_accuracy(router, [t for t, _ in test], [d for _, d in test])
     with WorkerGroup(link_security(cfg), threads=cfg.threads) as group:
-        specs = [(d, worker_model_args(cfg.model, cfg.num_layers)
+        specs = [(d, worker_model_args(cfg.model, cfg.num_layers) + runtime_args(cfg)
                   + (["--adapter", cfg.adapters[d]] if d in cfg.adapters else [])) for d in domains]
         workers = group.start(specs)
         ens = ExpertEnsemble({w.name: group.client(w, cfg.timeout_s) for w in workers}, router, cfg.max_new_tokens)
@@ -159,10 +159,13 @@ def run_from_run(cfg: InferConfig) -> RunExpertsReport:
     rx = load_run_experts(cfg.from_run, encoder)
     if "model" in cfg.model_fields_set and cfg.model != rx.model:
         raise InferConfigError(f"model: {cfg.model}, but the run's adapters were trained on {rx.model}")
+    if "num_layers" in cfg.model_fields_set and cfg.num_layers != rx.num_layers:
+        raise InferConfigError(f"num_layers: {cfg.num_layers}, but the run's adapters were trained with "
+                               f"num_layers={rx.num_layers}")
     baseline = resolve_baseline(cfg.baseline, rx) if cfg.baseline else rx.global_adapter
     router = EmbeddingRouter.from_statistics(encoder, rx.stats)
     routed = router.route([q.route_text for q in rx.queries])
-    model_args = worker_model_args(rx.model, rx.num_layers)
+    model_args = worker_model_args(rx.model, rx.num_layers) + runtime_args(cfg)
     specs = [(n, [*model_args, "--adapter", str(p)]) for n, p in rx.experts.items()]
     specs += [("global", [*model_args, "--adapter", str(baseline)])] if baseline else []
     specs += [("base", model_args)]
