@@ -125,3 +125,22 @@ def test_gradient_checkpointing_gives_the_same_update(tiny_cfg, tmp_path):
     ckpt = run_experiment(tiny_cfg(runtime={"device": "cpu"}, peft={"dropout": 0.0},
                                    model={"name": "tiny-llama", "gradient_checkpointing": True}), tmp_path / "b")
     assert ckpt.rounds[-1]["eval_loss"] == pytest.approx(plain.rounds[-1]["eval_loss"], rel=1e-5)
+
+
+def test_tiny_llama_tokenizer_is_smollm2s_bpe_cut_to_its_first_tokens():
+    from transformers import AutoTokenizer
+
+    from fedintel.models.loader import TINY_LLAMA_VOCAB
+
+    lm = load_base_model(ModelConfig(name="tiny-llama"))
+    tok, full = lm.tokenizer, AutoTokenizer.from_pretrained(sources.smollm2_dir())
+    assert len(tok) == TINY_LLAMA_VOCAB == lm.model.config.vocab_size
+    text = "Federated learning at the network edge: clients keep their data. Ünïcode 😀 too!"
+    ids = tok(text).input_ids
+    assert max(ids) < TINY_LLAMA_VOCAB and tok.decode(ids) == text  # any text still encodes, losslessly
+    assert len(ids) > len(full(text).input_ids)  # into shorter pieces than SmolLM2's
+    for word in [" the", " and", "ing"]:  # a kept token keeps SmolLM2's id
+        assert tok.convert_tokens_to_ids(full.tokenize(word)) == full.convert_tokens_to_ids(full.tokenize(word))
+    chat = [{"role": "user", "content": "hi"}]
+    assert tok.apply_chat_template(chat, tokenize=False) == full.apply_chat_template(chat, tokenize=False)
+    assert (tok.eos_token_id, tok.pad_token_id, tok.bos_token_id) == (full.eos_token_id, 2, full.bos_token_id)

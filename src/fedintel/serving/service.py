@@ -61,11 +61,10 @@ class Route:
 def _tokenizer(name: str) -> Any:
     from transformers import AutoTokenizer
 
-    from fedintel.models import sources
-    from fedintel.models.loader import ModelError, resolve_model_dir
+    from fedintel.models.loader import ModelError, resolve_model_dir, tiny_llama_tokenizer
 
     if name == "tiny-llama":
-        return AutoTokenizer.from_pretrained(sources.smollm2_dir())
+        return tiny_llama_tokenizer()
     try:
         return AutoTokenizer.from_pretrained(resolve_model_dir(name))
     except (ModelError, OSError, ValueError):
