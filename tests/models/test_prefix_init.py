@@ -50,10 +50,10 @@ def test_text_init_refuses_what_it_cannot_do_and_names_the_field(base):
     too_long = parse_peft_config({"method": "prefix", "num_virtual_tokens": 2, "prefix_init_text": X})
     with pytest.raises(ConfigError, match=r"peft.prefix_init_text: \d+ tokens do not fit peft.num_virtual_tokens=2"):
         build_peft_model(base.model, too_long, "causal_lm", tokenizer=tok)
-    ok = parse_peft_config({"method": "prefix", "num_virtual_tokens": 8, "prefix_init_text": X})
+    ok = parse_peft_config({"method": "prefix", "num_virtual_tokens": 16, "prefix_init_text": X})
     with pytest.raises(ConfigError, match="causal language model"):
         build_peft_model(base.model, ok, "classification", tokenizer=tok)
-    narrow = parse_peft_config({"method": "prefix", "num_virtual_tokens": 8, "prefix_init_text": X,
+    narrow = parse_peft_config({"method": "prefix", "num_virtual_tokens": 16, "prefix_init_text": X,
                                 "prefix_projection": True, "prefix_projection_hidden": 4})
     with pytest.raises(ConfigError, match="peft.prefix_projection_hidden"):
         build_peft_model(base.model, narrow, "causal_lm", tokenizer=tok)

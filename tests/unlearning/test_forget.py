@@ -22,11 +22,11 @@ from fedintel.world import build_world
 from tests.conftest import tiny_config
 
 FORGET = 0  # with seed 0 the sampler picks {1,3}, {0,2}, {0,1}: client 0 first trains in round 2, and in the last
-# A run that memorises a little: small shards, many local steps, two clients per round.
+# A run that memorises a little: small shards, many local steps, two clients per round, LoRA on the MLP too.
 SECTIONS = {
     "federation": {"rounds": 3, "clients_per_round": 2, "local_steps": 24, "batch_size": 6, "micro_batch_size": 6},
-    "data": {"samples_per_client": 24, "eval_fraction": 0.25},
-    "peft": {"r": 32, "alpha": 64},
+    "data": {"samples_per_client": 24, "eval_fraction": 0.25, "max_length": 64},
+    "peft": {"r": 32, "alpha": 64, "target_modules": ["q_proj", "v_proj", "up_proj", "down_proj"]},
     "eval": {"per_client": False},
     "output": {"save_client_updates": True},
     "threads": 1,
