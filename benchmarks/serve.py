@@ -48,9 +48,9 @@ async def one(c: httpx.AsyncClient, url: str, prompt: str, max_tokens: int) -> d
                 last = j
     lat = time.perf_counter() - t0
     f = last["fedintel"]
-    inside = f["queue_s"] + f["prefill_s"] + f["decode_s"]
+    inside = f["queue_s"] + f["prefill_s"] + f["decode_s"] + f["stall_s"]
     return {"latency": lat, "ttft": ttft if ttft is not None else lat, "tokens": last["usage"]["completion_tokens"],
-            "overhead": max(0.0, lat - inside) / lat}
+            "overhead": max(0.0, lat - inside) / lat, "stall": f["stall_s"] / lat}
 
 
 async def level(url: str, users: int, requests: int, seconds: float, max_tokens: int) -> dict:
@@ -71,7 +71,8 @@ async def level(url: str, users: int, requests: int, seconds: float, max_tokens:
     p99 = lats[min(len(lats) - 1, int(round(0.99 * (len(lats) - 1))))]
     return {"n": len(out), "p50": statistics.median(lats), "p99": p99,
             "ttft": statistics.median(r["ttft"] for r in out), "tok_s": sum(r["tokens"] for r in out) / wall,
-            "overhead": statistics.median(r["overhead"] for r in out)}
+            "overhead": statistics.median(r["overhead"] for r in out),
+            "stall": statistics.median(r["stall"] for r in out)}
 
 
 def main() -> None:

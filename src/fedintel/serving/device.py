@@ -13,8 +13,9 @@ precision) and adds four operations that :mod:`fedintel.serving.scheduler` drive
 
 Batching (continuous batching, as vLLM and TGI do it, without paged memory): each sequence owns a KV
 cache. While the set of rows stays the same, the stage keeps them stacked as one left-padded cache and
-appends one position per step; when a row joins or leaves, the stacked cache is split back into the
-sequences' caches and restacked (one copy of the KV cache per change of membership, not per step).
+appends one position per step; when rows join or leave, the rows that stay are selected in place, newcomers
+are padded and appended, and padding columns no row needs are cut off (a few tensor operations per layer
+per change of membership, not a copy per row, and nothing per step).
 Each row gets its true positions (RoPE) and a padding mask, so a row's tokens are what it computes alone
 up to floating-point summation order (batched matrix products may round differently in the last bit;
 greedy tokens agree unless two logits are that close).
@@ -50,6 +51,13 @@ def _cache_from(config: Any, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> Dyn
 
 def _seq_len(cache: DynamicCache) -> int:
     return cache.get_seq_length()
+
+
+def _left(t: torch.Tensor, n: int) -> torch.Tensor:
+    """``t`` (B, heads, seq, dim) with ``n`` zero columns added on the left of seq (``n`` < 0: cut off)."""
+    if n > 0:
+        return torch.nn.functional.pad(t, (0, 0, n, 0))
+    return t[:, :, -n:] if n < 0 else t
 
 
 class ServingWorker(Worker):
@@ -121,22 +129,29 @@ class ServingWorker(Worker):
             raise
 
     # ------------------------------------------------------------------ batch membership
+    def _row_cache(self, i: int) -> DynamicCache:
+        """Row ``i`` of the stacked cache as a sequence's own cache (its left padding cut off)."""
+        assert self.batch_cache is not None
+        kv = _kv(self.batch_cache)
+        pad = (kv[0][0].shape[-2] if kv else 0) - int(self.batch_lens[i])
+        return _cache_from(self.stage.config, [(k[i:i + 1, :, pad:].clone(), v[i:i + 1, :, pad:].clone())
+                                               for k, v in kv])
+
     def _dissolve(self) -> None:
         """Split the stacked cache back into the sequences' own caches."""
         if self.batch_cache is not None:
-            kv = _kv(self.batch_cache)
-            width = kv[0][0].shape[-2] if kv else 0
             for i, sid in enumerate(self.batch_rows):
                 if sid in self.serve:
-                    pad = width - int(self.batch_lens[i])
-                    self.serve[sid] = _cache_from(self.stage.config,
-                                                  [(k[i:i + 1, :, pad:].clone(), v[i:i + 1, :, pad:].clone())
-                                                   for k, v in kv])
+                    self.serve[sid] = self._row_cache(i)
         self.batch_rows, self.batch_cache = (), None
         self.batch_lens = torch.zeros(0, dtype=torch.long)
 
     def _assemble(self, rows: tuple[str, ...]) -> None:
-        """Make ``rows`` the stacked batch (left-padded to the longest row)."""
+        """Make ``rows`` the stacked batch (left-padded to the longest row).
+
+        Rows already in the batch stay where they are: one ``index_select`` per layer keeps them (and drops
+        the rows that left), newcomers are padded and appended, and padding columns no row needs any more
+        are cut off. A membership change costs a few tensor operations per layer, not a copy per row."""
         if rows == self.batch_rows:
             return
         missing = [s for s in rows if s not in self.serve]
@@ -144,21 +159,36 @@ class ServingWorker(Worker):
             raise WorkerError(f"unknown serving session(s) {missing} (never prefilled, ended or reset)")
         if len(set(rows)) != len(rows):
             raise WorkerError("a session appears twice in one decode batch")
-        self._dissolve()
-        caches = [self.serve[s] for s in rows]
-        lens = [_seq_len(c) for c in caches]  # type: ignore[arg-type]
-        width = max(lens)
-        layers = []
-        for j in range(len(caches[0].layers)):  # type: ignore[union-attr]
-            ks, vs = [], []
-            for c, n in zip(caches, lens, strict=True):
-                k, v = c.layers[j].keys, c.layers[j].values  # type: ignore[union-attr]
-                ks.append(torch.nn.functional.pad(k, (0, 0, width - n, 0)))
-                vs.append(torch.nn.functional.pad(v, (0, 0, width - n, 0)))
-            layers.append((torch.cat(ks), torch.cat(vs)))
+        old = {s: i for i, s in enumerate(self.batch_rows)}
+        wanted = set(rows)
+        for s, i in old.items():  # a row leaving the batch while its sequence lives on keeps its cache
+            if s not in wanted and s in self.serve:
+                self.serve[s] = self._row_cache(i)
+        kept = [s for s in rows if s in old]
+        new = [s for s in rows if s not in old]
+        lens = {s: int(self.batch_lens[old[s]]) for s in kept}
+        lens.update({s: _seq_len(self.serve[s]) for s in new})  # type: ignore[arg-type]
+        width = max(lens.values())
+        layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if kept:
+            assert self.batch_cache is not None
+            idx = torch.tensor([old[s] for s in kept], device=self.batch_lens.device)
+            for k, v in _kv(self.batch_cache):
+                k, v = k.index_select(0, idx.to(k.device)), v.index_select(0, idx.to(v.device))
+                shift = width - k.shape[-2]  # > 0: a newcomer is longer; < 0: columns nobody needs
+                layers.append((_left(k, shift), _left(v, shift)))
+        for s in new:
+            own = _kv(self.serve[s])  # type: ignore[arg-type]
+            padded = [(_left(k, width - lens[s]), _left(v, width - lens[s])) for k, v in own]
+            layers = padded if not layers else [(torch.cat([a, k]), torch.cat([b, v]))
+                                                for (a, b), (k, v) in zip(layers, padded, strict=True)]
+        order = kept + new
+        if order != list(rows):  # the scheduler keeps its rows in order, so this is rare
+            perm = torch.tensor([order.index(s) for s in rows])
+            layers = [(k.index_select(0, perm.to(k.device)), v.index_select(0, perm.to(v.device))) for k, v in layers]
         self.batch_cache = _cache_from(self.stage.config, layers)
         self.batch_rows = rows
-        self.batch_lens = torch.tensor(lens, dtype=torch.long)
+        self.batch_lens = torch.tensor([lens[s] for s in rows], dtype=torch.long)
         for s in rows:
             self.serve[s] = None
         self.rebuilds += 1
@@ -228,10 +258,14 @@ class ServingWorker(Worker):
     def op_serve_end(self, msg: Message) -> Message:
         sessions = [str(s) for s in msg.meta.get("sessions", [])]
         with self.lock:
-            if any(s in self.batch_rows for s in sessions):
-                self._dissolve()
             for s in sessions:
                 self.serve.pop(s, None)
+            if any(s in self.batch_rows for s in sessions):  # the rest of the batch stays stacked
+                rest = tuple(s for s in self.batch_rows if s not in sessions)
+                if rest:
+                    self._assemble(rest)
+                else:
+                    self._dissolve()
         if not self.stage.last and self.next is not None:
             self._forward_next("serve_end", msg.meta, {})
         return Message("ok")

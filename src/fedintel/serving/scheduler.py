@@ -42,6 +42,7 @@ class Usage:
     prefill_s: float = 0.0
     decode_s: float = 0.0
     stage_compute_s: list[float] = field(default_factory=list)
+    stall_s: float = 0.0  # in the batch, waiting while newcomers were prefilled
     steps: int = 0
     batch_sum: int = 0
     failovers: int = 0
@@ -58,6 +59,7 @@ class Usage:
         return {
             "path": self.path, "path_kind": self.path_kind, "devices": self.devices, "queue_s": round(self.queue_s, 6),
             "prefill_s": round(self.prefill_s, 6), "decode_s": round(self.decode_s, 6),
+            "stall_s": round(self.stall_s, 6),
             "stage_compute_s": [round(x, 6) for x in self.stage_compute_s],
             "transport_s": round(max(0.0, self.prefill_s + self.decode_s - compute), 6),
             "decode_steps": self.steps, "mean_batch": round(self.batch_sum / self.steps, 3) if self.steps else 0.0,
@@ -226,7 +228,11 @@ class Scheduler:
             if req.cancelled.is_set():
                 req._finish("done", "cancelled")
             else:
+                t0 = time.perf_counter()
                 first = self._prefill(req)
+                stalled = time.perf_counter() - t0
+                for r in self.active:  # the batch waited for this prefill
+                    r.usage.stall_s += stalled
             with self.cond:
                 self.pending.popleft()
                 if first is not None:

@@ -1,0 +1,95 @@
+"""The serving device's continuous batching, in process: rows join, leave and reorder between decode steps,
+and every sequence's KV cache and greedy token stay what it computes alone."""
+
+import pytest
+import torch
+
+from fedintel.inference.protocol import Message
+from fedintel.serving.device import ServingWorker, build_parser
+
+
+@pytest.fixture(scope="module")
+def worker():
+    return ServingWorker(build_parser().parse_args(["--model", "tiny-llama", "--insecure"]), None)
+
+
+def _prefill(w, sid, ids):
+    return int(w.op_serve_prefill(Message("serve_prefill", {"session": sid},
+                                          {"input_ids": torch.tensor([ids])})).tensors["argmax"][0])
+
+
+def _decode(w, rows, toks):
+    reply = w.op_serve_decode(Message("serve_decode", {"rows": list(rows)}, {"input_ids": torch.tensor(toks)[:, None]}))
+    return reply.tensors["argmax"].tolist()
+
+
+def test_rows_join_leave_and_reorder_and_each_row_stays_what_it_is_alone(worker):
+    w = worker
+    prompts = {"a": [5, 17, 300, 42], "b": [7, 8, 9, 10, 11, 12, 13, 900], "c": [1, 2], "d": [600, 601, 602]}
+    feeds = {s: [100 + 7 * i + len(s) for i in range(6)] for s in prompts}  # the tokens each row is fed
+    # alone: each sequence prefilled and decoded as a batch of one
+    alone_tokens, alone_kv = {}, {}
+    for s, ids in prompts.items():
+        sid = f"alone-{s}"
+        toks = [_prefill(w, sid, ids)]
+        for t in feeds[s]:
+            toks += _decode(w, [sid], [t])
+        alone_tokens[s] = toks
+        w._dissolve()
+        alone_kv[s] = [(k.clone(), v.clone()) for k, v in ((la.keys, la.values) for la in w.serve[sid].layers)]
+        w.op_serve_end(Message("serve_end", {"sessions": [sid]}))
+    assert w.serve == {} and w.batch_rows == ()
+
+    # together: a schedule with joins, an end in the middle of the batch, a reorder, and the longest row leaving
+    got = {s: [_prefill(w, s, ids)] for s, ids in prompts.items() if s in "abc"}
+    fed = dict.fromkeys(prompts, 0)
+
+    def step(rows):
+        out = _decode(w, rows, [feeds[s][fed[s]] for s in rows])
+        for s, t in zip(rows, out, strict=True):
+            got[s].append(t)
+            fed[s] += 1
+
+    step(["a", "b"])
+    step(["a", "b"])
+    rebuilds = w.rebuilds
+    step(["a", "b"])
+    assert w.rebuilds == rebuilds  # the same rows: nothing restacked
+    step(["a", "b", "c"])  # c joins
+    step(["b", "a", "c"])  # reordered
+    got["d"] = [_prefill(w, "d", prompts["d"])]
+    step(["b", "a", "c", "d"])  # d joins; a and b have had all 6 tokens
+    w.op_serve_end(Message("serve_end", {"sessions": ["b"]}))  # the longest row ends mid-batch
+    assert w.batch_rows == ("a", "c", "d")  # the rest stays stacked, its padding trimmed to the longest left
+    assert w.batch_cache.get_seq_length() == max(int(x) for x in w.batch_lens) == len(prompts["a"]) + 6
+    step(["c", "d"])  # a leaves the batch but lives on with its own cache
+    assert w.serve["a"] is not None and w.batch_rows == ("c", "d")
+    step(["d", "c"])
+    step(["c", "d"])  # c: 6 fed
+    step(["d"])
+    step(["d"])  # d: 6 fed
+    for s in prompts:
+        assert fed[s] == 6, s
+        assert got[s] == alone_tokens[s], s
+    w._dissolve()
+    for s in "acd":
+        for (k, v), (k0, v0) in zip(((la.keys, la.values) for la in w.serve[s].layers), alone_kv[s], strict=True):
+            assert k.shape == k0.shape and torch.allclose(k, k0, atol=1e-5) and torch.allclose(v, v0, atol=1e-5), s
+    w.op_serve_reset(Message("serve_reset"))
+    assert w.serve == {}
+
+
+def test_unknown_or_repeated_rows_are_refused_and_the_batch_is_kept(worker):
+    from fedintel.inference.worker import WorkerError
+
+    w = worker
+    _prefill(w, "x", [3, 4, 5])
+    _prefill(w, "y", [6, 7])
+    _decode(w, ["x", "y"], [8, 9])
+    with pytest.raises(WorkerError, match="unknown serving session"):
+        _decode(w, ["x", "nope"], [1, 2])
+    with pytest.raises(WorkerError, match="twice"):
+        _decode(w, ["x", "x"], [1, 2])
+    assert w.batch_rows == ("x", "y")
+    assert len(_decode(w, ["x", "y"], [1, 2])) == 2
+    w.op_serve_reset(Message("serve_reset"))
