@@ -5,8 +5,9 @@ request at a time), the service is started in this process (device processes as 
 each user sends streaming chat requests (greedy, ``max_tokens`` 32) one after another with httpx + asyncio,
 bounded by ``--requests`` per user and ``--seconds`` per level. Reported per level: p50 / p99 latency, p50
 time to first token, tokens/s of the whole service, and the service overhead: the share of a request's
-latency outside the devices' path (client latency minus queue + prefill + decode as the scheduler timed
-them: HTTP, JSON, SSE, tokenization, detokenization).
+latency outside the devices' path (client latency minus queue + prefill + decode + stall as the scheduler
+timed them: HTTP, JSON, SSE, tokenization, detokenization), and the prefill stall: the share of a request's
+latency it spent in the batch waiting while newcomers were prefilled (scheduling, not service overhead).
 
     python benchmarks/serve.py            # full: SmolLM2-135M, users 1/4/16 (tens of minutes on 2 cores)
     python benchmarks/serve.py --quick    # smoke: 2 layers, users 1/4, one request each
@@ -84,6 +85,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=4, help="requests per user per level")
     ap.add_argument("--seconds", type=float, default=300, help="time bound per level (no new requests after)")
     ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of each device process (runtime.threads)")
     args = ap.parse_args()
     if args.quick:
         args.num_layers, args.users, args.requests, args.seconds = 2, "1,4", 1, 60
@@ -100,6 +102,7 @@ def main() -> None:
         for batching in (True, False):
             cfg = ServeConfig.model_validate({
                 "model": {"name": args.model, "num_layers": args.num_layers},
+                "runtime": {"device": "cpu", "threads": args.threads},
                 "paths": [{"name": "p", "cuts": cuts}],
                 "limits": {"max_batch": 16 if batching else 1, "max_concurrency": 64, "max_tokens": args.max_tokens,
                            "default_max_tokens": args.max_tokens},
@@ -110,13 +113,14 @@ def main() -> None:
                 for u in users:
                     m = asyncio.run(level(running.url, u, args.requests, args.seconds, args.max_tokens))
                     rows.append([name, "on" if batching else "off", u, m["n"], f"{m['p50']:.2f}", f"{m['p99']:.2f}",
-                                 f"{m['ttft']:.3f}", f"{m['tok_s']:.1f}", f"{100 * m['overhead']:.1f} %"])
+                                 f"{m['ttft']:.3f}", f"{m['tok_s']:.1f}", f"{100 * m['overhead']:.1f} %",
+                                 f"{100 * m['stall']:.1f} %"])
                     print(" | ".join(str(x) for x in rows[-1]), flush=True)
             finally:
                 running.stop()
     print()
     print(table(["setup", "batching", "users", "requests", "p50 latency (s)", "p99 latency (s)", "p50 TTFT (s)",
-                 "tokens/s", "service overhead"], rows))
+                 "tokens/s", "service overhead", "prefill stall"], rows))
     for name, _ in setups:
         for u in users:
             on = [r for r in rows if r[0] == name and r[1] == "on" and r[2] == u]

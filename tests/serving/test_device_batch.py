@@ -93,3 +93,27 @@ def test_unknown_or_repeated_rows_are_refused_and_the_batch_is_kept(worker):
     assert w.batch_rows == ("x", "y")
     assert len(_decode(w, ["x", "y"], [1, 2])) == 2
     w.op_serve_reset(Message("serve_reset"))
+
+
+def test_a_shared_prompt_prefix_is_reused_and_gives_what_the_full_prefill_gives(worker):
+    w = worker
+    system = [1, 9, 400, 401, 402, 403, 404, 405, 2, 10]  # a chat template's system prompt, say
+    first, second = system + [50, 51, 52], system + [60, 61]
+    full = ServingWorker(build_parser().parse_args(["--model", "tiny-llama", "--insecure", "--prefix-cache", "0"]),
+                         None)
+    hits = w.prefix_hits
+    t1 = _prefill(w, "p1", first)
+    t2 = _prefill(w, "p2", second)
+    assert w.prefix_hits == hits + 1 and w.prefix_tokens_saved >= len(system)  # only [60, 61] were computed
+    assert [_prefill(full, "p1", first), _prefill(full, "p2", second)] == [t1, t2]
+    assert full.prefix_hits == 0
+    for a, b in zip(w.serve["p2"].layers, full.serve["p2"].layers, strict=True):
+        assert a.keys.shape == b.keys.shape and torch.allclose(a.keys, b.keys, atol=1e-5)
+        assert torch.allclose(a.values, b.values, atol=1e-5)
+    # decoding after a reused prefix continues exactly as after a full one
+    assert _decode(w, ["p1", "p2"], [7, 8]) == _decode(full, ["p1", "p2"], [7, 8])
+    # an identical prompt reuses all but its last token
+    _prefill(w, "p3", first)
+    assert w.prefix_hits == hits + 2
+    w.op_serve_reset(Message("serve_reset"))
+    assert w.prefixes == {}

@@ -24,8 +24,10 @@ greedy tokens agree unless two logits are that close).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -78,6 +80,11 @@ class ServingWorker(Worker):
         self.batch_cache: DynamicCache | None = None
         self.batch_lens = torch.zeros(0, dtype=torch.long)
         self.rebuilds = 0
+        # prompt key -> (its ids on the first stage, else None; its KV): the newest prompts, for prefix reuse
+        self.prefixes: OrderedDict[str, tuple[tuple[int, ...] | None, list[tuple[torch.Tensor, torch.Tensor]]]] = (
+            OrderedDict())
+        self.prefix_hits = 0
+        self.prefix_tokens_saved = 0
 
     # ------------------------------------------------------------------ the forward pass
     @torch.inference_mode()
@@ -198,30 +205,90 @@ class ServingWorker(Worker):
             self.batch_cache.crop(width)
 
     # ------------------------------------------------------------------ operations
+    # ------------------------------------------------------------------ prefix reuse
+    def _longest_prefix(self, ids: tuple[int, ...]) -> tuple[str | None, int]:
+        """The stored prompt sharing the longest prefix with ``ids`` (first stage), and that length (at most
+        ``len(ids) - 1``: the last token is always computed, it gives the next token's logits)."""
+        best, best_len = None, 0
+        for key, (stored, _) in self.prefixes.items():
+            if stored is None:
+                continue
+            n = 0
+            for a, b in zip(stored, ids[:-1], strict=False):
+                if a != b:
+                    break
+                n += 1
+            if n > best_len:
+                best, best_len = key, n
+        return (best, best_len) if best_len >= self.args.prefix_min else (None, 0)
+
+    def _remember(self, key: str, ids: tuple[int, ...] | None, cache: DynamicCache) -> None:
+        if self.args.prefix_cache <= 0:
+            return
+        # the cache's tensors are never written in place (decode appends by concatenation), so no copy
+        self.prefixes[key] = (ids, _kv(cache))
+        self.prefixes.move_to_end(key)
+        while len(self.prefixes) > self.args.prefix_cache:
+            self.prefixes.popitem(last=False)
+
     def op_serve_prefill(self, msg: Message) -> Message:
+        """A new sequence, alone. The first stage reuses the KV of the stored prompt that shares the longest
+        prefix (a chat template's system prompt, a conversation's earlier turns) and computes only the rest;
+        it names that prompt and the length to every later stage, which reuse their own layers' KV of it.
+        A later stage that no longer holds it refuses, and the first stage redoes the prefill in full."""
         sid = str(msg.meta.get("session", ""))
         if not sid:
             raise WorkerError("serve_prefill needs meta.session")
         x = self._input(msg)
         if x.shape[0] != 1:
             raise WorkerError("serve_prefill takes one sequence (batch of one)")
+        meta = dict(msg.meta)
+        if self.stage.first:
+            ids = tuple(int(t) for t in x[0].tolist())
+            meta["prompt_key"] = hashlib.blake2b(x[0].to(torch.int64).numpy().tobytes(), digest_size=12).hexdigest()
+            reuse_key, reuse_len = self._longest_prefix(ids) if self.args.prefix_cache > 0 else (None, 0)
+            try:
+                return self._prefill(sid, x, meta, ids, reuse_key, reuse_len)
+            except WorkerError as err:
+                if reuse_len and "prefix not held" in str(err):
+                    return self._prefill(sid, x, meta, ids, None, 0)
+                raise
+        return self._prefill(sid, x, meta, None, meta.get("reuse_key"), int(meta.get("reuse_len", 0)))
+
+    def _prefill(self, sid: str, x: torch.Tensor, meta: dict[str, Any], ids: tuple[int, ...] | None,
+                 reuse_key: str | None, reuse_len: int) -> Message:
         with self.lock:
             if sid in self.batch_rows:
                 self._dissolve()
             if sid not in self.serve and len(self.serve) >= self.args.max_sessions:
                 raise WorkerError(f"this device holds {len(self.serve)} sequences, its limit (--max-sessions)")
             cache = self.stage.new_cache()
+            if reuse_len:
+                held = self.prefixes.get(str(reuse_key))
+                if held is None:
+                    raise WorkerError(f"prefix not held: stage {self.stage.start}:{self.stage.end} no longer has "
+                                      f"prompt {reuse_key}")
+                cache = _cache_from(self.stage.config, [(k[:, :, :reuse_len], v[:, :, :reuse_len])
+                                                        for k, v in held[1]])
+                self.prefixes.move_to_end(str(reuse_key))
+                if self.stage.first:  # later stages get hidden states of the new positions only
+                    x = x[:, reuse_len:]
             t0 = time.perf_counter()
             n = x.shape[1]
-            out = self._run(x, cache, torch.arange(n).unsqueeze(0), None)
+            out = self._run(x, cache, torch.arange(reuse_len, reuse_len + n).unsqueeze(0), None)
             self.serve[sid] = cache
+            self._remember(str(meta["prompt_key"]), ids, cache)
+            if reuse_len:
+                self.prefix_hits += 1
+                self.prefix_tokens_saved += reuse_len
             self.forwards += 1
             compute_s = time.perf_counter() - t0
 
         def undo() -> None:
             self.serve.pop(sid, None)
 
-        return self._reply("serve_prefill", msg.meta, out, compute_s, undo)
+        meta = {**meta, "reuse_key": reuse_key, "reuse_len": reuse_len}
+        return self._reply("serve_prefill", meta, out, compute_s, undo)
 
     def op_serve_decode(self, msg: Message) -> Message:
         rows = tuple(str(r) for r in msg.meta.get("rows", []))
@@ -273,6 +340,7 @@ class ServingWorker(Worker):
     def op_serve_reset(self, msg: Message) -> Message:
         with self.lock:
             self.serve.clear()
+            self.prefixes.clear()
             self._dissolve()
         if not self.stage.last and self.next is not None:
             self._forward_next("serve_reset", msg.meta, {})
@@ -281,6 +349,7 @@ class ServingWorker(Worker):
     def op_ping(self, msg: Message) -> Message:
         reply = super().op_ping(msg)
         reply.meta.update(serve_sessions=len(self.serve), batch=len(self.batch_rows), rebuilds=self.rebuilds,
+                          prefix_hits=self.prefix_hits, prefix_tokens_saved=self.prefix_tokens_saved,
                           device=str(self.runtime.device), dtype=str(self.runtime.dtype).removeprefix("torch."))
         return reply
 
@@ -289,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The worker's options (``--device`` and ``--dtype`` included)."""
     p = worker_parser()
     p.prog = "python -m fedintel.serving.device"
+    p.add_argument("--prefix-cache", type=int, default=8,
+                   help="prompts whose KV cache is kept for prefix reuse (0: off)")
+    p.add_argument("--prefix-min", type=int, default=4, help="shortest shared prefix worth reusing, tokens")
     return p
 
 
