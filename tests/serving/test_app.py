@@ -187,3 +187,33 @@ def test_openai_client(srv):
     assert {m.id for m in client.models.list()} >= {"base", "auto"}
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="nope", prompt="hi")
+
+
+def test_split_path_reuses_prefixes_and_recovers_when_a_stage_lost_one(srv):
+    from fedintel.inference.protocol import Client
+
+    path, local = srv.service.schedulers["split"].path, srv.service.schedulers["local"].path
+    first, second = path.workers
+    stage2 = Client(second.address, srv.service.group.security, server_name=second.name)
+
+    def hits(client):
+        return client.request("ping").meta["prefix_hits"]
+
+    system = srv.service.chat_ids([{"role": "user", "content": "x"}])[:-6]  # the chat template's system prompt
+    prompts = [system + [100 + i, 200 + i, 300 + i] for i in range(3)]
+    h1, h2 = hits(path.clients[0]), hits(stage2)
+    assert path.prefill("pfx-0", prompts[0]).tokens == local.prefill("pfx-l0", prompts[0]).tokens
+    assert path.prefill("pfx-1", prompts[1]).tokens == local.prefill("pfx-l1", prompts[1]).tokens
+    assert (hits(path.clients[0]), hits(stage2)) == (h1 + 1, h2 + 1)  # both stages reused the system prompt
+    stage2.request("serve_reset")  # the second stage loses every stored prompt (and session)
+    assert path.prefill("pfx-2", prompts[2]).tokens == local.prefill("pfx-l2", prompts[2]).tokens  # redone in full
+    assert (hits(path.clients[0]), hits(stage2)) == (h1 + 1, h2 + 1)
+    # the full redo stored the prompt on both stages again: the next one reuses it on both
+    assert path.prefill("pfx-3", system + [7, 8]).tokens == local.prefill("pfx-l3", system + [7, 8]).tokens
+    assert (hits(path.clients[0]), hits(stage2)) == (h1 + 2, h2 + 2)
+    path.reset()
+    local.end(["pfx-l0", "pfx-l1", "pfx-l2", "pfx-l3"])
+    stage2.close()
+    # the path still serves requests end to end
+    body = {"model": "base", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4}
+    assert post(srv, "/v1/chat/completions", body).status_code == 200

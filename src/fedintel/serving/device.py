@@ -210,7 +210,7 @@ class ServingWorker(Worker):
         """The stored prompt sharing the longest prefix with ``ids`` (first stage), and that length (at most
         ``len(ids) - 1``: the last token is always computed, it gives the next token's logits)."""
         best, best_len = None, 0
-        for key, (stored, _) in self.prefixes.items():
+        for key, (stored, _) in reversed(self.prefixes.items()):  # newest first: the likeliest held by every stage
             if stored is None:
                 continue
             n = 0
@@ -251,6 +251,8 @@ class ServingWorker(Worker):
                 return self._prefill(sid, x, meta, ids, reuse_key, reuse_len)
             except WorkerError as err:
                 if reuse_len and "prefix not held" in str(err):
+                    with self.lock:  # a later stage lost it: do not offer it again
+                        self.prefixes.pop(str(reuse_key), None)
                     return self._prefill(sid, x, meta, ids, None, 0)
                 raise
         return self._prefill(sid, x, meta, None, meta.get("reuse_key"), int(meta.get("reuse_len", 0)))
@@ -278,9 +280,6 @@ class ServingWorker(Worker):
             out = self._run(x, cache, torch.arange(reuse_len, reuse_len + n).unsqueeze(0), None)
             self.serve[sid] = cache
             self._remember(str(meta["prompt_key"]), ids, cache)
-            if reuse_len:
-                self.prefix_hits += 1
-                self.prefix_tokens_saved += reuse_len
             self.forwards += 1
             compute_s = time.perf_counter() - t0
 
@@ -288,7 +287,11 @@ class ServingWorker(Worker):
             self.serve.pop(sid, None)
 
         meta = {**meta, "reuse_key": reuse_key, "reuse_len": reuse_len}
-        return self._reply("serve_prefill", meta, out, compute_s, undo)
+        reply = self._reply("serve_prefill", meta, out, compute_s, undo)
+        if reuse_len:  # counted once the whole chain took it
+            self.prefix_hits += 1
+            self.prefix_tokens_saved += reuse_len
+        return reply
 
     def op_serve_decode(self, msg: Message) -> Message:
         rows = tuple(str(r) for r in msg.meta.get("rows", []))
