@@ -101,12 +101,8 @@ def _tiny_llama_backend() -> str:
     spec = json.loads(_parsed_tokenizer(sources.smollm2_dir()).backend_tokenizer.to_str())
     model = spec["model"]
     model["vocab"] = {t: i for t, i in model["vocab"].items() if i < TINY_LLAMA_VOCAB}
-    model["merges"] = [m for m in model["merges"] if _merged(m) in model["vocab"]]
+    model["merges"] = [m for m in model["merges"] if "".join(m) in model["vocab"]]  # tokenizers>=0.20: pairs
     return json.dumps(spec)
-
-
-def _merged(merge: list[str] | str) -> str:
-    return "".join(merge.split(" ") if isinstance(merge, str) else merge)
 
 
 def tiny_llama_tokenizer() -> PreTrainedTokenizerBase:

@@ -176,19 +176,16 @@ class ServingWorker(Worker):
         lens = {s: int(self.batch_lens[old[s]]) for s in kept}
         lens.update({s: _seq_len(self.serve[s]) for s in new})  # type: ignore[arg-type]
         width = max(lens.values())
-        layers: list[tuple[torch.Tensor, torch.Tensor]] = []
-        if kept:
+        sources = [_kv(self.serve[s]) for s in new]  # type: ignore[arg-type]
+        if kept:  # the rows that stay, selected in place, as one more source ahead of the newcomers
             assert self.batch_cache is not None
-            idx = torch.tensor([old[s] for s in kept], device=self.batch_lens.device)
-            for k, v in _kv(self.batch_cache):
-                k, v = k.index_select(0, idx.to(k.device)), v.index_select(0, idx.to(v.device))
-                shift = width - k.shape[-2]  # > 0: a newcomer is longer; < 0: columns nobody needs
-                layers.append((_left(k, shift), _left(v, shift)))
-        for s in new:
-            own = _kv(self.serve[s])  # type: ignore[arg-type]
-            padded = [(_left(k, width - lens[s]), _left(v, width - lens[s])) for k, v in own]
-            layers = padded if not layers else [(torch.cat([a, k]), torch.cat([b, v]))
-                                                for (a, b), (k, v) in zip(layers, padded, strict=True)]
+            stacked = _kv(self.batch_cache)
+            idx = torch.tensor([old[s] for s in kept], device=stacked[0][0].device)
+            sources.insert(0, [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in stacked])
+        # left-pad each source to the new width (a negative shift cuts columns nobody needs), one cat per layer
+        layers = [(torch.cat([_left(kv[j][0], width - kv[j][0].shape[-2]) for kv in sources]),
+                   torch.cat([_left(kv[j][1], width - kv[j][1].shape[-2]) for kv in sources]))
+                  for j in range(len(sources[0]))]
         order = kept + new
         if order != list(rows):  # the scheduler keeps its rows in order, so this is rare
             perm = torch.tensor([order.index(s) for s in rows])
@@ -357,13 +354,20 @@ class ServingWorker(Worker):
         return reply
 
 
+def _count(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{n} is negative")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The worker's options (``--device`` and ``--dtype`` included)."""
     p = worker_parser()
     p.prog = "python -m fedintel.serving.device"
-    p.add_argument("--prefix-cache", type=int, default=8,
+    p.add_argument("--prefix-cache", type=_count, default=8,
                    help="prompts whose KV cache is kept for prefix reuse (0: off)")
-    p.add_argument("--prefix-min", type=int, default=4, help="shortest shared prefix worth reusing, tokens")
+    p.add_argument("--prefix-min", type=_count, default=4, help="shortest shared prefix worth reusing, tokens")
     return p
 
 
