@@ -105,7 +105,10 @@ def test_sigkill_at_random_points_repeatedly_then_resume_matches_the_uninterrupt
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None and len(list_checkpoints(run_dir)) < target:
             time.sleep(0.02)
-        time.sleep(delay)
+        # a random fraction of a round: never past the next checkpoint (a tiny round can be shorter than delay)
+        until = time.time() + delay
+        while time.time() < until and proc.poll() is None and len(list_checkpoints(run_dir)) <= target:
+            time.sleep(0.01)
         if proc.poll() is not None:
             break
         os.kill(proc.pid, signal.SIGKILL)
