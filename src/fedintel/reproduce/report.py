@@ -231,6 +231,10 @@ def contrast(runs: list[PaperRun]) -> str:
         elif not differ and agree:
             parts.append("The opposite of the expected contrast: clustering helps on the same task but not where "
                          "the tasks differ.")
+        elif helps["fig6b"] == "does not hold" and helps["fig6b_tasks"] != "does not hold":
+            parts.append("Half of the contrast: clustering hurts where the tasks agree (the opposite ordering is "
+                         "significant) and not where they differ, but its gain where they differ is not significant "
+                         "at this budget, so the expectation that it helps there is not confirmed.")
         else:
             parts.append("No contrast: clustering does not measurably help on either, so the expectation that it "
                          "helps where tasks differ is not borne out at this budget.")
