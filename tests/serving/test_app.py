@@ -25,7 +25,7 @@ def srv(tmp_path_factory):
         "paths": [{"name": "local", "model": "base"}, {"name": "split", "model": "base", "cuts": [1]}],
         "from_run": str(run),
         "limits": {"max_tokens": 64, "default_max_tokens": 16, "max_request_bytes": 8192, "max_concurrency": 32,
-                   "max_batch": 8},
+                   "max_batch": 8, "prefix_cache": 4},
         "restart_dead": False,
     })
     running = serve_in_thread(cfg)
@@ -51,6 +51,13 @@ def test_health_and_models(srv):
     assert set(h["paths"]) == {"local", "split", "expert-global", "expert-cluster0"}
     ids = [m["id"] for m in httpx.get(srv.url + "/v1/models").json()["data"]]
     assert ids == ["base", "cluster0", "global", "auto"]  # adapters in name order
+    # limits.prefix_cache reaches every device process
+    assert {p["prefix_cache"] for s in srv.service.schedulers.values() for p in s.path.ping()} == {4}
+    steps = sum(p["decode_steps"] for p in h["paths"].values())
+    r = post(srv, "/v1/completions", {"model": "base", "prompt": "Count: one two", "max_tokens": 5})
+    assert r.status_code == 200, r.text
+    after = {n: p["decode_steps"] for n, p in httpx.get(srv.url + "/health").json()["paths"].items()}
+    assert sum(after.values()) >= steps + (r.json()["usage"]["completion_tokens"] - 1)  # /health's counters move
 
 
 def test_chat_completion(srv):

@@ -350,6 +350,7 @@ class ServingWorker(Worker):
         reply = super().op_ping(msg)
         reply.meta.update(serve_sessions=len(self.serve), batch=len(self.batch_rows), rebuilds=self.rebuilds,
                           prefix_hits=self.prefix_hits, prefix_tokens_saved=self.prefix_tokens_saved,
+                          prefix_cache=self.args.prefix_cache,
                           device=str(self.runtime.device), dtype=str(self.runtime.dtype).removeprefix("torch."))
         return reply
 

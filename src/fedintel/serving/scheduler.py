@@ -114,7 +114,9 @@ class Scheduler:
         self.cond = threading.Condition()
         self.stopped = False
         self.down: str | None = None
-        self.steps = 0
+        self.steps = 0  # decode steps, the rows they decoded, and their wall time (seconds): see /health
+        self.rows_decoded = 0
+        self.decode_s = 0.0
         self.thread = threading.Thread(target=self._loop, name=f"scheduler-{path.name}", daemon=True)
         self.thread.start()
 
@@ -203,6 +205,8 @@ class Scheduler:
                 self.pending.extendleft(reversed(rows))
             return
         self.steps += 1
+        self.rows_decoded += len(rows)
+        self.decode_s += res.wall_s
         share = res.wall_s
         for r, tok in zip(rows, res.tokens, strict=True):
             r.usage.decode_s += share
