@@ -75,8 +75,11 @@ async def level(url: str, users: int, requests: int, seconds: float, max_tokens:
     await asyncio.gather(*(user(u) for u in range(users)))
     wall = time.perf_counter() - t0
     after = httpx.get(url + "/health").json()["paths"]
-    steps, rows_, step_s = (sum(after[p][k] - before[p][k] for p in after)
-                            for k in ("decode_steps", "decoded_rows", "decode_s"))
+    steps, rows_, step_s, prefills, prefill_s = (sum(after[p][k] - before[p][k] for p in after)
+                                                 for k in ("decode_steps", "decoded_rows", "decode_s", "prefills",
+                                                           "prefill_s"))
+    print(f"  {users} users: wall {wall:.1f} s = decode {step_s:.1f} s ({steps} steps, {rows_} rows) + prefill "
+          f"{prefill_s:.1f} s ({prefills} prefills) + idle {wall - step_s - prefill_s:.1f} s", flush=True)
     # steady state: from the start until the first user has sent its last request and had it answered (before
     # that, every user keeps a request in flight; after it, the batch thins out as users finish)
     busy_end = min(done)
@@ -101,6 +104,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=300, help="time bound per level (no new requests after)")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2, help="torch threads of each device process (runtime.threads)")
+    ap.add_argument("--setups", default="one,split", help="which set-ups: one (one process), split (2 stages)")
+    ap.add_argument("--batching", default="on,off", help="batching on, off (one request at a time), or both")
     args = ap.parse_args()
     if args.quick:
         args.num_layers, args.users, args.requests, args.seconds = 2, "1,4", 1, 60
@@ -109,12 +114,14 @@ def main() -> None:
 
     users = [int(u) for u in args.users.split(",")]
     total = args.num_layers or 30
-    setups = [("one process", []), ("split 2 stages", [total // 2])]
+    setups = [(n, c) for key, n, c in (("one", "one process", []), ("split", "split 2 stages", [total // 2]))
+              if key in args.setups.split(",")]
     if args.quick:
         setups = setups[:1]
+    modes = [m == "on" for m in args.batching.split(",")]
     rows = []
     for name, cuts in setups:
-        for batching in (True, False):
+        for batching in modes:
             cfg = ServeConfig.model_validate({
                 "model": {"name": args.model, "num_layers": args.num_layers},
                 "runtime": {"device": "cpu", "threads": args.threads},

@@ -224,3 +224,35 @@ def test_split_path_reuses_prefixes_and_recovers_when_a_stage_lost_one(srv):
     # the path still serves requests end to end
     body = {"model": "base", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4}
     assert post(srv, "/v1/chat/completions", body).status_code == 200
+
+
+def test_split_path_prefills_a_group_in_one_pass_and_redoes_it_when_a_stage_lost_a_prefix(srv):
+    from fedintel.inference.protocol import Client
+
+    path, local = srv.service.schedulers["split"].path, srv.service.schedulers["local"].path
+    second = path.workers[1]
+    stage2 = Client(second.address, srv.service.group.security, server_name=second.name)
+
+    def hits():
+        return path.clients[0].request("ping").meta["prefix_hits"], stage2.request("ping").meta["prefix_hits"]
+
+    system = srv.service.chat_ids([{"role": "user", "content": "x"}])[:-6]
+    path.prefill("grp-seed", system + [5, 6])  # both stages store the system prompt
+    prompts = [system + [100, 200], system + [101, 201, 301], [300, 301, 302, 303]]
+    h = hits()
+    got = path.prefill_many(["grp-0", "grp-1", "grp-2"], prompts).tokens
+    assert hits() == (h[0] + 2, h[1] + 2)  # the two with the system prompt reused it on both stages
+    assert got == [local.prefill(f"grp-l{i}", p).tokens[0] for i, p in enumerate(prompts)]
+    feed = [7, 8, 9]
+    assert path.decode(["grp-0", "grp-1", "grp-2"], feed).tokens == local.decode(
+        ["grp-l0", "grp-l1", "grp-l2"], feed).tokens
+    stage2.request("serve_reset")  # the second stage loses its stored prompts: the group is redone in full
+    path.clients[0].request("serve_end", {"sessions": ["grp-seed", "grp-0", "grp-1", "grp-2"]})
+    h = hits()
+    more = [system + [9, 10], system + [11]]
+    assert path.prefill_many(["grp-3", "grp-4"], more).tokens == [local.prefill(f"grp-l{i}", p).tokens[0]
+                                                                  for i, p in ((3, more[0]), (4, more[1]))]
+    assert hits() == h
+    path.reset()
+    local.end([f"grp-l{i}" for i in range(5)])
+    stage2.close()

@@ -126,6 +126,11 @@ class DevicePath:
                                    {"input_ids": torch.tensor([ids], dtype=torch.int64)})
         return StepResult([int(t["argmax"][0])], wall, [float(x) for x in meta.get("timing", [])])
 
+    def prefill_many(self, sessions: list[str], prompts: list[list[int]]) -> StepResult:
+        """Start several sessions in one forward (each as :meth:`prefill` starts it alone); their next tokens."""
+        meta, t, wall = self.call("serve_prefill_many", {"sessions": sessions, "prompts": prompts})
+        return StepResult([int(x) for x in t["argmax"].tolist()], wall, [float(x) for x in meta.get("timing", [])])
+
     def decode(self, rows: list[str], last: list[int]) -> StepResult:
         """One token for each row (batched); ``last`` is each row's newest token."""
         meta, t, wall = self.call("serve_decode", {"rows": rows},

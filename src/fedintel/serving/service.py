@@ -208,7 +208,7 @@ class Service:
     def _scheduler(self, path: DevicePath | PairPath) -> Scheduler:
         """Continuous batching on single and split paths; one request at a time on a pair."""
         if isinstance(path, DevicePath):
-            return Scheduler(path, self.limits.max_batch, self._failed)
+            return Scheduler(path, self.limits.max_batch, self._failed, self.limits.batch_prefill)
         kind = SpeculativeScheduler if path.spec.kind == "speculative" else CascadeScheduler
         return kind(path, self._failed, self.tokenizer.eos_token_id)
 
@@ -406,7 +406,8 @@ class Service:
             paths[name] = {"model": s.path.spec.model_id, "kind": s.path.spec.kind, "up": s.up, "down_reason": s.down,
                            "devices": [{"name": w.name, "pid": w.pid, "alive": w.alive()} for w in s.path.workers],
                            "load": s.load, "restarting": name in self._restarting,
-                           "decode_steps": s.steps, "decoded_rows": s.rows_decoded, "decode_s": round(s.decode_s, 3)}
+                           "decode_steps": s.steps, "decoded_rows": s.rows_decoded, "decode_s": round(s.decode_s, 3),
+                           "prefills": s.prefills, "prefill_s": round(s.prefill_s, 3)}
         models = {m["id"]: any(paths[p]["up"] for p in m["paths"]) for m in self.model_ids() if m["paths"]}
         status = "ok" if all(models.values()) else ("degraded" if any(models.values()) else "down")
         return {"status": status, "models": models, "paths": paths, "inflight": self.inflight,
