@@ -175,3 +175,25 @@ def test_requests_prefilled_together_get_what_each_gets_alone(worker):
         _prefill_many(w, ["a1", "a2"], [[1, 2], []])
     assert len(w.serve) == n and "new" not in w.serve
     w.op_serve_reset(Message("serve_reset"))
+
+
+def test_a_decode_step_frees_the_sessions_that_ended_and_the_rest_decode_as_before(worker):
+    from fedintel.inference.worker import WorkerError
+
+    w = worker
+    for s, p in (("e1", [3, 4, 5]), ("e2", [6, 7, 8, 9]), ("e3", [10, 11])):
+        _prefill(w, s, p)
+    _decode(w, ["e1", "e2", "e3"], [1, 2, 3])
+    with pytest.raises(WorkerError, match="both end and decode"):
+        w.op_serve_decode(Message("serve_decode", {"rows": ["e1", "e3"], "end": ["e1"]},
+                                  {"input_ids": torch.tensor([[4], [5]])}))
+    reply = w.op_serve_decode(Message("serve_decode", {"rows": ["e1", "e3"], "end": ["e2"]},
+                                      {"input_ids": torch.tensor([[4], [5]])}))
+    assert "e2" not in w.serve and w.batch_rows == ("e1", "e3")
+    # the same step on a worker that never had e2 gives the same tokens
+    other = ServingWorker(build_parser().parse_args(["--model", "tiny-llama", "--insecure"]), None)
+    for s, p in (("e1", [3, 4, 5]), ("e3", [10, 11])):
+        _prefill(other, s, p)
+    _decode(other, ["e1", "e3"], [1, 3])
+    assert reply.tensors["argmax"].tolist() == _decode(other, ["e1", "e3"], [4, 5])
+    w.op_serve_reset(Message("serve_reset"))

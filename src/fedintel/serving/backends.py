@@ -131,9 +131,10 @@ class DevicePath:
         meta, t, wall = self.call("serve_prefill_many", {"sessions": sessions, "prompts": prompts})
         return StepResult([int(x) for x in t["argmax"].tolist()], wall, [float(x) for x in meta.get("timing", [])])
 
-    def decode(self, rows: list[str], last: list[int]) -> StepResult:
-        """One token for each row (batched); ``last`` is each row's newest token."""
-        meta, t, wall = self.call("serve_decode", {"rows": rows},
+    def decode(self, rows: list[str], last: list[int], end: list[str] | None = None) -> StepResult:
+        """One token for each row (batched); ``last`` is each row's newest token. ``end``: sessions that
+        finished since the last step, freed by every stage before the step (no round trip of their own)."""
+        meta, t, wall = self.call("serve_decode", {"rows": rows, **({"end": end} if end else {})},
                                    {"input_ids": torch.tensor(last, dtype=torch.int64).unsqueeze(1)})
         return StepResult([int(x) for x in t["argmax"].tolist()], wall, [float(x) for x in meta.get("timing", [])])
 

@@ -9,7 +9,8 @@ precision) and adds four operations that :mod:`fedintel.serving.scheduler` drive
 ``serve_prefill_many`` ``{"sessions", "prompts"}``: several new sequences in one ragged forward (requests
                    that arrived together), each ending as ``serve_prefill`` leaves it; ``argmax`` (B,)
 ``serve_decode``   ``{"rows": [session, ...]}`` + ``input_ids`` (B, 1) or ``hidden`` (B, 1, h): one token of
-                   every row in one batched forward; the last stage answers ``argmax`` (B,)
+                   every row in one batched forward; the last stage answers ``argmax`` (B,); ``"end"``:
+                   sessions to free first (they finished since the last step)
 ``serve_end``      ``{"sessions": [...]}``: free them (a request finished, failed or its client left)
 ``serve_reset``    drop every serving session (the front restarted its scheduler)
 
@@ -431,7 +432,12 @@ class ServingWorker(Worker):
         if not rows or x.shape[0] != len(rows) or x.shape[1] != 1:
             raise WorkerError(f"serve_decode: {len(rows)} rows but input of shape {tuple(x.shape)} "
                               "(expected one new token per row)")
+        ended = [str(e) for e in msg.meta.get("end", [])]
+        if set(ended) & set(rows):
+            raise WorkerError("serve_decode: a session cannot both end and decode")
         with self.lock:
+            for e in ended:  # finished since the last step: freed here, the rows that stay restack once below
+                self.serve.pop(e, None)
             self._assemble(rows)
             assert self.batch_cache is not None
             width = _seq_len(self.batch_cache)

@@ -110,6 +110,7 @@ class Scheduler:
         self.path = path
         self.max_batch = max_batch
         self.batch_prefill = batch_prefill
+        self.ending: list[str] = []  # sessions that finished, freed on the devices with the next decode step
         self.on_failure = on_failure
         self.pending: deque[GenRequest] = deque()
         self.active: list[GenRequest] = []
@@ -199,8 +200,9 @@ class Scheduler:
         if not self.active:
             return
         rows = list(self.active)
+        end, self.ending = self.ending, []
         try:
-            res = self.path.decode([r.session for r in rows], [r.generated[-1] for r in rows])
+            res = self.path.decode([r.session for r in rows], [r.generated[-1] for r in rows], end)
         except PathRefused as err:  # a device lost our state (should not happen): start the rows over
             log.warning("decode on %s refused (%s): re-prefilling %d rows", self.path.name, err, len(rows))
             self.path.reset()
@@ -320,4 +322,8 @@ class Scheduler:
         self.active = [r for r in self.active if r not in gone]
         for r in gone:
             r._finish("done", "cancelled")  # no-op for finished ones
-        self.path.end([r.session for r in gone])
+        # freed with the next decode step (one round trip and one restack fewer), or now if none follows
+        self.ending += [r.session for r in gone if r.session]
+        if not self.active:
+            self.path.end(self.ending)
+            self.ending = []
