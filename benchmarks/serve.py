@@ -8,6 +8,10 @@ time to first token, tokens/s of the whole service, and the service overhead: th
 latency outside the devices' path (client latency minus queue + prefill + decode + stall as the scheduler
 timed them: HTTP, JSON, SSE, tokenization, detokenization), and the prefill stall: the share of a request's
 latency it spent in the batch waiting while newcomers were prefilled (scheduling, not service overhead).
+Also: tokens/s while every user is busy (from the start until the first user has had its last answer; after
+that the batch thins out as users finish, which a run of a few requests per user cannot avoid), tokens per
+answer, the mean batch and the decode step time (from ``/health``), and per level a line splitting the wall
+time into decode, prefill and idle.
 
     python benchmarks/serve.py            # full: SmolLM2-135M, users 1/4/16 (tens of minutes on 2 cores)
     python benchmarks/serve.py --quick    # smoke: 2 layers, users 1/4, one request each
@@ -131,7 +135,7 @@ def main() -> None:
             })
             running = serve_in_thread(cfg)
             try:
-                asyncio.run(level(running.url, 1, 1, 60, 4))  # warm-up
+                asyncio.run(level(running.url, 1, 2, 60, args.max_tokens))  # warm-up: a fresh process's first steps are slow
                 for u in users:
                     m = asyncio.run(level(running.url, u, args.requests, args.seconds, args.max_tokens))
                     rows.append([name, "on" if batching else "off", u, m["n"], f"{m['p50']:.2f}", f"{m['p99']:.2f}",
