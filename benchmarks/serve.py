@@ -8,6 +8,10 @@ time to first token, tokens/s of the whole service, and the service overhead: th
 latency outside the devices' path (client latency minus queue + prefill + decode + stall as the scheduler
 timed them: HTTP, JSON, SSE, tokenization, detokenization), and the prefill stall: the share of a request's
 latency it spent in the batch waiting while newcomers were prefilled (scheduling, not service overhead).
+Also: tokens/s while every user is busy (from the start until the first user has had its last answer; after
+that the batch thins out as users finish, which a run of a few requests per user cannot avoid), tokens per
+answer, the mean batch and the decode step time (from ``/health``), and per level a line splitting the wall
+time into decode, prefill and idle.
 
     python benchmarks/serve.py            # full: SmolLM2-135M, users 1/4/16 (tens of minutes on 2 cores)
     python benchmarks/serve.py --quick    # smoke: 2 layers, users 1/4, one request each
@@ -36,13 +40,15 @@ async def one(c: httpx.AsyncClient, url: str, prompt: str, max_tokens: int) -> d
     body = {"model": "base", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
             "stream": True}
     t0 = time.perf_counter()
-    ttft, last = None, None
+    ttft, last, arrivals = None, None, []
     async with c.stream("POST", url + "/v1/chat/completions", json=body) as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
             if not line.startswith("data:") or line.endswith("[DONE]"):
                 continue
             j = json.loads(line[5:])
+            if "content" in j["choices"][0]["delta"]:
+                arrivals.append(time.perf_counter())
             if ttft is None and j["choices"][0]["delta"].get("content"):
                 ttft = time.perf_counter() - t0
             if j["choices"][0]["finish_reason"]:
@@ -51,27 +57,43 @@ async def one(c: httpx.AsyncClient, url: str, prompt: str, max_tokens: int) -> d
     f = last["fedintel"]
     inside = f["queue_s"] + f["prefill_s"] + f["decode_s"] + f["stall_s"]
     return {"latency": lat, "ttft": ttft if ttft is not None else lat, "tokens": last["usage"]["completion_tokens"],
-            "overhead": max(0.0, lat - inside) / lat, "stall": f["stall_s"] / lat}
+            "overhead": max(0.0, lat - inside) / lat, "stall": f["stall_s"] / lat, "arrivals": arrivals,
+}
 
 
 async def level(url: str, users: int, requests: int, seconds: float, max_tokens: int) -> dict:
     out: list[dict] = []
+    done: list[float] = []
     deadline = time.perf_counter() + seconds
 
     async def user(u: int) -> None:
         async with httpx.AsyncClient(timeout=600) as c:
             for k in range(requests):
                 if time.perf_counter() > deadline:
-                    return
+                    break
                 out.append(await one(c, url, PROMPTS[(u + k) % len(PROMPTS)], max_tokens))
+        done.append(time.perf_counter())
 
+    before = httpx.get(url + "/health").json()["paths"]
     t0 = time.perf_counter()
     await asyncio.gather(*(user(u) for u in range(users)))
     wall = time.perf_counter() - t0
+    after = httpx.get(url + "/health").json()["paths"]
+    steps, rows_, step_s, prefills, prefill_s = (sum(after[p][k] - before[p][k] for p in after)
+                                                 for k in ("decode_steps", "decoded_rows", "decode_s", "prefills",
+                                                           "prefill_s"))
+    print(f"  {users} users: wall {wall:.1f} s = decode {step_s:.1f} s ({steps} steps, {rows_} rows) + prefill "
+          f"{prefill_s:.1f} s ({prefills} prefills) + idle {wall - step_s - prefill_s:.1f} s", flush=True)
+    # steady state: from the start until the first user has sent its last request and had it answered (before
+    # that, every user keeps a request in flight; after it, the batch thins out as users finish)
+    busy_end = min(done)
+    busy = sum(1 for r in out for t in r["arrivals"] if t <= busy_end) / (busy_end - t0)
     lats = sorted(r["latency"] for r in out)
     p99 = lats[min(len(lats) - 1, int(round(0.99 * (len(lats) - 1))))]
     return {"n": len(out), "p50": statistics.median(lats), "p99": p99,
             "ttft": statistics.median(r["ttft"] for r in out), "tok_s": sum(r["tokens"] for r in out) / wall,
+            "busy_tok_s": busy, "tokens": statistics.mean(r["tokens"] for r in out),
+            "batch": rows_ / steps if steps else 0.0, "step_ms": 1000 * step_s / steps if steps else 0.0,
             "overhead": statistics.median(r["overhead"] for r in out),
             "stall": statistics.median(r["stall"] for r in out)}
 
@@ -86,6 +108,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=300, help="time bound per level (no new requests after)")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2, help="torch threads of each device process (runtime.threads)")
+    ap.add_argument("--setups", default="one,split", help="which set-ups: one (one process), split (2 stages)")
+    ap.add_argument("--batching", default="on,off", help="batching on, off (one request at a time), or both")
     args = ap.parse_args()
     if args.quick:
         args.num_layers, args.users, args.requests, args.seconds = 2, "1,4", 1, 60
@@ -94,12 +118,14 @@ def main() -> None:
 
     users = [int(u) for u in args.users.split(",")]
     total = args.num_layers or 30
-    setups = [("one process", []), ("split 2 stages", [total // 2])]
+    setups = [(n, c) for key, n, c in (("one", "one process", []), ("split", "split 2 stages", [total // 2]))
+              if key in args.setups.split(",")]
     if args.quick:
         setups = setups[:1]
+    modes = [m == "on" for m in args.batching.split(",")]
     rows = []
     for name, cuts in setups:
-        for batching in (True, False):
+        for batching in modes:
             cfg = ServeConfig.model_validate({
                 "model": {"name": args.model, "num_layers": args.num_layers},
                 "runtime": {"device": "cpu", "threads": args.threads},
@@ -109,24 +135,27 @@ def main() -> None:
             })
             running = serve_in_thread(cfg)
             try:
-                asyncio.run(level(running.url, 1, 1, 60, 4))  # warm-up
+                asyncio.run(level(running.url, 1, 2, 60, args.max_tokens))  # warm-up: a fresh process's first steps are slow
                 for u in users:
                     m = asyncio.run(level(running.url, u, args.requests, args.seconds, args.max_tokens))
                     rows.append([name, "on" if batching else "off", u, m["n"], f"{m['p50']:.2f}", f"{m['p99']:.2f}",
                                  f"{m['ttft']:.3f}", f"{m['tok_s']:.1f}", f"{100 * m['overhead']:.1f} %",
-                                 f"{100 * m['stall']:.1f} %"])
+                                 f"{100 * m['stall']:.1f} %", f"{m['busy_tok_s']:.1f}", f"{m['tokens']:.1f}",
+                                 f"{m['batch']:.1f}", f"{m['step_ms']:.0f}"])
                     print(" | ".join(str(x) for x in rows[-1]), flush=True)
             finally:
                 running.stop()
     print()
     print(table(["setup", "batching", "users", "requests", "p50 latency (s)", "p99 latency (s)", "p50 TTFT (s)",
-                 "tokens/s", "service overhead", "prefill stall"], rows))
+                 "tokens/s", "service overhead", "prefill stall", "all-busy tokens/s", "tokens/answer",
+                 "mean batch", "decode step (ms)"], rows))
     for name, _ in setups:
         for u in users:
             on = [r for r in rows if r[0] == name and r[1] == "on" and r[2] == u]
             off = [r for r in rows if r[0] == name and r[1] == "off" and r[2] == u]
             if on and off:
-                print(f"{name}, {u} users: batching gives {float(on[0][7]) / float(off[0][7]):.2f}x the tokens/s")
+                print(f"{name}, {u} users: batching gives {float(on[0][7]) / float(off[0][7]):.2f}x the tokens/s "
+                      f"({float(on[0][10]) / float(off[0][10]):.2f}x while every user is busy)")
 
 
 if __name__ == "__main__":

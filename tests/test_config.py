@@ -136,3 +136,14 @@ def test_supported_combinations_validate():
     parse_config({"privacy": {"dp": "central", "noise_multiplier": 1.0}, "aggregation": {"weighted": False}})
     parse_config({"federation": {"scheme": "async"}, "network": {"enabled": True}, "async": {"mode": "fedbuff"},
                   "privacy": {"dp": "central", "noise_multiplier": 1.0, "secure_aggregation": True}})
+
+
+def test_serve_limits_name_the_bad_field(tmp_path):
+    from fedintel.serving.config import ServeConfigError, load_serve_config
+
+    for field, value in (("prefix_cache", -1), ("max_batch", 0)):
+        p = tmp_path / f"{field}.yaml"
+        p.write_text(f"limits: {{{field}: {value}}}\n")
+        with pytest.raises(ServeConfigError, match=f"limits.{field}"):
+            load_serve_config(p)
+    assert load_serve_config(None, {"limits": {"prefix_cache": 0}}).limits.prefix_cache == 0

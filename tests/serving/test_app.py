@@ -25,7 +25,7 @@ def srv(tmp_path_factory):
         "paths": [{"name": "local", "model": "base"}, {"name": "split", "model": "base", "cuts": [1]}],
         "from_run": str(run),
         "limits": {"max_tokens": 64, "default_max_tokens": 16, "max_request_bytes": 8192, "max_concurrency": 32,
-                   "max_batch": 8},
+                   "max_batch": 8, "prefix_cache": 4},
         "restart_dead": False,
     })
     running = serve_in_thread(cfg)
@@ -51,6 +51,13 @@ def test_health_and_models(srv):
     assert set(h["paths"]) == {"local", "split", "expert-global", "expert-cluster0"}
     ids = [m["id"] for m in httpx.get(srv.url + "/v1/models").json()["data"]]
     assert ids == ["base", "cluster0", "global", "auto"]  # adapters in name order
+    # limits.prefix_cache reaches every device process
+    assert {p["prefix_cache"] for s in srv.service.schedulers.values() for p in s.path.ping()} == {4}
+    steps = sum(p["decode_steps"] for p in h["paths"].values())
+    r = post(srv, "/v1/completions", {"model": "base", "prompt": "Count: one two", "max_tokens": 5})
+    assert r.status_code == 200, r.text
+    after = {n: p["decode_steps"] for n, p in httpx.get(srv.url + "/health").json()["paths"].items()}
+    assert sum(after.values()) >= steps + (r.json()["usage"]["completion_tokens"] - 1)  # /health's counters move
 
 
 def test_chat_completion(srv):
@@ -217,3 +224,35 @@ def test_split_path_reuses_prefixes_and_recovers_when_a_stage_lost_one(srv):
     # the path still serves requests end to end
     body = {"model": "base", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4}
     assert post(srv, "/v1/chat/completions", body).status_code == 200
+
+
+def test_split_path_prefills_a_group_in_one_pass_and_redoes_it_when_a_stage_lost_a_prefix(srv):
+    from fedintel.inference.protocol import Client
+
+    path, local = srv.service.schedulers["split"].path, srv.service.schedulers["local"].path
+    second = path.workers[1]
+    stage2 = Client(second.address, srv.service.group.security, server_name=second.name)
+
+    def hits():
+        return path.clients[0].request("ping").meta["prefix_hits"], stage2.request("ping").meta["prefix_hits"]
+
+    system = srv.service.chat_ids([{"role": "user", "content": "x"}])[:-6]
+    path.prefill("grp-seed", system + [5, 6])  # both stages store the system prompt
+    prompts = [system + [100, 200], system + [101, 201, 301], [300, 301, 302, 303]]
+    h = hits()
+    got = path.prefill_many(["grp-0", "grp-1", "grp-2"], prompts).tokens
+    assert hits() == (h[0] + 2, h[1] + 2)  # the two with the system prompt reused it on both stages
+    assert got == [local.prefill(f"grp-l{i}", p).tokens[0] for i, p in enumerate(prompts)]
+    feed = [7, 8, 9]
+    assert path.decode(["grp-0", "grp-1", "grp-2"], feed).tokens == local.decode(
+        ["grp-l0", "grp-l1", "grp-l2"], feed).tokens
+    stage2.request("serve_reset")  # the second stage loses its stored prompts: the group is redone in full
+    path.clients[0].request("serve_end", {"sessions": ["grp-seed", "grp-0", "grp-1", "grp-2"]})
+    h = hits()
+    more = [system + [9, 10], system + [11]]
+    assert path.prefill_many(["grp-3", "grp-4"], more).tokens == [local.prefill(f"grp-l{i}", p).tokens[0]
+                                                                  for i, p in ((3, more[0]), (4, more[1]))]
+    assert hits() == h
+    path.reset()
+    local.end([f"grp-l{i}" for i in range(5)])
+    stage2.close()

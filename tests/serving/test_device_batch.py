@@ -117,3 +117,83 @@ def test_a_shared_prompt_prefix_is_reused_and_gives_what_the_full_prefill_gives(
     assert w.prefix_hits == hits + 2
     w.op_serve_reset(Message("serve_reset"))
     assert w.prefixes == {}
+
+
+def test_an_undone_decode_step_leaves_the_batch_as_it_was(worker):
+    """What a stage does when a later stage refuses a step: cut the step's column off again (transformers 5's
+    ``crop`` takes a negative count; a positive length raised, and the undo left the stage a column ahead)."""
+    w = worker
+    _prefill(w, "u", [3, 4, 5, 6])
+    _prefill(w, "v", [7, 8])
+    _decode(w, ["u", "v"], [11, 12])
+    width, lens = w.batch_cache.get_seq_length(), w.batch_lens.clone()
+    first = _decode(w, ["u", "v"], [13, 14])
+    assert w.batch_cache.get_seq_length() == width + 1
+    w._crop_batch(width)  # the undo
+    w.batch_lens = lens
+    assert w.batch_cache.get_seq_length() == width
+    assert _decode(w, ["u", "v"], [13, 14]) == first  # the step again, from the same state
+    w.op_serve_reset(Message("serve_reset"))
+
+
+def _prefill_many(w, sids, prompts):
+    reply = w.op_serve_prefill_many(Message("serve_prefill_many", {"sessions": sids, "prompts": prompts}))
+    return reply.tensors["argmax"].tolist()
+
+
+def test_requests_prefilled_together_get_what_each_gets_alone(worker):
+    """One ragged forward for several new sequences: different prompt lengths, one reusing a stored prompt's
+    prefix and one not, one a single token; each gets the first token, the cache and the continuation it
+    gets alone."""
+    from fedintel.inference.worker import WorkerError
+
+    w = worker
+    full = ServingWorker(build_parser().parse_args(["--model", "tiny-llama", "--insecure", "--prefix-cache", "0"]),
+                         None)
+    system = [1, 9, 400, 401, 402, 403, 404, 405, 2, 10]
+    _prefill(w, "seed", system + [77, 78])  # stored: the next prompts starting with `system` reuse it
+    prompts = {"g1": system + [50, 51, 52], "g2": [700, 701, 702, 703, 704, 705, 706], "g3": system + [60],
+               "g4": [33]}
+    hits = w.prefix_hits
+    together = _prefill_many(w, list(prompts), [list(p) for p in prompts.values()])
+    assert w.prefix_hits == hits + 2  # g1 and g3 reused the stored system prompt
+    alone = [_prefill(full, s, p) for s, p in prompts.items()]
+    assert together == alone
+    for s in prompts:
+        for a, b in zip(w.serve[s].layers, full.serve[s].layers, strict=True):
+            assert a.keys.shape == b.keys.shape and torch.allclose(a.keys, b.keys, atol=1e-5)
+            assert torch.allclose(a.values, b.values, atol=1e-5)
+    rows = list(prompts)
+    for step in range(3):
+        toks = [100 + step + i for i in range(len(rows))]
+        assert _decode(w, rows, toks) == _decode(full, rows, toks)
+    # refusals leave nothing behind: a session already served, a bad prompt list
+    n = len(w.serve)
+    with pytest.raises(WorkerError, match="already being served"):
+        _prefill_many(w, ["g1", "new"], [[1, 2], [3, 4]])
+    with pytest.raises(WorkerError, match="meta.prompts"):
+        _prefill_many(w, ["a1", "a2"], [[1, 2], []])
+    assert len(w.serve) == n and "new" not in w.serve
+    w.op_serve_reset(Message("serve_reset"))
+
+
+def test_a_decode_step_frees_the_sessions_that_ended_and_the_rest_decode_as_before(worker):
+    from fedintel.inference.worker import WorkerError
+
+    w = worker
+    for s, p in (("e1", [3, 4, 5]), ("e2", [6, 7, 8, 9]), ("e3", [10, 11])):
+        _prefill(w, s, p)
+    _decode(w, ["e1", "e2", "e3"], [1, 2, 3])
+    with pytest.raises(WorkerError, match="both end and decode"):
+        w.op_serve_decode(Message("serve_decode", {"rows": ["e1", "e3"], "end": ["e1"]},
+                                  {"input_ids": torch.tensor([[4], [5]])}))
+    reply = w.op_serve_decode(Message("serve_decode", {"rows": ["e1", "e3"], "end": ["e2"]},
+                                      {"input_ids": torch.tensor([[4], [5]])}))
+    assert "e2" not in w.serve and w.batch_rows == ("e1", "e3")
+    # the same step on a worker that never had e2 gives the same tokens
+    other = ServingWorker(build_parser().parse_args(["--model", "tiny-llama", "--insecure"]), None)
+    for s, p in (("e1", [3, 4, 5]), ("e3", [10, 11])):
+        _prefill(other, s, p)
+    _decode(other, ["e1", "e3"], [1, 3])
+    assert reply.tensors["argmax"].tolist() == _decode(other, ["e1", "e3"], [4, 5])
+    w.op_serve_reset(Message("serve_reset"))

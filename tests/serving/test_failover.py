@@ -114,28 +114,34 @@ def test_device_killed_under_load_fails_over(srv):
         assert all(p["serve_sessions"] == 0 for p in s.path.ping())
 
 
-def test_device_killed_while_admitting_loses_nothing(srv, monkeypatch):
-    """Deterministic: path a's device dies right after the first of several queued requests is prefilled.
-    Every request must continue on path b (the first from the token it already has) with the tokens it
-    gets alone there."""
-    _wait_ok(srv)
+@pytest.mark.parametrize("grouped", [False, True], ids=["one-at-a-time", "group-prefill"])
+def test_device_killed_while_admitting_loses_nothing(srv, monkeypatch, grouped):
+    """Deterministic: path a's device dies right after the first prefill of a turn: one at a time, the first
+    of several queued requests; with group prefill, the whole group in one pass. Every request must continue
+    on path b (from the token it already has) with the tokens it gets alone there."""
+    _wait_ok(srv)  # the first case's path a has restarted
     service = srv.service
-    service.cfg.restart_dead = False  # for the rest of the module (the next test kills everything anyway)
+    if grouped:
+        service.cfg.restart_dead = False  # for the rest of the module (the next test kills everything anyway)
     a, b = service.schedulers["a"], service.schedulers["b"]
+    a.batch_prefill = grouped
     prompts = [service.prompt_ids(f"Question {i}: what comes after {i}?") for i in range(4)]
-    real_prefill = a.path.prefill
+    name = "prefill_many" if grouped else "prefill"
+    real = getattr(a.path, name)
     calls = []
 
-    def prefill_then_crash(session: str, ids: list[int]):
-        out = real_prefill(session, ids)
-        calls.append(session)
-        if len(calls) == 1:  # the device dies between the first and the second prefill of the turn
+    def prefill_then_crash(*args):
+        out = real(*args)
+        calls.append(args[0])
+        if len(calls) == 1:  # the device dies right after the turn's first prefill
             service.group.kill(a.path.workers[0])
         return out
 
-    monkeypatch.setattr(a.path, "prefill", prefill_then_crash)
+    monkeypatch.setattr(a.path, name, prefill_then_crash)
     reqs, emits = run_direct(a, prompts, 10, service.eos_ids)
     assert len(calls) == 1 and a.down is not None
+    if grouped:
+        assert len(calls[0]) == len(prompts)  # all four were prefilled in the one pass before the device died
     for r, e in zip(reqs, emits, strict=True):
         assert e[-1][0] == "done", e[-1]
         assert r.usage.failovers == 1 and r.usage.path == "b"

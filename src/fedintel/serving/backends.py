@@ -126,9 +126,15 @@ class DevicePath:
                                    {"input_ids": torch.tensor([ids], dtype=torch.int64)})
         return StepResult([int(t["argmax"][0])], wall, [float(x) for x in meta.get("timing", [])])
 
-    def decode(self, rows: list[str], last: list[int]) -> StepResult:
-        """One token for each row (batched); ``last`` is each row's newest token."""
-        meta, t, wall = self.call("serve_decode", {"rows": rows},
+    def prefill_many(self, sessions: list[str], prompts: list[list[int]]) -> StepResult:
+        """Start several sessions in one forward (each as :meth:`prefill` starts it alone); their next tokens."""
+        meta, t, wall = self.call("serve_prefill_many", {"sessions": sessions, "prompts": prompts})
+        return StepResult([int(x) for x in t["argmax"].tolist()], wall, [float(x) for x in meta.get("timing", [])])
+
+    def decode(self, rows: list[str], last: list[int], end: list[str] | None = None) -> StepResult:
+        """One token for each row (batched); ``last`` is each row's newest token. ``end``: sessions that
+        finished since the last step, freed by every stage before the step (no round trip of their own)."""
+        meta, t, wall = self.call("serve_decode", {"rows": rows, **({"end": end} if end else {})},
                                    {"input_ids": torch.tensor(last, dtype=torch.int64).unsqueeze(1)})
         return StepResult([int(x) for x in t["argmax"].tolist()], wall, [float(x) for x in meta.get("timing", [])])
 
@@ -243,9 +249,9 @@ class PairPath:
 
 
 def _worker_args(model: str, a: int, b: int, num_layers: int | None, device: str, dtype: str,
-                 max_sessions: int, adapter: Path | None) -> list[str]:
+                 max_sessions: int, adapter: Path | None, prefix_cache: int = 8) -> list[str]:
     args = ["--model", model, "--layers", f"{a}:{b}", "--device", device, "--dtype", dtype,
-            "--max-sessions", str(max_sessions)]
+            "--max-sessions", str(max_sessions), "--prefix-cache", str(prefix_cache)]
     if num_layers is not None:
         args += ["--num-layers", str(num_layers)]
     if adapter is not None:
@@ -254,22 +260,22 @@ def _worker_args(model: str, a: int, b: int, num_layers: int | None, device: str
 
 
 def stage_specs(spec: PathSpec, model: str, total_layers: int, num_layers: int | None, device: str, dtype: str,
-                max_sessions: int) -> list[tuple[str, list[str]]]:
+                max_sessions: int, prefix_cache: int = 8) -> list[tuple[str, list[str]]]:
     """The ``(device name, worker args)`` of each process of ``spec``: a pair's draft first, then the stages
     (named ``NAME``, ``NAME-s0``...; in a pair ``NAME-draft`` and ``NAME-target`` or, for a cascade,
-    ``NAME-small`` and ``NAME-large``)."""
+    ``NAME-small`` and ``NAME-large``). ``prefix_cache``: prompts whose KV each device keeps for reuse."""
     out = []
     base = spec.name
     if spec.draft is not None:
         small, large = ("draft", "target") if spec.kind == "speculative" else ("small", "large")
         d = spec.draft
         out.append((f"{spec.name}-{small}", _worker_args(d.model, 0, d.layers, d.num_layers, device, dtype,
-                                                         max_sessions, None)))
+                                                         max_sessions, None, prefix_cache)))
         base = f"{spec.name}-{large}"
     bounds = stage_bounds(spec.cuts, total_layers)
     for i, (a, b) in enumerate(bounds):
         out.append((base if len(bounds) == 1 else f"{base}-s{i}",
-                    _worker_args(model, a, b, num_layers, device, dtype, max_sessions, spec.adapter)))
+                    _worker_args(model, a, b, num_layers, device, dtype, max_sessions, spec.adapter, prefix_cache)))
     return out
 
 
@@ -285,9 +291,11 @@ def connect_path(spec: PathSpec, group: WorkerGroup, workers: list[WorkerProcess
 
 
 def start_path(group: WorkerGroup, spec: PathSpec, model: str, total_layers: int, num_layers: int | None,
-               device: str, dtype: str, max_sessions: int, timeout: float = 60.0) -> DevicePath | PairPath:
+               device: str, dtype: str, max_sessions: int, timeout: float = 60.0,
+               prefix_cache: int = 8) -> DevicePath | PairPath:
     """Start the processes of ``spec`` in ``group`` and connect them."""
-    workers = group.start(stage_specs(spec, model, total_layers, num_layers, device, dtype, max_sessions))
+    workers = group.start(stage_specs(spec, model, total_layers, num_layers, device, dtype, max_sessions,
+                                      prefix_cache))
     return connect_path(spec, group, workers, timeout)
 
 

@@ -95,6 +95,10 @@ class LimitsConfig(_S):
     max_request_bytes: int = Field(65536, ge=256, description="Largest request body, bytes (413 beyond).")
     max_concurrency: int = Field(64, ge=1, description="Requests in flight at once (429 beyond).")
     max_batch: int = Field(16, ge=1, description="Rows decoded together per path; 1 = one request at a time.")
+    batch_prefill: bool = Field(True, description="Prefill the requests that arrive together in one forward "
+                                "(else one at a time).")
+    prefix_cache: int = Field(8, ge=0, description="Prompts whose KV cache each device keeps to reuse a shared "
+                              "prefix (a system prompt, earlier turns); 0 = off.")
 
 
 class RoutingConfig(_S):

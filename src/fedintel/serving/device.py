@@ -6,8 +6,11 @@ precision) and adds four operations that :mod:`fedintel.serving.scheduler` drive
 
 ``serve_prefill``  ``{"session"}`` + ``input_ids`` (1, n) or ``hidden`` (1, n, h): a new sequence, alone
                    (batch of one, exactly what a request gets when served alone); down the chain
+``serve_prefill_many`` ``{"sessions", "prompts"}``: several new sequences in one ragged forward (requests
+                   that arrived together), each ending as ``serve_prefill`` leaves it; ``argmax`` (B,)
 ``serve_decode``   ``{"rows": [session, ...]}`` + ``input_ids`` (B, 1) or ``hidden`` (B, 1, h): one token of
-                   every row in one batched forward; the last stage answers ``argmax`` (B,)
+                   every row in one batched forward; the last stage answers ``argmax`` (B,); ``"end"``:
+                   sessions to free first (they finished since the last step)
 ``serve_end``      ``{"sessions": [...]}``: free them (a request finished, failed or its client left)
 ``serve_reset``    drop every serving session (the front restarted its scheduler)
 
@@ -38,6 +41,7 @@ from fedintel.inference.protocol import Message
 from fedintel.inference.worker import Worker, WorkerError
 from fedintel.inference.worker import build_parser as worker_parser
 from fedintel.inference.worker import main as worker_main
+from fedintel.serving.kvcache import growable_cache
 
 
 def _kv(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -45,7 +49,7 @@ def _kv(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def _cache_from(config: Any, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
-    cache = DynamicCache(config=config)
+    cache = growable_cache(config)
     for i, (k, v) in enumerate(kv):
         cache.update(k, v, i)
     return cache
@@ -60,6 +64,21 @@ def _left(t: torch.Tensor, n: int) -> torch.Tensor:
     if n > 0:
         return torch.nn.functional.pad(t, (0, 0, n, 0))
     return t[:, :, -n:] if n < 0 else t
+
+
+def _ragged_mask(past_real: torch.Tensor, m: torch.Tensor, n: int) -> torch.Tensor:
+    """Attention mask (B, 1, n, P + n) of a block of ``n`` new positions after ``P`` past columns, where row
+    ``i``'s real past columns are ``past_real[i]`` and its real new tokens the last ``m[i]`` of the block.
+    A real query sees its row's real past and its real new tokens up to itself; a padding query sees only
+    itself (so no row of the softmax is empty and padding stays finite; no real query ever sees it)."""
+    b, p = past_real.shape
+    j = torch.arange(n)
+    new_real = j.unsqueeze(0) >= (n - m).unsqueeze(1)  # (B, n)
+    causal = j.unsqueeze(0) <= j.unsqueeze(1)  # (q, k)
+    see_new = causal.unsqueeze(0) & new_real.unsqueeze(1)  # (B, q, k)
+    see_new = see_new | torch.eye(n, dtype=torch.bool).unsqueeze(0)
+    see_past = past_real.unsqueeze(1).expand(b, n, p) & new_real.unsqueeze(2)  # only real queries see the past
+    return torch.cat([see_past, see_new], dim=2).unsqueeze(1)
 
 
 class ServingWorker(Worker):
@@ -105,6 +124,9 @@ class ServingWorker(Worker):
         if int(positions.max()) + 1 > st.max_context:
             raise WorkerError(f"{int(positions.max()) + 1} tokens exceed the model's context of {st.max_context}")
         positions = positions.to(dev)
+        if padding is not None and padding.dim() == 4 and st.config._attn_implementation == "eager":
+            # a prepared boolean mask (ragged prefills); eager attention adds a float mask to the scores
+            padding = torch.zeros(padding.shape, dtype=st.lm_dtype).masked_fill(~padding, torch.finfo(st.lm_dtype).min)
         with self.runtime.autocast():
             mask = create_causal_mask(st.config, hidden, None if padding is None else padding.to(dev), cache,
                                       positions)
@@ -198,8 +220,10 @@ class ServingWorker(Worker):
         self.rebuilds += 1
 
     def _crop_batch(self, width: int) -> None:
+        """Cut the stacked cache back to ``width`` columns (an undo). ``Cache.crop`` takes the number of
+        columns to remove, negative (transformers 5 refuses a positive length)."""
         if self.batch_cache is not None and _seq_len(self.batch_cache) > width:
-            self.batch_cache.crop(width)
+            self.batch_cache.crop(width - _seq_len(self.batch_cache))
 
     # ------------------------------------------------------------------ operations
     # ------------------------------------------------------------------ prefix reuse
@@ -222,7 +246,8 @@ class ServingWorker(Worker):
     def _remember(self, key: str, ids: tuple[int, ...] | None, cache: DynamicCache) -> None:
         if self.args.prefix_cache <= 0:
             return
-        # the cache's tensors are never written in place (decode appends by concatenation), so no copy
+        # views, no copy: a sequence's cache is only ever appended to after its prompt (the GrowableLayer writes
+        # beyond these columns) or restacked into the batch (a new tensor)
         self.prefixes[key] = (ids, _kv(cache))
         self.prefixes.move_to_end(key)
         while len(self.prefixes) > self.args.prefix_cache:
@@ -261,7 +286,7 @@ class ServingWorker(Worker):
                 self._dissolve()
             if sid not in self.serve and len(self.serve) >= self.args.max_sessions:
                 raise WorkerError(f"this device holds {len(self.serve)} sequences, its limit (--max-sessions)")
-            cache = self.stage.new_cache()
+            cache = growable_cache(self.stage.config)
             if reuse_len:
                 held = self.prefixes.get(str(reuse_key))
                 if held is None:
@@ -290,13 +315,129 @@ class ServingWorker(Worker):
             self.prefix_tokens_saved += reuse_len
         return reply
 
+    def op_serve_prefill_many(self, msg: Message) -> Message:
+        """Several new sequences in one forward (requests that arrived together): each gets what
+        ``serve_prefill`` gives it alone (its own cache, its first token), with its own prefix reuse.
+
+        First stage: ``meta.sessions`` and ``meta.prompts`` (one list of token ids per session). The rows reuse
+        prefixes of different lengths and have different numbers of new tokens, so the pass is ragged: the
+        reused prefixes are stacked left-padded, the new tokens are right-aligned in one block, and a prepared
+        mask keeps every row to its own real positions. Later stages get the block's hidden states with
+        ``meta.m`` (new tokens per row) and ``meta.reuse`` (per row: the stored prompt's key and length)."""
+        sessions = [str(x) for x in msg.meta.get("sessions", [])]
+        if not sessions or len(set(sessions)) != len(sessions) or not all(sessions):
+            raise WorkerError("serve_prefill_many needs meta.sessions: distinct, non-empty session ids")
+        meta = dict(msg.meta)
+        if not self.stage.first:
+            return self._prefill_many(sessions, self._input(msg), meta, None)
+        prompts = meta.pop("prompts", None)
+        if not isinstance(prompts, list) or len(prompts) != len(sessions) or not all(
+                isinstance(p, list) and p and all(isinstance(t, int) for t in p) for p in prompts):
+            raise WorkerError("serve_prefill_many needs meta.prompts: one non-empty list of token ids per session")
+        ids = [tuple(p) for p in prompts]
+        meta["prompt_keys"] = [hashlib.blake2b(torch.tensor(p, dtype=torch.int64).numpy().tobytes(),
+                                               digest_size=12).hexdigest() for p in ids]
+        reuse = [self._longest_prefix(p) if self.args.prefix_cache > 0 else (None, 0) for p in ids]
+        try:
+            return self._prefill_many(sessions, ids, meta, reuse)
+        except WorkerError as err:
+            if any(n for _, n in reuse) and "prefix not held" in str(err):
+                with self.lock:  # a later stage lost one: offer none of them again, and compute in full
+                    for key, n in reuse:
+                        if n:
+                            self.prefixes.pop(str(key), None)
+                return self._prefill_many(sessions, ids, meta, [(None, 0)] * len(ids))
+            raise
+
+    def _prefill_many(self, sessions: list[str], x: Any, meta: dict[str, Any],
+                      reuse: list[tuple[str | None, int]] | None) -> Message:
+        st = self.stage
+        if st.first:  # x: the prompts; build the block of new tokens, right-aligned
+            ids: list[tuple[int, ...]] | None = x
+            assert reuse is not None and ids is not None
+            m = [len(p) - n for p, (_, n) in zip(ids, reuse, strict=True)]
+            width = max(m)
+            block = torch.zeros((len(ids), width), dtype=torch.int64)
+            for i, (p, (_, n)) in enumerate(zip(ids, reuse, strict=True)):
+                block[i, width - m[i]:] = torch.tensor(p[n:], dtype=torch.int64)
+            x = block
+            meta["m"], meta["reuse"] = m, [[k, n] for k, n in reuse]
+        else:
+            ids = None
+            m = [int(v) for v in meta.get("m", [])]
+            reuse = [(k, int(n)) for k, n in meta.get("reuse", [])]
+            if len(m) != len(sessions) or len(reuse) != len(sessions) or x.shape[:2] != (len(sessions), max(m)):
+                raise WorkerError(f"serve_prefill_many: {len(sessions)} sessions but m={m}, reuse for {len(reuse)}, "
+                                  f"hidden {tuple(x.shape)}")
+        with self.lock:
+            taken = [s for s in sessions if s in self.serve]
+            if taken:
+                raise WorkerError(f"session(s) {taken} are already being served")
+            if len(self.serve) + len(sessions) > self.args.max_sessions:
+                raise WorkerError(f"this device holds {len(self.serve)} sequences and {len(sessions)} more exceed its "
+                                  "limit (--max-sessions)")
+            held = []
+            for key, n in reuse:
+                if n:
+                    kv = self.prefixes.get(str(key))
+                    if kv is None:
+                        raise WorkerError(f"prefix not held: stage {st.start}:{st.end} no longer has prompt {key}")
+                    self.prefixes.move_to_end(str(key))
+                    held.append([(k[:, :, :n], v[:, :, :n]) for k, v in kv[1]])
+                else:
+                    held.append(None)
+            lens = torch.tensor([n for _, n in reuse], dtype=torch.long)
+            mt = torch.tensor(m, dtype=torch.long)
+            past, n_new = int(lens.max()), x.shape[1]
+            cache = growable_cache(st.config)
+            if past:  # the reused prefixes, left-padded to the longest (rows without one: all padding)
+                ref = next(h for h in held if h is not None)
+                layers = []
+                for j, (rk, rv) in enumerate(ref):
+                    ks = [_left(h[j][0], past - h[j][0].shape[-2]) if h is not None else rk.new_zeros(
+                        (1, rk.shape[1], past, rk.shape[3])) for h in held]
+                    vs = [_left(h[j][1], past - h[j][1].shape[-2]) if h is not None else rv.new_zeros(
+                        (1, rv.shape[1], past, rv.shape[3])) for h in held]
+                    layers.append((torch.cat(ks), torch.cat(vs)))
+                cache = _cache_from(st.config, layers)
+            past_real = torch.arange(past).unsqueeze(0) >= (past - lens).unsqueeze(1)
+            mask = _ragged_mask(past_real, mt, n_new)
+            positions = (lens.unsqueeze(1) + torch.arange(n_new).unsqueeze(0) - (n_new - mt).unsqueeze(1)).clamp(min=0)
+            t0 = time.perf_counter()
+            out = self._run(x, cache, positions, mask)
+            kv = _kv(cache)
+            for i, sid in enumerate(sessions):  # each row's real columns become its own cache
+                cols = torch.cat([torch.arange(past - int(lens[i]), past),
+                                  torch.arange(past + n_new - m[i], past + n_new)])
+                own = _cache_from(st.config, [(k[i:i + 1].index_select(2, cols.to(k.device)),
+                                               v[i:i + 1].index_select(2, cols.to(v.device))) for k, v in kv])
+                self.serve[sid] = own
+                self._remember(str(meta["prompt_keys"][i]), ids[i] if ids is not None else None, own)
+            self.forwards += 1
+            compute_s = time.perf_counter() - t0
+
+        def undo() -> None:
+            for sid in sessions:
+                self.serve.pop(sid, None)
+
+        reply = self._reply("serve_prefill_many", meta, out, compute_s, undo)
+        hits = [n for _, n in reuse if n]
+        self.prefix_hits += len(hits)  # counted once the whole chain took it
+        self.prefix_tokens_saved += sum(hits)
+        return reply
+
     def op_serve_decode(self, msg: Message) -> Message:
         rows = tuple(str(r) for r in msg.meta.get("rows", []))
         x = self._input(msg)
         if not rows or x.shape[0] != len(rows) or x.shape[1] != 1:
             raise WorkerError(f"serve_decode: {len(rows)} rows but input of shape {tuple(x.shape)} "
                               "(expected one new token per row)")
+        ended = [str(e) for e in msg.meta.get("end", [])]
+        if set(ended) & set(rows):
+            raise WorkerError("serve_decode: a session cannot both end and decode")
         with self.lock:
+            for e in ended:  # finished since the last step: freed here, the rows that stay restack once below
+                self.serve.pop(e, None)
             self._assemble(rows)
             assert self.batch_cache is not None
             width = _seq_len(self.batch_cache)
@@ -350,6 +491,7 @@ class ServingWorker(Worker):
         reply = super().op_ping(msg)
         reply.meta.update(serve_sessions=len(self.serve), batch=len(self.batch_rows), rebuilds=self.rebuilds,
                           prefix_hits=self.prefix_hits, prefix_tokens_saved=self.prefix_tokens_saved,
+                          prefix_cache=self.args.prefix_cache,
                           device=str(self.runtime.device), dtype=str(self.runtime.dtype).removeprefix("torch."))
         return reply
 

@@ -2,8 +2,9 @@
 
 One scheduler thread per :class:`~fedintel.serving.backends.DevicePath`. Each turn it
 
-1. admits waiting requests while the batch has room (``max_batch``): each is prefilled alone, which gives
-   its first token (time to first token does not wait for the batch to drain);
+1. admits waiting requests while the batch has room (``max_batch``): the ones waiting together are prefilled
+   in one forward (each as it would be alone), which gives their first tokens (time to first token does not
+   wait for the batch to drain);
 2. drops rows that finished (length, end-of-sequence) or whose client left, freeing their caches;
 3. runs one batched decode step over every active row (one forward per stage for the whole batch).
 
@@ -105,16 +106,22 @@ class Scheduler:
     _ids = itertools.count()
 
     def __init__(self, path: DevicePath, max_batch: int,
-                 on_failure: Callable[[Scheduler, list[GenRequest], str], None]) -> None:
+                 on_failure: Callable[[Scheduler, list[GenRequest], str], None], batch_prefill: bool = True) -> None:
         self.path = path
         self.max_batch = max_batch
+        self.batch_prefill = batch_prefill
+        self.ending: list[str] = []  # sessions that finished, freed on the devices with the next decode step
         self.on_failure = on_failure
         self.pending: deque[GenRequest] = deque()
         self.active: list[GenRequest] = []
         self.cond = threading.Condition()
         self.stopped = False
         self.down: str | None = None
-        self.steps = 0
+        self.steps = 0  # decode steps, the rows they decoded, and their wall time (seconds): see /health
+        self.rows_decoded = 0
+        self.decode_s = 0.0
+        self.prefills = 0  # prefills and their wall time (seconds)
+        self.prefill_s = 0.0
         self.thread = threading.Thread(target=self._loop, name=f"scheduler-{path.name}", daemon=True)
         self.thread.start()
 
@@ -193,8 +200,9 @@ class Scheduler:
         if not self.active:
             return
         rows = list(self.active)
+        end, self.ending = self.ending, []
         try:
-            res = self.path.decode([r.session for r in rows], [r.generated[-1] for r in rows])
+            res = self.path.decode([r.session for r in rows], [r.generated[-1] for r in rows], end)
         except PathRefused as err:  # a device lost our state (should not happen): start the rows over
             log.warning("decode on %s refused (%s): re-prefilling %d rows", self.path.name, err, len(rows))
             self.path.reset()
@@ -203,6 +211,8 @@ class Scheduler:
                 self.pending.extendleft(reversed(rows))
             return
         self.steps += 1
+        self.rows_decoded += len(rows)
+        self.decode_s += res.wall_s
         share = res.wall_s
         for r, tok in zip(rows, res.tokens, strict=True):
             r.usage.decode_s += share
@@ -213,32 +223,61 @@ class Scheduler:
         self._retire()
 
     def _admit(self) -> None:
-        """Prefill waiting requests into the batch while it has room.
+        """Prefill waiting requests into the batch while it has room: the ones that arrived together in one
+        forward (``batch_prefill``), else (or when the path refuses the group) one at a time, so that a request
+        the path refuses is answered with its own error and the others still start.
 
         A request leaves ``pending`` only once it is in ``active``: when its prefill fails because the path
         died, it is still queued, and :meth:`_fail` hands it over with every other request the path holds.
         (Taking several requests off the queue before prefilling them lost the rest when one prefill hit the
         dead device: neither the queue nor the batch held them any more, and their clients waited forever.)"""
         while len(self.active) < self.max_batch:
+            with self.cond:  # only this thread takes requests off the queue: the head stays ours
+                group = list(itertools.islice(self.pending, self.max_batch - len(self.active)))
+            if not group:
+                return
+            live = [r for r in group if not r.cancelled.is_set()]
+            t0 = time.perf_counter()
+            firsts = self._prefill_group(live) if self.batch_prefill and len(live) > 1 else None
+            if firsts is None:
+                firsts = [self._prefill(r) for r in live]
+            stalled = time.perf_counter() - t0
+            for r in self.active:  # the batch waited for these prefills
+                r.usage.stall_s += stalled
+            started = dict(zip((id(r) for r in live), firsts, strict=True))
             with self.cond:
-                if not self.pending:
-                    return
-                req = self.pending[0]  # only this thread takes requests off the queue: the head stays ours
-            first = None
-            if req.cancelled.is_set():
-                req._finish("done", "cancelled")
-            else:
-                t0 = time.perf_counter()
-                first = self._prefill(req)
-                stalled = time.perf_counter() - t0
-                for r in self.active:  # the batch waited for this prefill
-                    r.usage.stall_s += stalled
-            with self.cond:
-                self.pending.popleft()
+                for _ in group:
+                    self.pending.popleft()
+                for r in group:
+                    if started.get(id(r)) is not None:
+                        self.active.append(r)
+            for r in group:
+                first = started.get(id(r))
                 if first is not None:
-                    self.active.append(req)
-            if first is not None:
-                self._push(req, first)
+                    self._push(r, first)
+                elif r.cancelled.is_set():
+                    r._finish("done", "cancelled")
+
+    def _prefill_group(self, reqs: list[GenRequest]) -> list[int | None] | None:
+        """Start ``reqs`` in one forward: each one's next token, or None when the path refused the group (the
+        devices undid it; the caller then starts them one at a time)."""
+        for r in reqs:
+            r.session = f"{r.id}-{next(self._ids)}"
+            if not r.generated and not r.usage.prefill_s:
+                r.usage.queue_s = time.perf_counter() - r.submitted
+        try:
+            res = self.path.prefill_many([r.session for r in reqs], [r.prompt_ids + r.generated for r in reqs])
+        except PathRefused as err:
+            log.info("group prefill of %d requests on %s refused (%s): one at a time", len(reqs), self.path.name, err)
+            for r in reqs:
+                r.session = ""
+            return None
+        for r in reqs:
+            r.usage.prefill_s += res.wall_s
+            r.usage.add_stages(res.stage_s)
+        self.prefills += len(reqs)
+        self.prefill_s += res.wall_s
+        return list(res.tokens)
 
     def _prefill(self, req: GenRequest) -> int | None:
         """Start ``req`` alone (from its prompt plus any tokens it already has, after a failover): its next
@@ -254,6 +293,8 @@ class Scheduler:
             return None
         req.usage.prefill_s += res.wall_s
         req.usage.add_stages(res.stage_s)
+        self.prefills += 1
+        self.prefill_s += res.wall_s
         return res.tokens[0]
 
     def _push(self, req: GenRequest, tok: int) -> None:
@@ -281,4 +322,8 @@ class Scheduler:
         self.active = [r for r in self.active if r not in gone]
         for r in gone:
             r._finish("done", "cancelled")  # no-op for finished ones
-        self.path.end([r.session for r in gone])
+        # freed with the next decode step (one round trip and one restack fewer), or now if none follows
+        self.ending += [r.session for r in gone if r.session]
+        if not self.active:
+            self.path.end(self.ending)
+            self.ending = []

@@ -183,7 +183,7 @@ class Service:
     def _start_path(self, spec: PathSpec) -> DevicePath | PairPath:
         return start_path(self.group, spec, self.model_name, self.total_layers, self.cfg.model.num_layers,
                           self.device, self.dtype, max_sessions=max(64, 2 * self.limits.max_batch),
-                          timeout=self.cfg.timeout_s)
+                          timeout=self.cfg.timeout_s, prefix_cache=self.limits.prefix_cache)
 
     def _start_paths(self, specs: list[PathSpec]) -> None:
         # start every process at once (they load in parallel), then connect each path
@@ -192,7 +192,7 @@ class Service:
         all_specs, owners = [], []
         for spec in specs:
             st = stage_specs(spec, self.model_name, self.total_layers, self.cfg.model.num_layers, self.device,
-                             self.dtype, max(64, 2 * self.limits.max_batch))
+                             self.dtype, max(64, 2 * self.limits.max_batch), self.limits.prefix_cache)
             all_specs += st
             owners += [spec.name] * len(st)
         workers = self.group.start(all_specs)
@@ -208,7 +208,7 @@ class Service:
     def _scheduler(self, path: DevicePath | PairPath) -> Scheduler:
         """Continuous batching on single and split paths; one request at a time on a pair."""
         if isinstance(path, DevicePath):
-            return Scheduler(path, self.limits.max_batch, self._failed)
+            return Scheduler(path, self.limits.max_batch, self._failed, self.limits.batch_prefill)
         kind = SpeculativeScheduler if path.spec.kind == "speculative" else CascadeScheduler
         return kind(path, self._failed, self.tokenizer.eos_token_id)
 
@@ -405,7 +405,9 @@ class Service:
         for name, s in scheds.items():
             paths[name] = {"model": s.path.spec.model_id, "kind": s.path.spec.kind, "up": s.up, "down_reason": s.down,
                            "devices": [{"name": w.name, "pid": w.pid, "alive": w.alive()} for w in s.path.workers],
-                           "load": s.load, "restarting": name in self._restarting}
+                           "load": s.load, "restarting": name in self._restarting,
+                           "decode_steps": s.steps, "decoded_rows": s.rows_decoded, "decode_s": round(s.decode_s, 3),
+                           "prefills": s.prefills, "prefill_s": round(s.prefill_s, 3)}
         models = {m["id"]: any(paths[p]["up"] for p in m["paths"]) for m in self.model_ids() if m["paths"]}
         status = "ok" if all(models.values()) else ("degraded" if any(models.values()) else "down")
         return {"status": status, "models": models, "paths": paths, "inflight": self.inflight,
