@@ -81,7 +81,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set)
     console.print(f"[green]ok[/]: {args.config} is a valid fedintel experiment ({cfg.name}: "
-                  f"{cfg.federation.scheme}, {cfg.peft.method}, {cfg.model.name}, {cfg.data.dataset})")
+                  f"{cfg.federation.scheme}, {cfg.peft.method}, {cfg.model.name}, {cfg.data.name})")
     return 0
 
 

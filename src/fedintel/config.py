@@ -133,6 +133,22 @@ class PartitionConfig(Section):
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration over labels (method=dirichlet).")
 
 
+class DataSourceConfig(Section):
+    """One dataset of a mixture (``data.sources``): its rows become one domain, with its own columns."""
+
+    domain: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,40}$", description="The domain its rows form.")
+    dataset: str = Field(description="As data.dataset: built-in name, 'json' with data_files, or 'hf:<id or dir>'.")
+    data_files: list[str] | None = None
+    subset: str | None = None
+    split: str = "train"
+    text_field: str = "text"
+    text_pair_field: str | None = None
+    prompt_field: str | None = None
+    response_field: str | None = None
+    system_field: str | None = None
+    label_field: str = "label"
+
+
 class DataConfig(Section):
     """Where the text comes from and how it is split."""
 
@@ -163,6 +179,42 @@ class DataConfig(Section):
     eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of each client's shard held out.")
     global_eval_samples: int = Field(200, ge=1, description="Samples in the global held-out eval set.")
     partition: PartitionConfig = PartitionConfig()
+    sources: list[DataSourceConfig] | None = Field(
+        None, description="A mixture of datasets, one domain each (e.g. GLUE's sst2, qnli and qqp with Amazon "
+        "polarity): each source names its own columns; its rows are read into this section's columns "
+        "(text_field, text_pair_field, label_field, prompt/response/system_field) with domain_field = its domain.",
+    )
+
+    @model_validator(mode="after")
+    def _sources_fit(self) -> DataConfig:
+        if not self.sources:
+            return self
+        if "dataset" in self.model_fields_set or "data_files" in self.model_fields_set:
+            raise ValueError("data.sources and data.dataset/data_files: a mixture names its datasets in sources")
+        names = [s.domain for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.sources: domains must differ, got {names}")
+        for i, src in enumerate(self.sources):
+            at = f"data.sources[{i}] ({src.domain})"
+            if src.dataset == "json" and not src.data_files:
+                raise ValueError(f"{at}.data_files is required when its dataset is 'json'")
+            if (src.prompt_field is None) != (src.response_field is None):
+                raise ValueError(f"{at}: set prompt_field and response_field together, or neither")
+            if (src.prompt_field is not None) != self.instruction:
+                raise ValueError(f"{at}: instruction sources (prompt_field) and text sources cannot mix; data."
+                                 "prompt_field/response_field say which this mixture is")
+            if src.text_pair_field is not None and self.text_pair_field is None:
+                raise ValueError(f"{at} has sentence pairs (text_pair_field: {src.text_pair_field}): set "
+                                 "data.text_pair_field (the mixture's column for them, e.g. text_pair), else "
+                                 "the second sentence would be dropped")
+            if src.system_field is not None and self.system_field is None:
+                raise ValueError(f"{at} has a system column: set data.system_field (e.g. system)")
+        return self
+
+    @property
+    def name(self) -> str:
+        """The dataset's name for tables and logs (a mixture lists its domains)."""
+        return "mixture of " + ", ".join(s.domain for s in self.sources) if self.sources else self.dataset
 
     @model_validator(mode="after")
     def _json_needs_files(self) -> DataConfig:

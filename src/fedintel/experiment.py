@@ -22,6 +22,7 @@ from fedintel.engines.parallel import ParallelEngine
 from fedintel.errors import RunFailed
 from fedintel.privacy.budget import PrivacyLedger
 from fedintel.privacy.secure_aggregator import SecureAggregator
+from fedintel.runtime import hardware
 from fedintel.schemes.base import Scheme
 from fedintel.schemes.registry import scheme_class as registered_scheme
 from fedintel.tracking.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
@@ -189,6 +190,7 @@ def _run_locked(
         if ckpt is not None:
             _check_resumable(ckpt, scheme, cfg, run_dir)
         store.start_run(run_id, cfg.name, config_yaml)  # after the checks: a refused resume changes nothing
+        store.set_info(run_id, "hardware", hardware(world.runtime))
         if ckpt is not None:
             first = int(ckpt["round"]) + 1
             state = ckpt["state"]

@@ -134,3 +134,27 @@ def keep_trainable_fp32(model: torch.nn.Module) -> None:
     for p in model.parameters():
         if p.requires_grad and p.is_floating_point() and p.dtype != torch.float32:
             p.data = p.data.float()
+
+
+def hardware(runtime: Runtime) -> str:
+    """Where a run computes, in words: the accelerator's name and count, or the CPU's model and cores."""
+    import os
+    import platform
+
+    dev = runtime.device
+    if dev.type == "cuda":
+        name = torch.cuda.get_device_name(dev)
+        where = f"{torch.cuda.device_count()} x {name}" if torch.cuda.device_count() > 1 else name
+    elif dev.type == "mps":
+        where = "Apple MPS"
+    else:
+        where = platform.processor() or platform.machine()
+        try:
+            for line in open("/proc/cpuinfo", encoding="utf-8"):
+                if line.startswith("model name"):
+                    where = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        where = f"CPU {where}, {os.cpu_count()} cores"
+    return f"{where}; {runtime.describe()}; torch {torch.__version__}"

@@ -21,6 +21,9 @@ def test_quick_reproduction_writes_a_full_report_from_the_store(tmp_path, capsys
     args = ["reproduce", "paper", "--quick", "--seeds", "2", "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]
     assert main(args + TINY) == 0
     text = out.read_text()
+    # which set ran, and where: each run recorded its hardware in its store
+    assert "**Set:** the scaled set that runs on a CPU" in text
+    assert re.search(r"\*\*Hardware\*\* \(recorded by each run\): CPU .+, \d+ cores; cpu float32; torch \S+ \(\d+ runs\)", text)
     section = text.split("## Claims", 1)[1].split("## Curves", 1)[0]
     claims = [ln for ln in section.splitlines() if ln.startswith("| Fig.") or ln.startswith("| (setup")]
     assert len(claims) == 14  # Fig. 5: 3; Fig. 6a: 2 + purity; Fig. 6b different tasks and same task: 3 + purity each

@@ -54,6 +54,8 @@ def load_records(cfg: DataConfig, task: str | None = None) -> list[dict]:
     import datasets
 
     datasets.disable_progress_bars()
+    if cfg.sources:
+        return _mixture_records(cfg, task)
     if cfg.dataset.startswith("hf:"):
         ds = load_hf_dataset(cfg)
         files: list[str] = []
@@ -99,6 +101,38 @@ def load_records(cfg: DataConfig, task: str | None = None) -> list[dict]:
     return rows
 
 
+def _mixture_records(cfg: DataConfig, task: str | None) -> list[dict]:
+    """Rows of every ``data.sources`` entry, read with its own columns and renamed to the section's, each
+    tagged with its source's domain."""
+    assert cfg.sources
+    out: list[dict] = []
+    for i, src in enumerate(cfg.sources):
+        one = cfg.model_copy(update={
+            "dataset": src.dataset, "data_files": src.data_files, "subset": src.subset, "split": src.split,
+            "text_field": src.text_field, "text_pair_field": src.text_pair_field, "prompt_field": src.prompt_field,
+            "response_field": src.response_field, "system_field": src.system_field, "label_field": src.label_field,
+            "domains": None, "sources": None})
+        try:
+            rows = load_records(one, task)
+        except DatasetError as err:
+            raise DatasetError(f"data.sources[{i}] ({src.domain}): {err}") from None
+        columns = [(cfg.text_field, src.text_field), (cfg.label_field, src.label_field)]
+        columns += [(cfg.text_pair_field, src.text_pair_field)] if cfg.text_pair_field else []
+        columns += [(cfg.prompt_field, src.prompt_field), (cfg.response_field, src.response_field)] \
+            if cfg.instruction else []
+        columns += [(cfg.system_field, src.system_field)] if cfg.system_field else []
+        for r in rows:
+            row = {mine: (r.get(theirs) if theirs is not None else None) for mine, theirs in columns}
+            row[cfg.domain_field] = src.domain
+            out.append(row)
+    if cfg.domains:
+        unknown = [d for d in cfg.domains if d not in {s.domain for s in cfg.sources}]
+        if unknown:
+            raise DatasetError(f"data.domains: {unknown} not among data.sources' domains")
+        out = [r for r in out if r[cfg.domain_field] in cfg.domains]
+    return out
+
+
 def load_hf_dataset(cfg: DataConfig) -> object:
     """``data.dataset: hf:<id or directory>`` through ``datasets.load_dataset`` (the standard cache)."""
     import datasets
@@ -137,6 +171,8 @@ def _locate(files: list[str], index: int) -> str:
 
 def dataset_task(cfg: DataConfig) -> str | None:
     """The task a built-in dataset is for (None for user JSON)."""
+    if cfg.sources:
+        return None
     return BUILTIN_DATASETS[cfg.dataset][0] if cfg.dataset in BUILTIN_DATASETS else None
 
 

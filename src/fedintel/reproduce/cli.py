@@ -14,6 +14,10 @@ def add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
                       description="Run every experiment of benchmarks/paper/ for several seeds (resumable: finished "
                                   "runs are skipped, interrupted ones resumed) and write docs/results.md.")
     q.add_argument("--quick", action="store_true", help="smaller runs (a smoke check, < 15 minutes on 2 cores)")
+    q.add_argument("--full", action="store_true",
+                   help="the paper-scale set (benchmarks/paper/*_full.yaml: the paper's models, data and settings; "
+                        "needs an accelerator and the Hugging Face hub or its cache); runs go to runs/paper-full "
+                        "and the report to docs/results_full.md")
     q.add_argument("--seeds", type=int, default=None,
                    help="number of seeds for every figure (default: 5 for the MiniLM classification figures, 3 for "
                         "the SmolLM2 generation ones; 2 with --quick)")
@@ -22,7 +26,7 @@ def add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
                         "repeatable; the report still covers every finished run")
     q.add_argument("--experiments", default=None, help="directory of the experiment YAMLs (default: benchmarks/paper)")
     q.add_argument("--runs-dir", default=None, help="where runs go (default: runs/paper or runs/paper-quick)")
-    q.add_argument("--out", default="docs/results.md", help="report path (default: docs/results.md)")
+    q.add_argument("--out", default=None, help="report path (default: docs/results.md; --full: docs/results_full.md)")
     q.add_argument("--report-only", action="store_true",
                    help="run nothing: rebuild the report from finished runs (default: the stores published beside "
                         "the report, e.g. docs/results_runs/)")
@@ -39,6 +43,7 @@ def _cmd_paper(args: argparse.Namespace) -> int:
         DEFAULT_EXPERIMENTS,
         FIGURES,
         existing_runs,
+        full_set,
         publish,
         run_all,
         seed_counts,
@@ -47,30 +52,34 @@ def _cmd_paper(args: argparse.Namespace) -> int:
     from fedintel.reproduce.report import write_report
 
     console = Console()
+    if args.quick and args.full:
+        raise ValueError("--quick and --full: choose one (the smoke check or the paper-scale set)")
     seeds = seed_counts(args.quick, args.seeds)
     exp_dir = Path(args.experiments) if args.experiments else DEFAULT_EXPERIMENTS
     if not exp_dir.is_dir():
         raise FileNotFoundError(f"--experiments: {exp_dir} is not a directory of experiment YAMLs")
-    out = Path(args.out)
+    out = Path(args.out or ("docs/results_full.md" if args.full else "docs/results.md"))
     published = out.parent / f"{out.stem}_runs"
     if args.report_only:
         runs = existing_runs(Path(args.runs_dir) if args.runs_dir else published, seeds)
-        write_report(runs, out, args.quick)
+        write_report(runs, out, args.quick, args.full)
         console.print(f"report: [bold]{out}[/] rebuilt from {len(runs)} finished runs")
         return 0
-    runs_dir = Path(args.runs_dir or ("runs/paper-quick" if args.quick else "runs/paper"))
-    experiments = select_experiments(args.only)
+    runs_dir = Path(args.runs_dir or ("runs/paper-quick" if args.quick else "runs/paper-full" if args.full else
+                                      "runs/paper"))
+    experiments = full_set(exp_dir, select_experiments(args.only)) if args.full else select_experiments(args.only)
     total = sum(seeds[fig] for fig, names in FIGURES.items() for name in names if name in experiments)
     with Progress(TextColumn("[bold]paper runs"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task("runs", total=total, info="")
         runs = run_all(exp_dir, runs_dir, seeds, args.quick, args.set, only=args.only, published=published,
+                       full=args.full,
                        on_run=lambda name, seed, status: progress.update(task, advance=1, info=f"{name} seed {seed}: {status}"))
     # the report reads (and links) small copies of each store, so it can be rebuilt and committed without
     # checkpoints; it covers every finished run there, not only this invocation's
     publish(runs, published)
     finished = existing_runs(published, seeds)
-    write_report(finished, out, args.quick)
+    write_report(finished, out, args.quick, args.full)
     console.print(f"report: [bold]{out}[/] (plots in {out.parent / (out.stem + '_plots')}, stores in {published})")
     return 0
 

@@ -54,6 +54,7 @@ QUICK: dict[str, list[str]] = {
 }
 QUICK["fig6b_tasks"] = QUICK["fig6b"]
 DEFAULT_EXPERIMENTS = Path(__file__).resolve().parents[3] / "benchmarks" / "paper"
+FULL_SUFFIX = "_full"  # the paper-scale set: benchmarks/paper/<experiment>_full.yaml (--full)
 
 
 @dataclass
@@ -84,12 +85,19 @@ def select_experiments(only: list[str] | None) -> list[str]:
     return [name for name in every if name in only or figure_of(name) in only]
 
 
+def full_set(exp_dir: Path, experiments: list[str]) -> list[str]:
+    """The experiments that have a paper-scale file (Fig. 6b on one task is this project's own control, not the
+    paper's, so it has none)."""
+    return [e for e in experiments if (exp_dir / f"{e}{FULL_SUFFIX}.yaml").is_file()]
+
+
 def experiment_configs(exp_dir: Path, quick: bool, overrides: list[str],
-                       experiments: list[str] | None = None) -> dict[str, ExperimentConfig]:
-    """The configs of the experiments (default: every one), with the quick-mode and user overrides applied."""
+                       experiments: list[str] | None = None, full: bool = False) -> dict[str, ExperimentConfig]:
+    """The configs of the experiments (default: every one), with the quick-mode and user overrides applied;
+    ``full``: the paper-scale set (``<name>_full.yaml``)."""
     out = {}
     for name in experiments or select_experiments(None):
-        path = exp_dir / f"{name}.yaml"
+        path = exp_dir / f"{name}{FULL_SUFFIX if full else ''}.yaml"
         out[name] = load_config(path, (QUICK[figure_of(name)] if quick else []) + overrides)
     return out
 
@@ -97,15 +105,16 @@ def experiment_configs(exp_dir: Path, quick: bool, overrides: list[str],
 def run_all(
     exp_dir: Path, runs_dir: Path, seeds: dict[str, int], quick: bool, overrides: list[str],
     on_run: Callable[[str, int, str], None] | None = None, only: list[str] | None = None,
-    published: Path | None = None,
+    published: Path | None = None, full: bool = False,
 ) -> list[PaperRun]:
-    """Run (or resume, or skip) every selected experiment x seed; return where each run lives.
+    """Run (or resume, or skip) every selected experiment x seed; return where each run lives (``full``: the
+    paper-scale set).
 
     A run already finished in ``published`` (the committed small copies) with the very config it would run now is
     not run again: that copy is returned.
     """
-    experiments = select_experiments(only)
-    configs = experiment_configs(exp_dir, quick, overrides, experiments)
+    experiments = full_set(exp_dir, select_experiments(only)) if full else select_experiments(only)
+    configs = experiment_configs(exp_dir, quick, overrides, experiments, full)
     runs = [r for r in paper_runs(runs_dir, seeds) if r.experiment in experiments]
     for i, run in enumerate(runs):
         cfg = configs[run.experiment]

@@ -60,6 +60,10 @@ CREATE TABLE IF NOT EXISTS client_metrics (
 CREATE TABLE IF NOT EXISTS events (
     run_id TEXT, round INTEGER, client_id INTEGER, kind TEXT, message TEXT
 );
+CREATE TABLE IF NOT EXISTS run_info (
+    run_id TEXT, key TEXT, value TEXT,
+    PRIMARY KEY (run_id, key)
+);
 """
 
 
@@ -115,6 +119,23 @@ class MetricsStore:
                 (run_id, name, config_yaml, time.time()),
             )
             self.conn.execute("UPDATE runs SET status='running', message=NULL WHERE run_id=?", (run_id,))
+
+    def set_info(self, run_id: str, key: str, value: str) -> None:
+        """Record a fact about the run (``hardware``: where it ran); a different value later (a resume on
+        other hardware) is appended, so the store keeps every place the run went."""
+        with self.conn:
+            old = self.conn.execute("SELECT value FROM run_info WHERE run_id=? AND key=?", (run_id, key)).fetchone()
+            if old is not None and value in old[0].split(" | then "):
+                return
+            new = value if old is None else f"{old[0]} | then {value}"
+            self.conn.execute("INSERT OR REPLACE INTO run_info VALUES (?, ?, ?)", (run_id, key, new))
+
+    def info(self, run_id: str) -> dict[str, str]:
+        """The facts :meth:`set_info` recorded (an older store has none)."""
+        has = self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='run_info'").fetchone()
+        if has is None:
+            return {}
+        return dict(self.conn.execute("SELECT key, value FROM run_info WHERE run_id=?", (run_id,)).fetchall())
 
     def set_status(self, run_id: str, status: str, message: str | None = None) -> None:
         with self.conn:
