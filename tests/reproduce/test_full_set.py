@@ -1,5 +1,6 @@
 """The paper-scale set (`fedintel reproduce paper --full`): the paper's settings exactly, and every file loads."""
 
+from fedintel.cli import main
 from fedintel.reproduce.paper import DEFAULT_EXPERIMENTS, experiment_configs, full_set, select_experiments
 
 
@@ -24,3 +25,10 @@ def test_the_full_set_holds_the_papers_settings():
     assert [(s.domain, s.subset) for s in tasks.sources] == [("sst2", "sst2"), ("qnli", "qnli"), ("qqp", "qqp"),
                                                              ("amazon", None)]
     assert cfgs["fig5_prefix_faithful"].peft.prefix_projection
+
+
+def test_quick_and_full_together_are_refused(tmp_path, capsys):
+    assert main(["reproduce", "paper", "--quick", "--full", "--runs-dir", str(tmp_path / "r"),
+                 "--out", str(tmp_path / "o.md")]) == 2
+    assert "--quick and --full" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "o.md").exists()

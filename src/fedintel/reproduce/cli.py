@@ -53,7 +53,9 @@ def _cmd_paper(args: argparse.Namespace) -> int:
 
     console = Console()
     if args.quick and args.full:
-        raise ValueError("--quick and --full: choose one (the smoke check or the paper-scale set)")
+        from fedintel.errors import ConfigError
+
+        raise ConfigError("--quick and --full: choose one (the smoke check or the paper-scale set)")
     seeds = seed_counts(args.quick, args.seeds)
     exp_dir = Path(args.experiments) if args.experiments else DEFAULT_EXPERIMENTS
     if not exp_dir.is_dir():
