@@ -448,6 +448,7 @@ def write_report(runs: list[PaperRun], out: Path, quick: bool, full: bool = Fals
         "**Set:** " + ("the paper-scale set (`benchmarks/paper/*_full.yaml`: the paper's models, data and settings)."
                        if full else "the scaled set that runs on a CPU (`benchmarks/paper/*.yaml`; the paper-scale set "
                        "is `fedintel reproduce paper --full`)."),
+        "",
         "**Hardware** (recorded by each run): " + ("; ".join(hardware_of(runs)) or "no runs") + ".",
         "",
         "## Setup: what is the same and what differs",
