@@ -189,8 +189,10 @@ class DataConfig(Section):
     def _sources_fit(self) -> DataConfig:
         if not self.sources:
             return self
-        if "dataset" in self.model_fields_set or "data_files" in self.model_fields_set:
-            raise ValueError("data.sources and data.dataset/data_files: a mixture names its datasets in sources")
+        given = [k for k in ("dataset", "data_files", "subset", "split") if k in self.model_fields_set]
+        if given:
+            raise ValueError(f"data.sources and data.{given[0]}: a mixture names its datasets (and their subset and "
+                             "split) in each source")
         names = [s.domain for s in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"data.sources: domains must differ, got {names}")

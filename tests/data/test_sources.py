@@ -69,6 +69,8 @@ def test_mixture_errors_name_the_source_and_the_field(tmp_path):
         parse_config({"data": {"sources": src}})
     with pytest.raises(ConfigError, match="data.sources and data.dataset"):
         parse_config({"data": {"dataset": "vader", "sources": src, "text_pair_field": "text_pair"}})
+    with pytest.raises(ConfigError, match="data.sources and data.split"):  # would be ignored, so refused
+        parse_config({"data": {"sources": src, "text_pair_field": "text_pair", "split": "train[:10]"}})
     with pytest.raises(ConfigError, match="domains must differ"):
         parse_config({"data": {"sources": [src[0], src[0]]}})
     with pytest.raises(ConfigError, match=r"data.sources\[0\] \(sst2\): instruction sources"):
