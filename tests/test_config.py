@@ -23,6 +23,8 @@ def test_defaults_validate():
         ({"federation": {"batch_size": 10, "micro_batch_size": 4}}, r"batch_size \(10\) must be a multiple"),
         ({"data": {"dataset": "json"}}, r"data.data_files is required"),
         ({"data": {"eval_fraction": 1.5}}, r"data.eval_fraction"),
+        ({"data": {"partition": {"method": "iid", "draw": "per_class"}}}, r"data.partition.draw: only method=dirichlet"),
+        ({"data": {"partition": {"method": "dirichlet", "draw": "per_label"}}}, r"data.partition.draw"),
     ],
 )
 def test_errors_name_the_field(raw, match):

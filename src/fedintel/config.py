@@ -131,6 +131,19 @@ class PartitionConfig(Section):
 
     method: Literal["iid", "dirichlet", "by_domain"] = "iid"
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration over labels (method=dirichlet).")
+    draw: Literal["per_client", "per_class"] = Field(
+        "per_client",
+        description="method=dirichlet: 'per_client' draws each client's class mix (Hsu et al., 2019; every "
+                    "client holds samples_per_client); 'per_class' spreads each class over the clients (NIID-Bench, "
+                    "Flower Datasets): sizes vary around samples_per_client and the clients' union keeps the "
+                    "pool's class balance.",
+    )
+
+    @model_validator(mode="after")
+    def _draw_is_dirichlet(self) -> PartitionConfig:
+        if "draw" in self.model_fields_set and self.method != "dirichlet":
+            raise ValueError(f"data.partition.draw: only method=dirichlet draws (method is {self.method})")
+        return self
 
 
 class DataSourceConfig(Section):

@@ -232,7 +232,8 @@ def plan_partition(cfg: DataConfig, task: str, num_clients: int, seed: int) -> P
         shards = partition.iid(rest, num_clients, cfg.samples_per_client, rng)
     elif method == "dirichlet":
         groups: list[object] = [labels[i] for i in rest] if labels is not None else [domains[i] for i in rest]
-        shards = partition.dirichlet(rest, groups, num_clients, cfg.samples_per_client, cfg.partition.alpha, rng)
+        split = partition.dirichlet if cfg.partition.draw == "per_client" else partition.dirichlet_by_class
+        shards = split(rest, groups, num_clients, cfg.samples_per_client, cfg.partition.alpha, rng)
     else:
         shards, assigned = partition.by_domain(rest, [domains[i] for i in rest], num_clients, cfg.samples_per_client, rng)
         client_domain = list(assigned)

@@ -1,7 +1,8 @@
 """Split a pool of examples across clients: ``iid``, ``dirichlet(alpha)`` over labels, ``by_domain``.
 
-All partitioners return disjoint index lists, one per client, each of exactly ``per_client`` indices, and
-are deterministic for a seed.
+All partitioners return disjoint index lists, one per client, and are deterministic for a seed. Each client
+holds exactly ``per_client`` indices, except with :func:`dirichlet_by_class`, whose clients vary in size around
+that mean (its total is ``num_clients * per_client``).
 """
 
 from __future__ import annotations
@@ -66,6 +67,55 @@ def dirichlet(
             deficit -= 1
         shards.append(shard)
     return shards
+
+
+def dirichlet_by_class(
+    pool: Sequence[int],
+    groups: Sequence[object],
+    num_clients: int,
+    per_client: int,
+    alpha: float,
+    rng: np.random.Generator,
+    min_size: int = 10,
+    max_draws: int = 100_000,
+) -> list[list[int]]:
+    """Label-skewed shards as NIID-Bench (Li et al., 2022) and Flower Datasets' ``DirichletPartitioner`` draw
+    them: each class spreads over the clients in proportions ``q_c ~ Dir(alpha)``.
+
+    ``num_clients * per_client`` examples are taken first, with every class in its share of the pool, so the
+    clients' union keeps the pool's class balance (drawing each client's mix instead, :func:`dirichlet`, leaves
+    the union as skewed as a few clients' draws; with 8 clients the global model then learns a prior the
+    held-out data does not have). Client sizes vary. Draws in which a client gets fewer than ``min_size``
+    examples are redrawn, as both references do.
+    """
+    total = num_clients * per_client
+    _need(len(pool), total, "examples")
+    min_size = min(min_size, per_client)
+    classes = sorted(set(groups), key=str)
+    by_class = {c: rng.permutation([p for p, g in zip(pool, groups, strict=True) if g == c]).tolist() for c in classes}
+    # The class counts of the union: the pool's shares, rounded so they add up to ``total``.
+    share = np.array([len(by_class[c]) for c in classes], dtype=float) / len(pool) * total
+    counts = np.floor(share).astype(int)
+    for i in np.argsort(share - counts)[::-1][: total - counts.sum()]:
+        counts[i] += 1
+    for _ in range(max_draws):
+        split = []
+        for n in counts:
+            cuts = (np.cumsum(rng.dirichlet([alpha] * num_clients)) * n).astype(int)[:-1]
+            split.append(np.diff(np.concatenate([[0], cuts, [n]])))
+        sizes = np.sum(split, axis=0)
+        if sizes.min() >= min_size:
+            break
+    else:
+        raise PartitionError(
+            f"data.partition: no Dirichlet({alpha}) split over classes gave every client {min_size} examples in "
+            f"{max_draws} draws; raise data.partition.alpha or data.samples_per_client, or lower federation.num_clients"
+        )
+    shards: list[list[int]] = [[] for _ in range(num_clients)]
+    for c, per_client_counts in zip(classes, split, strict=True):
+        for k, n in enumerate(per_client_counts):
+            shards[k] += [by_class[c].pop() for _ in range(int(n))]
+    return [rng.permutation(s).tolist() for s in shards]
 
 
 def by_domain(
