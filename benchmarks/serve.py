@@ -110,6 +110,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads of each device process (runtime.threads)")
     ap.add_argument("--setups", default="one,split", help="which set-ups: one (one process), split (2 stages)")
     ap.add_argument("--batching", default="on,off", help="batching on, off (one request at a time), or both")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="repeat every level; rows are medians, ratios are per repeat (on and off interleaved)")
+    ap.add_argument("--dtypes", default="float32,bfloat16",
+                    help="runtime.dtype of the device processes, each a set-up of its own (batching is compared "
+                         "within one dtype)")
     args = ap.parse_args()
     if args.quick:
         args.num_layers, args.users, args.requests, args.seconds = 2, "1,4", 1, 60
@@ -123,39 +128,65 @@ def main() -> None:
     if args.quick:
         setups = setups[:1]
     modes = [m == "on" for m in args.batching.split(",")]
-    rows = []
-    for name, cuts in setups:
-        for batching in modes:
-            cfg = ServeConfig.model_validate({
-                "model": {"name": args.model, "num_layers": args.num_layers},
-                "runtime": {"device": "cpu", "threads": args.threads},
-                "paths": [{"name": "p", "cuts": cuts}],
-                "limits": {"max_batch": 16 if batching else 1, "max_concurrency": 64, "max_tokens": args.max_tokens,
-                           "default_max_tokens": args.max_tokens},
-            })
-            running = serve_in_thread(cfg)
-            try:
-                asyncio.run(level(running.url, 1, 2, 60, args.max_tokens))  # warm-up: a fresh process's first steps are slow
-                for u in users:
-                    m = asyncio.run(level(running.url, u, args.requests, args.seconds, args.max_tokens))
-                    rows.append([name, "on" if batching else "off", u, m["n"], f"{m['p50']:.2f}", f"{m['p99']:.2f}",
-                                 f"{m['ttft']:.3f}", f"{m['tok_s']:.1f}", f"{100 * m['overhead']:.1f} %",
-                                 f"{100 * m['stall']:.1f} %", f"{m['busy_tok_s']:.1f}", f"{m['tokens']:.1f}",
-                                 f"{m['batch']:.1f}", f"{m['step_ms']:.0f}"])
-                    print(" | ".join(str(x) for x in rows[-1]), flush=True)
-            finally:
+    dtypes = args.dtypes.split(",")
+    # metrics[(setup, dtype, batching, users)] = one dict per repeat
+    metrics: dict[tuple[str, str, str, int], list[dict]] = {}
+    for (name, cuts), dtype in ((s, d) for s in setups for d in dtypes):
+        # batching on and off run side by side, their levels interleaved (on, off, on, off...): each ratio
+        # compares measurements minutes apart, not a quarter of an hour (this machine drifts by ±10-15 %)
+        services = {}
+        try:
+            for batching in modes:
+                cfg = ServeConfig.model_validate({
+                    "model": {"name": args.model, "num_layers": args.num_layers},
+                    "runtime": {"device": "cpu", "threads": args.threads, "dtype": dtype},
+                    "paths": [{"name": "p", "cuts": cuts}],
+                    "limits": {"max_batch": 16 if batching else 1, "max_concurrency": 64,
+                               "max_tokens": args.max_tokens, "default_max_tokens": args.max_tokens},
+                })
+                services["on" if batching else "off"] = serve_in_thread(cfg)
+            for running in services.values():  # warm-up: a fresh process's first steps are slow
+                asyncio.run(level(running.url, 1, 2, 60, args.max_tokens))
+            for rep, u, mode in ((r, u, m) for r in range(args.repeats) for u in users for m in services):
+                print(f"{name} | {dtype} | batching {mode} | {u} users | repeat {rep + 1}/{args.repeats}", flush=True)
+                m = asyncio.run(level(services[mode].url, u, args.requests, args.seconds, args.max_tokens))
+                metrics.setdefault((name, dtype, mode, u), []).append(m)
+        finally:
+            for running in services.values():
                 running.stop()
+    rows = []
+    for (name, dtype, mode, u), ms in metrics.items():
+        med = {k: statistics.median(m[k] for m in ms) for k in ms[0]}
+        rows.append([name, dtype, mode, u, int(med["n"]), f"{med['p50']:.2f}", f"{med['p99']:.2f}", f"{med['ttft']:.3f}",
+                     f"{med['tok_s']:.1f}", f"{100 * med['overhead']:.1f} %", f"{100 * med['stall']:.1f} %",
+                     f"{med['busy_tok_s']:.1f}", f"{med['tokens']:.1f}", f"{med['batch']:.1f}", f"{med['step_ms']:.0f}"])
     print()
-    print(table(["setup", "batching", "users", "requests", "p50 latency (s)", "p99 latency (s)", "p50 TTFT (s)",
-                 "tokens/s", "service overhead", "prefill stall", "all-busy tokens/s", "tokens/answer",
-                 "mean batch", "decode step (ms)"], rows))
-    for name, _ in setups:
-        for u in users:
-            on = [r for r in rows if r[0] == name and r[1] == "on" and r[2] == u]
-            off = [r for r in rows if r[0] == name and r[1] == "off" and r[2] == u]
-            if on and off:
-                print(f"{name}, {u} users: batching gives {float(on[0][7]) / float(off[0][7]):.2f}x the tokens/s "
-                      f"({float(on[0][10]) / float(off[0][10]):.2f}x while every user is busy)")
+    if args.repeats > 1:
+        print(f"Each row: the median over {args.repeats} repeats.\n")
+    print(table(["setup", "dtype", "batching", "users", "requests", "p50 latency (s)", "p99 latency (s)",
+                 "p50 TTFT (s)", "tokens/s", "service overhead", "prefill stall", "all-busy tokens/s",
+                 "tokens/answer", "mean batch", "decode step (ms)"], rows))
+
+    def ratios(on: list[dict], off: list[dict], key: str) -> str:
+        rs = sorted(a[key] / b[key] for a, b in zip(on, off, strict=True))  # repeat by repeat
+        spread = f" (repeats: {', '.join(f'{r:.2f}' for r in rs)})" if len(rs) > 1 else ""
+        return f"{statistics.median(rs):.2f}x{spread}"
+
+    for (name, _), dtype, u in ((s, d, u) for s in setups for d in dtypes for u in users):
+        on, off = metrics.get((name, dtype, "on", u)), metrics.get((name, dtype, "off", u))
+        if on and off:
+            print(f"{name}, {dtype}, {u} users: batching gives {ratios(on, off, 'tok_s')} the tokens/s; "
+                  f"{ratios(on, off, 'busy_tok_s')} while every user is busy")
+    # across dtypes: batched in each dtype against the fastest one-at-a-time service of the same set-up
+    for (name, _), u in ((s, u) for s in setups for u in users):
+        offs = {d: metrics[(name, d, "off", u)] for d in dtypes if (name, d, "off", u) in metrics}
+        if len(dtypes) > 1 and offs:
+            best = max(offs, key=lambda d: statistics.median(m["tok_s"] for m in offs[d]))
+            for d in dtypes:
+                on = metrics.get((name, d, "on", u))
+                if on:
+                    print(f"{name}, {u} users: batched {d} gives {ratios(on, offs[best], 'tok_s')} the tokens/s of "
+                          f"the fastest one-at-a-time service ({best})")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ shows as "not run".
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -36,6 +37,7 @@ from fedintel.reproduce.paper import (  # noqa: E402
 )
 from fedintel.reproduce.verdicts import Comparison, combine, compare  # noqa: E402
 from fedintel.tracking.plots import save, style_axis  # noqa: E402
+from fedintel.tracking.store import MetricsStore  # noqa: E402
 
 NOT_RUN = "not run"
 PAPER_SETUP = {  # section V of the paper; the "here" column beside it is read from the runs
@@ -418,10 +420,6 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def hardware_of(runs: list[PaperRun]) -> list[str]:
     """Where the runs computed (each distinct description with its number of runs), read from their stores."""
-    from collections import Counter
-
-    from fedintel.tracking.store import MetricsStore
-
     seen: Counter[str] = Counter()
     for r in runs:
         with MetricsStore(r.run_dir / "metrics.db", read_only=True) as store:
