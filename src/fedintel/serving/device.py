@@ -43,6 +43,19 @@ from fedintel.inference.worker import build_parser as worker_parser
 from fedintel.inference.worker import main as worker_main
 from fedintel.serving.kvcache import growable_cache
 
+# The words a stage's refusal starts with when it no longer holds a prompt prefix the first stage offered. The
+# refusal reaches the first stage as the text of an error reply (across processes), so the text is the protocol.
+PREFIX_LOST = "prefix not held"
+
+
+def _prefix_lost(err: WorkerError) -> bool:
+    return PREFIX_LOST in str(err)
+
+
+def _prompt_key(ids: tuple[int, ...]) -> str:
+    """The name every stage stores a prompt's KV under (a hash of its token ids)."""
+    return hashlib.blake2b(torch.tensor(ids, dtype=torch.int64).numpy().tobytes(), digest_size=12).hexdigest()
+
 
 def _kv(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(layer.keys, layer.values) for layer in cache.layers]
@@ -267,12 +280,12 @@ class ServingWorker(Worker):
         meta = dict(msg.meta)
         if self.stage.first:
             ids = tuple(int(t) for t in x[0].tolist())
-            meta["prompt_key"] = hashlib.blake2b(x[0].to(torch.int64).numpy().tobytes(), digest_size=12).hexdigest()
+            meta["prompt_key"] = _prompt_key(ids)
             reuse_key, reuse_len = self._longest_prefix(ids) if self.args.prefix_cache > 0 else (None, 0)
             try:
                 return self._prefill(sid, x, meta, ids, reuse_key, reuse_len)
             except WorkerError as err:
-                if reuse_len and "prefix not held" in str(err):
+                if reuse_len and _prefix_lost(err):
                     with self.lock:  # a later stage lost it: do not offer it again
                         self.prefixes.pop(str(reuse_key), None)
                     return self._prefill(sid, x, meta, ids, None, 0)
@@ -290,7 +303,7 @@ class ServingWorker(Worker):
             if reuse_len:
                 held = self.prefixes.get(str(reuse_key))
                 if held is None:
-                    raise WorkerError(f"prefix not held: stage {self.stage.start}:{self.stage.end} no longer has "
+                    raise WorkerError(f"{PREFIX_LOST}: stage {self.stage.start}:{self.stage.end} no longer has "
                                       f"prompt {reuse_key}")
                 cache = _cache_from(self.stage.config, [(k[:, :, :reuse_len], v[:, :, :reuse_len])
                                                         for k, v in held[1]])
@@ -335,13 +348,12 @@ class ServingWorker(Worker):
                 isinstance(p, list) and p and all(isinstance(t, int) for t in p) for p in prompts):
             raise WorkerError("serve_prefill_many needs meta.prompts: one non-empty list of token ids per session")
         ids = [tuple(p) for p in prompts]
-        meta["prompt_keys"] = [hashlib.blake2b(torch.tensor(p, dtype=torch.int64).numpy().tobytes(),
-                                               digest_size=12).hexdigest() for p in ids]
+        meta["prompt_keys"] = [_prompt_key(p) for p in ids]
         reuse = [self._longest_prefix(p) if self.args.prefix_cache > 0 else (None, 0) for p in ids]
         try:
             return self._prefill_many(sessions, ids, meta, reuse)
         except WorkerError as err:
-            if any(n for _, n in reuse) and "prefix not held" in str(err):
+            if any(n for _, n in reuse) and _prefix_lost(err):
                 with self.lock:  # a later stage lost one: offer none of them again, and compute in full
                     for key, n in reuse:
                         if n:
@@ -381,7 +393,7 @@ class ServingWorker(Worker):
                 if n:
                     kv = self.prefixes.get(str(key))
                     if kv is None:
-                        raise WorkerError(f"prefix not held: stage {st.start}:{st.end} no longer has prompt {key}")
+                        raise WorkerError(f"{PREFIX_LOST}: stage {st.start}:{st.end} no longer has prompt {key}")
                     self.prefixes.move_to_end(str(key))
                     held.append([(k[:, :, :n], v[:, :, :n]) for k, v in kv[1]])
                 else:
