@@ -261,10 +261,7 @@ class Scheduler:
     def _prefill_group(self, reqs: list[GenRequest]) -> list[int | None] | None:
         """Start ``reqs`` in one forward: each one's next token, or None when the path refused the group (the
         devices undid it; the caller then starts them one at a time)."""
-        for r in reqs:
-            r.session = f"{r.id}-{next(self._ids)}"
-            if not r.generated and not r.usage.prefill_s:
-                r.usage.queue_s = time.perf_counter() - r.submitted
+        self._open_sessions(reqs)
         try:
             res = self.path.prefill_many([r.session for r in reqs], [r.prompt_ids + r.generated for r in reqs])
         except PathRefused as err:
@@ -272,30 +269,37 @@ class Scheduler:
             for r in reqs:
                 r.session = ""
             return None
-        for r in reqs:
-            r.usage.prefill_s += res.wall_s
-            r.usage.add_stages(res.stage_s)
-        self.prefills += len(reqs)
-        self.prefill_s += res.wall_s
+        self._count_prefill(reqs, res)
         return list(res.tokens)
 
     def _prefill(self, req: GenRequest) -> int | None:
         """Start ``req`` alone (from its prompt plus any tokens it already has, after a failover): its next
         token, or None when a device refused it (the request is answered with the refusal)."""
-        req.session = f"{req.id}-{next(self._ids)}"
-        if not req.generated and not req.usage.prefill_s:
-            req.usage.queue_s = time.perf_counter() - req.submitted
+        self._open_sessions([req])
         try:
             res = self.path.prefill(req.session, req.prompt_ids + req.generated)
         except PathRefused as err:
             req.session = ""
             req._finish("error", (400, str(err)))
             return None
-        req.usage.prefill_s += res.wall_s
-        req.usage.add_stages(res.stage_s)
-        self.prefills += 1
-        self.prefill_s += res.wall_s
+        self._count_prefill([req], res)
         return res.tokens[0]
+
+    def _open_sessions(self, reqs: list[GenRequest]) -> None:
+        """A fresh device session per request (a failed-over request gets a new one); a request's queueing time
+        ends at its first prefill."""
+        for r in reqs:
+            r.session = f"{r.id}-{next(self._ids)}"
+            if not r.generated and not r.usage.prefill_s:
+                r.usage.queue_s = time.perf_counter() - r.submitted
+
+    def _count_prefill(self, reqs: list[GenRequest], res: Any) -> None:
+        """Charge a prefill's wall time and stage compute to each request it started, and to /health."""
+        for r in reqs:
+            r.usage.prefill_s += res.wall_s
+            r.usage.add_stages(res.stage_s)
+        self.prefills += len(reqs)
+        self.prefill_s += res.wall_s
 
     def _push(self, req: GenRequest, tok: int) -> None:
         end = self._append(req, tok)
