@@ -121,6 +121,7 @@ def main() -> None:
     tasks = {k: v for k, v in task_configs(args).items() if k in (args.only or ["gen", "cls"])}
 
     curves: dict[str, dict[str, list[list[float]]]] = {}
+    accuracy_curves: dict[str, dict[str, list[list[float]]]] = {}  # classification only
     finals: dict[str, dict[str, list[dict]]] = {}
     for task, raw in tasks.items():
         curves[task], finals[task] = {}, {}
@@ -134,6 +135,8 @@ def main() -> None:
                        "output": {"dir": str(runs_dir), "save_adapter": False}}
                 rounds = run(cfg, f"{task}-{'fedavg-iid' if iid else algo}-s{seed}", runs_dir)
                 curves[task][algo].append(curve(rounds))
+                if curve(rounds, "eval_accuracy"):
+                    accuracy_curves.setdefault(task, {}).setdefault(algo, []).append(curve(rounds, "eval_accuracy"))
                 finals[task][algo].append(rounds[-1])
 
     print(f"Federated optimizers on non-IID clients; seeds {seeds}; "
@@ -156,19 +159,23 @@ def main() -> None:
         headers = ["optimizer", "rounds to target (seeds reached)", "final eval loss", "best eval loss"]
         headers += ["final accuracy"] if accuracy else []
         print(_common.table(headers + ["uplink MiB"], rows) + "\n")
-    path = plot(curves, out / "optimizers.png")
+    path = plot(curves, accuracy_curves, out / "optimizers.png")
     print(f"plot: {path}")
 
 
-def plot(curves: dict[str, dict[str, list[list[float]]]], path: Path) -> Path:
+def plot(curves: dict[str, dict[str, list[list[float]]]], accuracy: dict[str, dict[str, list[list[float]]]],
+         path: Path) -> Path:
+    """Mean ± std over seeds per round: every task's eval loss, then each classification task's accuracy."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves) + 1.6, 4), squeeze=False)
-    for ax, (task, by_algo) in zip(axes[0], curves.items(), strict=True):
+    panels = [(task, by_algo, "eval loss") for task, by_algo in curves.items()]
+    panels += [(task, by_algo, "eval accuracy") for task, by_algo in accuracy.items()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + 1.6, 4), squeeze=False)
+    for ax, (task, by_algo, what) in zip(axes[0], panels, strict=True):
         for k, (algo, cs) in enumerate(by_algo.items()):
             n = min(len(c) for c in cs)
             arr = np.array([c[:n] for c in cs])
@@ -178,7 +185,7 @@ def plot(curves: dict[str, dict[str, list[list[float]]]], path: Path) -> Path:
             color, style = ("black", "--") if algo == IID_REFERENCE else (f"C{k}", "-")
             ax.plot(x, mean, marker="o", ms=3, label=algo, color=color, linestyle=style)
             ax.fill_between(x, mean - std, mean + std, alpha=0.15, color=color)
-        ax.set(title=TASK_TITLES[task], xlabel="round", ylabel="eval loss")
+        ax.set(title=TASK_TITLES[task], xlabel="round", ylabel=what)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     # one legend for both panels (the same optimizers, the same colours), beside them: never over a curve
