@@ -141,7 +141,8 @@ class PartitionConfig(Section):
 
     @model_validator(mode="after")
     def _draw_is_dirichlet(self) -> PartitionConfig:
-        if "draw" in self.model_fields_set and self.method != "dirichlet":
+        # the default is harmless with any method (a saved config lists it); another value would be ignored
+        if self.draw != "per_client" and self.method != "dirichlet":
             raise ValueError(f"data.partition.draw: only method=dirichlet draws (method is {self.method})")
         return self
 
