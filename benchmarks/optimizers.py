@@ -109,6 +109,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="*", default=None, help="seeds (default 0 1 2; quick 0)")
     ap.add_argument("--only", choices=["gen", "cls"], nargs="*")
     ap.add_argument("--algorithms", choices=list(ALGORITHMS), nargs="*")
+    ap.add_argument("--no-reference", action="store_true", help="skip the iid FedAvg reference runs")
     ap.add_argument("--target", type=float, default=None,
                     help=f"target eval loss (default: {TARGET_FRACTION:.0%} of the starting eval loss)")
     args = ap.parse_args()
@@ -125,7 +126,7 @@ def main() -> None:
     finals: dict[str, dict[str, list[dict]]] = {}
     for task, raw in tasks.items():
         curves[task], finals[task] = {}, {}
-        for algo in algos + ([IID_REFERENCE] if "fedavg" in algos else []):
+        for algo in algos + ([IID_REFERENCE] if "fedavg" in algos and not args.no_reference else []):
             curves[task][algo], finals[task][algo] = [], []
             iid = algo == IID_REFERENCE
             for seed in seeds:
