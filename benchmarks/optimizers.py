@@ -109,7 +109,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="*", default=None, help="seeds (default 0 1 2; quick 0)")
     ap.add_argument("--only", choices=["gen", "cls"], nargs="*")
     ap.add_argument("--algorithms", choices=list(ALGORITHMS), nargs="*")
-    ap.add_argument("--no-reference", action="store_true", help="skip the iid FedAvg reference runs")
+    ap.add_argument("--reference", choices=["gen", "cls"], nargs="*", default=None,
+                    help="tasks that get the iid FedAvg reference row (default: all; none with no value)")
     ap.add_argument("--target", type=float, default=None,
                     help=f"target eval loss (default: {TARGET_FRACTION:.0%} of the starting eval loss)")
     args = ap.parse_args()
@@ -126,7 +127,8 @@ def main() -> None:
     finals: dict[str, dict[str, list[dict]]] = {}
     for task, raw in tasks.items():
         curves[task], finals[task] = {}, {}
-        for algo in algos + ([IID_REFERENCE] if "fedavg" in algos and not args.no_reference else []):
+        reference = "fedavg" in algos and (args.reference is None or task in args.reference)
+        for algo in algos + ([IID_REFERENCE] if reference else []):
             curves[task][algo], finals[task][algo] = [], []
             iid = algo == IID_REFERENCE
             for seed in seeds:
