@@ -192,7 +192,11 @@ def plot(curves: dict[str, dict[str, list[list[float]]]], accuracy: dict[str, di
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     # one legend for both panels (the same optimizers, the same colours), beside them: never over a curve
-    handles, labels = axes[0][0].get_legend_handles_labels()
+    legend: dict[str, object] = {}  # every panel's entries once (the iid reference may be in some panels only)
+    for ax in axes[0]:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, h)
+    handles, labels = list(legend.values()), list(legend)
     fig.legend(handles, labels, loc="center right", fontsize=9, frameon=False)
     fig.tight_layout(rect=(0, 0, 1 - 1.5 / fig.get_figwidth(), 1))
     path.parent.mkdir(parents=True, exist_ok=True)
