@@ -149,3 +149,19 @@ def test_serve_limits_name_the_bad_field(tmp_path):
         with pytest.raises(ServeConfigError, match=f"limits.{field}"):
             load_serve_config(p)
     assert load_serve_config(None, {"limits": {"prefix_cache": 0}}).limits.prefix_cache == 0
+
+
+def test_serve_pack_weights_is_checked_by_name_and_against_the_device(tmp_path):
+    from fedintel.serving.config import ServeConfigError, load_serve_config
+    from fedintel.serving.service import Service
+
+    p = tmp_path / "pack.yaml"
+    p.write_text("pack_weights: always\n")
+    with pytest.raises(ServeConfigError, match="pack_weights"):
+        load_serve_config(p)
+    assert load_serve_config(None).pack_weights == "auto"
+    # "on" where packing cannot run is refused before any device process starts
+    cfg = load_serve_config(None, {"pack_weights": "on", "runtime": {"device": "cpu", "dtype": "float16"},
+                                   "model": {"name": "tiny-llama"}, "insecure": True})
+    with pytest.raises(ServeConfigError, match="pack_weights: on cannot be served: .*float16"):
+        Service(cfg)

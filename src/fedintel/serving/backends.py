@@ -248,10 +248,26 @@ class PairPath:
         self.large.close()
 
 
-def _worker_args(model: str, a: int, b: int, num_layers: int | None, device: str, dtype: str,
-                 max_sessions: int, adapter: Path | None, prefix_cache: int = 8) -> list[str]:
-    args = ["--model", model, "--layers", f"{a}:{b}", "--device", device, "--dtype", dtype,
-            "--max-sessions", str(max_sessions), "--prefix-cache", str(prefix_cache)]
+@dataclass(frozen=True)
+class DeviceOptions:
+    """What every device process of a service is started with (``python -m fedintel.serving.device``)."""
+
+    device: str = "cpu"
+    dtype: str = "float32"
+    max_sessions: int = 64
+    prefix_cache: int = 8  # prompts whose KV each device keeps for reuse
+    pack_weights: str = "auto"  # oneDNN-prepacked linears: auto (on a CPU), on, off
+    batch_hint: int = 16  # the decode batch the packed weights are laid out for
+
+    def args(self) -> list[str]:
+        return ["--device", self.device, "--dtype", self.dtype, "--max-sessions", str(self.max_sessions),
+                "--prefix-cache", str(self.prefix_cache), "--pack-weights", self.pack_weights,
+                "--batch-hint", str(self.batch_hint)]
+
+
+def _worker_args(model: str, a: int, b: int, num_layers: int | None, opts: DeviceOptions,
+                 adapter: Path | None) -> list[str]:
+    args = ["--model", model, "--layers", f"{a}:{b}", *opts.args()]
     if num_layers is not None:
         args += ["--num-layers", str(num_layers)]
     if adapter is not None:
@@ -259,23 +275,22 @@ def _worker_args(model: str, a: int, b: int, num_layers: int | None, device: str
     return args
 
 
-def stage_specs(spec: PathSpec, model: str, total_layers: int, num_layers: int | None, device: str, dtype: str,
-                max_sessions: int, prefix_cache: int = 8) -> list[tuple[str, list[str]]]:
+def stage_specs(spec: PathSpec, model: str, total_layers: int, num_layers: int | None,
+                opts: DeviceOptions) -> list[tuple[str, list[str]]]:
     """The ``(device name, worker args)`` of each process of ``spec``: a pair's draft first, then the stages
     (named ``NAME``, ``NAME-s0``...; in a pair ``NAME-draft`` and ``NAME-target`` or, for a cascade,
-    ``NAME-small`` and ``NAME-large``). ``prefix_cache``: prompts whose KV each device keeps for reuse."""
+    ``NAME-small`` and ``NAME-large``)."""
     out = []
     base = spec.name
     if spec.draft is not None:
         small, large = ("draft", "target") if spec.kind == "speculative" else ("small", "large")
         d = spec.draft
-        out.append((f"{spec.name}-{small}", _worker_args(d.model, 0, d.layers, d.num_layers, device, dtype,
-                                                         max_sessions, None, prefix_cache)))
+        out.append((f"{spec.name}-{small}", _worker_args(d.model, 0, d.layers, d.num_layers, opts, None)))
         base = f"{spec.name}-{large}"
     bounds = stage_bounds(spec.cuts, total_layers)
     for i, (a, b) in enumerate(bounds):
         out.append((base if len(bounds) == 1 else f"{base}-s{i}",
-                    _worker_args(model, a, b, num_layers, device, dtype, max_sessions, spec.adapter, prefix_cache)))
+                    _worker_args(model, a, b, num_layers, opts, spec.adapter)))
     return out
 
 
@@ -291,11 +306,9 @@ def connect_path(spec: PathSpec, group: WorkerGroup, workers: list[WorkerProcess
 
 
 def start_path(group: WorkerGroup, spec: PathSpec, model: str, total_layers: int, num_layers: int | None,
-               device: str, dtype: str, max_sessions: int, timeout: float = 60.0,
-               prefix_cache: int = 8) -> DevicePath | PairPath:
+               opts: DeviceOptions, timeout: float = 60.0) -> DevicePath | PairPath:
     """Start the processes of ``spec`` in ``group`` and connect them."""
-    workers = group.start(stage_specs(spec, model, total_layers, num_layers, device, dtype, max_sessions,
-                                      prefix_cache))
+    workers = group.start(stage_specs(spec, model, total_layers, num_layers, opts))
     return connect_path(spec, group, workers, timeout)
 
 

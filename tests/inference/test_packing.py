@@ -1,0 +1,106 @@
+"""oneDNN-prepacked linears (inference/packing.py): the same outputs as nn.Linear, refused where they cannot
+run, and a packed SmolLM2 serving device that decodes what the unpacked one does, batched as alone."""
+
+import pytest
+import torch
+
+from fedintel.inference.packing import PackedLinear, pack_linears, packing_available
+from fedintel.inference.protocol import Message
+from fedintel.serving.device import ServingWorker, WorkerError, build_parser
+
+pytestmark = pytest.mark.skipif(packing_available("cpu", torch.float32) is not None,
+                                reason="this PyTorch build has no oneDNN linear")
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(1, 64), (16, 64), (2, 5, 64)])
+def test_packed_linear_matches_nn_linear(bias, shape):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 96, bias=bias)
+    x = torch.randn(*shape)
+    with torch.inference_mode():
+        want = lin(x)
+        got = PackedLinear(lin)(x)
+    assert got.shape == want.shape == (*shape[:-1], 96)
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(got, torch.zeros_like(got))
+
+
+def test_bfloat16_packed_linear_casts_its_input_like_autocast():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 32).to(torch.bfloat16)
+    x = torch.randn(3, 64)
+    with torch.inference_mode():
+        got = PackedLinear(lin)(x)  # a float32 input, as an RMSNorm may hand over
+        want = lin(x.to(torch.bfloat16))
+    assert got.dtype == torch.bfloat16
+    assert torch.allclose(got.float(), want.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_pack_linears_replaces_every_linear_once_and_keeps_the_rest():
+    shared = torch.nn.Linear(8, 8)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), shared,
+                              torch.nn.Sequential(shared, torch.nn.LayerNorm(8)))
+    x = torch.randn(2, 4)
+    with torch.inference_mode():
+        want = net(x)
+        assert pack_linears(net) == 2  # the shared linear is packed once
+        got = net(x)
+    assert not any(type(m) is torch.nn.Linear for m in net.modules())
+    assert net[2] is net[3][0] and isinstance(net[2], PackedLinear)
+    assert isinstance(net[3][1], torch.nn.LayerNorm)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_refused_where_it_cannot_run():
+    assert "float16" in packing_available("cpu", torch.float16)
+    assert "CPU" in packing_available("cuda", torch.float32)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4).half())
+    with pytest.raises(ValueError, match="float16"):
+        pack_linears(net)
+    assert type(net[0]) is torch.nn.Linear  # nothing replaced
+
+
+def test_device_option_on_refuses_a_dtype_it_cannot_pack():
+    with pytest.raises(WorkerError, match="--pack-weights on: .*float16"):
+        ServingWorker(build_parser().parse_args(["--model", "tiny-llama", "--insecure", "--dtype", "float16",
+                                                 "--pack-weights", "on"]), None)
+
+
+PROMPTS = ["What is the capital of France?", "Who wrote Romeo and Juliet?", "Name a primary colour.",
+           "What is 2 plus 2?"]
+
+
+def _greedy(w, sessions, prompts, steps):
+    """Prefill each prompt alone, then decode all of them together (one batch) for ``steps`` tokens."""
+    toks = {}
+    for s, ids in zip(sessions, prompts, strict=True):
+        reply = w.op_serve_prefill(Message("serve_prefill", {"session": s}, {"input_ids": torch.tensor([ids])}))
+        toks[s] = [int(reply.tensors["argmax"][0])]
+    for _ in range(steps):
+        x = torch.tensor([[toks[s][-1]] for s in sessions])
+        out = w.op_serve_decode(Message("serve_decode", {"rows": list(sessions)}, {"input_ids": x}))
+        for s, t in zip(sessions, out.tensors["argmax"].tolist(), strict=True):
+            toks[s].append(t)
+    w.op_serve_end(Message("serve_end", {"sessions": list(sessions)}))
+    return [toks[s] for s in sessions]
+
+
+def test_packed_smollm2_decodes_what_the_unpacked_model_does_batched_and_alone():
+    def device(pack):
+        return ServingWorker(build_parser().parse_args(["--model", "smollm2-135m", "--insecure", "--threads", "2",
+                                                        "--pack-weights", pack]), None)
+
+    plain, packed = device("off"), device("on")
+    assert plain.packed_linears == 0 and packed.packed_linears == 30 * 7 + 1  # 7 per layer + the head
+    tok = packed.tokenizer
+    prompts = [tok(tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                           tokenize=False), add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    steps = 10
+    alone = [_greedy(packed, [f"a{i}"], [p], steps)[0] for i, p in enumerate(prompts)]
+    together = _greedy(packed, [f"b{i}" for i in range(len(prompts))], prompts, steps)
+    unpacked = _greedy(plain, [f"c{i}" for i in range(len(prompts))], prompts, steps)
+    assert together == alone
+    assert unpacked == alone
+    text = tok.decode(alone[0])
+    assert "Paris" in text, text
