@@ -1,7 +1,9 @@
 """Load test of ``fedintel serve`` (issue #20): 1, 4 and 16 concurrent users on loopback, real HTTP.
 
 For each serving set-up (one process / a 2-stage split) with batching on (``max_batch`` 16) and off (1, one
-request at a time), the service is started in this process (device processes as usual, mutual TLS), and
+request at a time), the service is started as users start it, ``python -m fedintel serve`` in a process of its
+own (device processes as usual, mutual TLS; the load generator never shares a process, or its GIL, with the
+service), and
 each user sends streaming chat requests (greedy, ``max_tokens`` 32) one after another with httpx + asyncio,
 bounded by ``--requests`` per user and ``--seconds`` per level. Reported per level: p50 / p99 latency, p50
 time to first token, tokens/s of the whole service, and the service overhead: the share of a request's
@@ -15,6 +17,8 @@ time into decode, prefill and idle.
 
     python benchmarks/serve.py            # full: SmolLM2-135M, users 1/4/16 (tens of minutes on 2 cores)
     python benchmarks/serve.py --quick    # smoke: 2 layers, users 1/4, one request each
+    python benchmarks/serve.py --profile  # the device alone, in this process: decode step at 1 and 16 rows,
+                                          # weights packed (oneDNN) and not, interleaved; no HTTP
 """
 
 from __future__ import annotations
@@ -22,8 +26,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
+import signal
+import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -98,6 +107,101 @@ async def level(url: str, users: int, requests: int, seconds: float, max_tokens:
             "stall": statistics.median(r["stall"] for r in out)}
 
 
+class ServeProcess:
+    """``python -m fedintel serve`` on a free loopback port, as a user starts it; :meth:`stop` ends it (SIGINT:
+    the service stops its device processes)."""
+
+    def __init__(self, cfg: dict, workdir: Path, name: str, start_timeout: float = 600) -> None:
+        import yaml
+
+        conf = workdir / f"{name}.yaml"
+        conf.write_text(yaml.safe_dump(cfg))
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = workdir / f"{name}.log"
+        self.proc = subprocess.Popen([sys.executable, "-m", "fedintel", "serve", "--config", str(conf), "--port",
+                                      str(port)], stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + start_timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"fedintel serve ({name}) exited with {self.proc.returncode}:\n"
+                                   f"{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/health", timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"fedintel serve ({name}) did not answer within {start_timeout} s")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def profile(args: argparse.Namespace) -> None:
+    """The serving device alone, in this process: one decode step at 1 and at 16 rows (prompts of 30-54
+    tokens), with the linears packed for oneDNN and not, the variants interleaved over ``--repeats``."""
+    import torch
+
+    from fedintel.inference.protocol import Message
+    from fedintel.serving.device import ServingWorker, build_parser
+
+    torch.set_num_threads(args.threads)
+    dtypes = args.dtypes.split(",")
+    devices = {(d, pack): ServingWorker(build_parser().parse_args(
+        ["--model", args.model, "--insecure", "--threads", str(args.threads), "--dtype", d, "--pack-weights", pack]
+        + (["--num-layers", str(args.num_layers)] if args.num_layers else [])), None)
+        for d in dtypes for pack in ("off", "on")}
+    rng = random.Random(0)
+
+    def step_s(w: ServingWorker, rows: int, steps: int) -> float:
+        sessions = [f"r{rows}-{i}" for i in range(rows)]
+        for i, s in enumerate(sessions):
+            ids = [rng.randrange(100, 40000) for _ in range(30 + (7 * i) % 25)]
+            w.op_serve_prefill(Message("serve_prefill", {"session": s}, {"input_ids": torch.tensor([ids])}))
+
+        def decode() -> None:
+            x = torch.randint(100, 40000, (rows, 1))
+            w.op_serve_decode(Message("serve_decode", {"rows": sessions}, {"input_ids": x}))
+
+        for _ in range(2):
+            decode()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            decode()
+        w.op_serve_end(Message("serve_end", {"sessions": sessions}))
+        return (time.perf_counter() - t0) / steps
+
+    times: dict[tuple[str, str, int], list[float]] = {}
+    for rep in range(max(1, args.repeats)):
+        for key, w in devices.items():
+            for rows in (1, 16):
+                times.setdefault((*key, rows), []).append(step_s(w, rows, 4 if args.quick else 15))
+        print(f"repeat {rep + 1}/{max(1, args.repeats)} done", flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    out = []
+    for d, pack in devices:
+        one, full = med[(d, pack, 1)], med[(d, pack, 16)]
+        out.append([d, pack, f"{1000 * one:.1f}", f"{1000 * full:.1f}", f"{16 * one / full:.2f}x",
+                    f"{1 / one:.1f}", f"{16 / full:.1f}"])
+    print()
+    print(table(["dtype", "packed", "1-row step (ms)", "16-row step (ms)", "full batches give", "tokens/s at 1",
+                 "tokens/s at 16"], out))
+    for d in dtypes:
+        print(f"{d}: packing makes the 1-row step {med[(d, 'on', 1)] / med[(d, 'off', 1)]:.2f}x and the 16-row step "
+              f"{med[(d, 'on', 16)] / med[(d, 'off', 16)]:.2f}x as long")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 layers, users 1 and 4, one request each")
@@ -115,11 +219,17 @@ def main() -> None:
     ap.add_argument("--dtypes", default="float32,bfloat16",
                     help="runtime.dtype of the device processes, each a set-up of its own (batching is compared "
                          "within one dtype)")
+    ap.add_argument("--pack-weights", default="auto", choices=["auto", "on", "off"],
+                    help="the services' pack_weights (oneDNN-prepacked linears)")
+    ap.add_argument("--profile", action="store_true",
+                    help="time the device's decode step in this process instead (1 and 16 rows, packed or not)")
     args = ap.parse_args()
     if args.quick:
         args.num_layers, args.users, args.requests, args.seconds = 2, "1,4", 1, 60
+    if args.profile:
+        profile(args)
+        return
     from fedintel.serving.config import ServeConfig
-    from fedintel.serving.server import serve_in_thread
 
     users = [int(u) for u in args.users.split(",")]
     total = args.num_layers or 30
@@ -134,17 +244,20 @@ def main() -> None:
     for (name, cuts), dtype in ((s, d) for s in setups for d in dtypes):
         # batching on and off run side by side, their levels interleaved (on, off, on, off...): each ratio
         # compares measurements minutes apart, not a quarter of an hour (this machine drifts by ±10-15 %)
-        services = {}
+        services: dict[str, ServeProcess] = {}
+        workdir = Path(tempfile.mkdtemp(prefix="fedintel-serve-bench-"))
         try:
             for batching in modes:
                 cfg = ServeConfig.model_validate({
                     "model": {"name": args.model, "num_layers": args.num_layers},
                     "runtime": {"device": "cpu", "threads": args.threads, "dtype": dtype},
+                    "pack_weights": args.pack_weights,
                     "paths": [{"name": "p", "cuts": cuts}],
                     "limits": {"max_batch": 16 if batching else 1, "max_concurrency": 64,
                                "max_tokens": args.max_tokens, "default_max_tokens": args.max_tokens},
                 })
-                services["on" if batching else "off"] = serve_in_thread(cfg)
+                mode = "on" if batching else "off"
+                services[mode] = ServeProcess(cfg.model_dump(mode="json"), workdir, f"{name.split()[0]}-{dtype}-{mode}")
             for running in services.values():  # warm-up: a fresh process's first steps are slow
                 asyncio.run(level(running.url, 1, 2, 60, args.max_tokens))
             for rep, u, mode in ((r, u, m) for r in range(args.repeats) for u in users for m in services):

@@ -35,8 +35,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {"from_run": args.from_run}
     try:
         cfg = load_serve_config(args.config, overrides)
-        if args.max_batch is not None:
-            cfg.limits.max_batch = args.max_batch
+        if args.max_batch is not None:  # validated like the file's own value
+            limits = {**cfg.limits.model_dump(), "max_batch": args.max_batch}
+            cfg = load_serve_config(args.config, {**overrides, "limits": limits})
 
         def ready(service: Any, url: str) -> None:
             models = ", ".join(m["id"] for m in service.model_ids())
