@@ -168,18 +168,18 @@ def profile(args: argparse.Namespace) -> None:
         sessions = [f"r{rows}-{i}" for i in range(rows)]
         for i, s in enumerate(sessions):
             ids = [rng.randrange(100, 40000) for _ in range(30 + (7 * i) % 25)]
-            w.op_serve_prefill(Message("serve_prefill", {"session": s}, {"input_ids": torch.tensor([ids])}))
+            w.handle(Message("serve_prefill", {"session": s}, {"input_ids": torch.tensor([ids])}))
 
-        def decode() -> None:
+        def decode() -> None:  # through handle(), on the device's compute thread, as a request from the link
             x = torch.randint(100, 40000, (rows, 1))
-            w.op_serve_decode(Message("serve_decode", {"rows": sessions}, {"input_ids": x}))
+            w.handle(Message("serve_decode", {"rows": sessions}, {"input_ids": x}))
 
         for _ in range(2):
             decode()
         t0 = time.perf_counter()
         for _ in range(steps):
             decode()
-        w.op_serve_end(Message("serve_end", {"sessions": sessions}))
+        w.handle(Message("serve_end", {"sessions": sessions}))
         return (time.perf_counter() - t0) / steps
 
     times: dict[tuple[str, str, int], list[float]] = {}
