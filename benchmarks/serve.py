@@ -150,7 +150,11 @@ class ServeProcess:
 
 def profile(args: argparse.Namespace) -> None:
     """The serving device alone, in this process: one decode step at 1 and at 16 rows (prompts of 30-54
-    tokens), with the linears packed for oneDNN and not, the variants interleaved over ``--repeats``."""
+    tokens), with the linears packed for oneDNN and not, the variants interleaved over ``--repeats``. A third
+    variant calls the packed device's operations directly from another thread (bypassing its compute thread),
+    which is how it ran before it had one."""
+    import threading
+
     import torch
 
     from fedintel.inference.protocol import Message
@@ -162,44 +166,62 @@ def profile(args: argparse.Namespace) -> None:
         ["--model", args.model, "--insecure", "--threads", str(args.threads), "--dtype", d, "--pack-weights", pack]
         + (["--num-layers", str(args.num_layers)] if args.num_layers else [])), None)
         for d in dtypes for pack in ("off", "on")}
+    variants = [(d, pack, "compute thread") for d, pack in devices] + [(d, "on", "another thread") for d in dtypes]
     rng = random.Random(0)
 
-    def step_s(w: ServingWorker, rows: int, steps: int) -> float:
+    def step_s(w: ServingWorker, rows: int, steps: int, where: str) -> float:
+        # "compute thread": through handle(), as a request from the link; else the op itself, here
+        call = w.handle if where == "compute thread" else (lambda m: getattr(w, f"op_{m.op}")(m))
         sessions = [f"r{rows}-{i}" for i in range(rows)]
         for i, s in enumerate(sessions):
             ids = [rng.randrange(100, 40000) for _ in range(30 + (7 * i) % 25)]
-            w.handle(Message("serve_prefill", {"session": s}, {"input_ids": torch.tensor([ids])}))
+            call(Message("serve_prefill", {"session": s}, {"input_ids": torch.tensor([ids])}))
 
-        def decode() -> None:  # through handle(), on the device's compute thread, as a request from the link
+        def decode() -> None:
             x = torch.randint(100, 40000, (rows, 1))
-            w.handle(Message("serve_decode", {"rows": sessions}, {"input_ids": x}))
+            call(Message("serve_decode", {"rows": sessions}, {"input_ids": x}))
 
         for _ in range(2):
             decode()
         t0 = time.perf_counter()
         for _ in range(steps):
             decode()
-        w.handle(Message("serve_end", {"sessions": sessions}))
-        return (time.perf_counter() - t0) / steps
+        took = (time.perf_counter() - t0) / steps
+        call(Message("serve_end", {"sessions": sessions}))
+        return took
 
-    times: dict[tuple[str, str, int], list[float]] = {}
+    def measure(key: tuple[str, str, str], rows: int) -> float:
+        w, steps = devices[key[:2]], 4 if args.quick else 15
+        if key[2] == "compute thread":
+            return step_s(w, rows, steps, key[2])
+        out: list[float] = []
+        t = threading.Thread(target=lambda: out.append(step_s(w, rows, steps, key[2])))
+        t.start()
+        t.join()
+        return out[0]
+
+    times: dict[tuple[str, str, str, int], list[float]] = {}
     for rep in range(max(1, args.repeats)):
-        for key, w in devices.items():
+        for key in variants:
             for rows in (1, 16):
-                times.setdefault((*key, rows), []).append(step_s(w, rows, 4 if args.quick else 15))
+                times.setdefault((*key, rows), []).append(measure(key, rows))
         print(f"repeat {rep + 1}/{max(1, args.repeats)} done", flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     out = []
-    for d, pack in devices:
-        one, full = med[(d, pack, 1)], med[(d, pack, 16)]
-        out.append([d, pack, f"{1000 * one:.1f}", f"{1000 * full:.1f}", f"{16 * one / full:.2f}x",
+    for d, pack, where in variants:
+        one, full = med[(d, pack, where, 1)], med[(d, pack, where, 16)]
+        out.append([d, pack, where, f"{1000 * one:.1f}", f"{1000 * full:.1f}", f"{16 * one / full:.2f}x",
                     f"{1 / one:.1f}", f"{16 / full:.1f}"])
     print()
-    print(table(["dtype", "packed", "1-row step (ms)", "16-row step (ms)", "full batches give", "tokens/s at 1",
-                 "tokens/s at 16"], out))
+    if args.repeats > 1:
+        print(f"Each step: the median over {args.repeats} repeats.\n")
+    print(table(["dtype", "packed", "called on", "1-row step (ms)", "16-row step (ms)", "full batches give",
+                 "tokens/s at 1", "tokens/s at 16"], out))
     for d in dtypes:
-        print(f"{d}: packing makes the 1-row step {med[(d, 'on', 1)] / med[(d, 'off', 1)]:.2f}x and the 16-row step "
-              f"{med[(d, 'on', 16)] / med[(d, 'off', 16)]:.2f}x as long")
+        on, off, other = ((d, "on", "compute thread"), (d, "off", "compute thread"), (d, "on", "another thread"))
+        print(f"{d}: packing makes the 1-row step {med[(*on, 1)] / med[(*off, 1)]:.2f}x and the 16-row step "
+              f"{med[(*on, 16)] / med[(*off, 16)]:.2f}x as long; called from a thread that did not pack, "
+              f"{med[(*other, 1)] / med[(*on, 1)]:.2f}x and {med[(*other, 16)] / med[(*on, 16)]:.2f}x")
 
 
 def main() -> None:

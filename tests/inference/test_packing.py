@@ -104,3 +104,32 @@ def test_packed_smollm2_decodes_what_the_unpacked_model_does_batched_and_alone()
     assert unpacked == alone
     text = tok.decode(alone[0])
     assert "Paris" in text, text
+
+
+def test_a_serving_device_computes_on_the_thread_that_packed_its_weights():
+    import threading
+
+    class Where(ServingWorker):
+        def op_where(self, msg):
+            return Message("ok", {"thread": threading.current_thread().name})
+
+        def _pack(self, mode, batch_hint):
+            self.packed_on = threading.current_thread().name
+            return super()._pack(mode, batch_hint)
+
+    from fedintel.inference.protocol import LinkSecurity
+
+    w = Where(build_parser().parse_args(["--model", "tiny-llama", "--insecure"]), LinkSecurity.plaintext())
+    assert w.packed_linears > 0 and w.packed_on.startswith("serving-compute")
+    seen = set()
+
+    def call():  # as the link server does: each connection on a thread of its own
+        seen.add(w.handle(Message("where")).meta["thread"])
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {w.packed_on}
+    assert w.handle(Message("ping")).meta["packed_linears"] == w.packed_linears
