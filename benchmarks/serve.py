@@ -148,11 +148,9 @@ class ServeProcess:
                 self.proc.wait()
 
 
-def profile(args: argparse.Namespace) -> None:
-    """The serving device alone, in this process: one decode step at 1 and at 16 rows (prompts of 30-54
-    tokens), with the linears packed for oneDNN and not, the variants interleaved over ``--repeats``. A third
-    variant calls the packed device's operations directly from another thread (bypassing its compute thread),
-    which is how it ran before it had one."""
+def profile_one(args: argparse.Namespace) -> None:
+    """One variant of ``--profile`` (``--profile-variant DTYPE,PACK,WHERE``) in this process, one device as in a
+    device process: prints the mean decode step at 1 and 16 rows (seconds) as JSON."""
     import threading
 
     import torch
@@ -160,18 +158,18 @@ def profile(args: argparse.Namespace) -> None:
     from fedintel.inference.protocol import Message
     from fedintel.serving.device import ServingWorker, build_parser
 
+    dtype, pack, where = args.profile_variant.split(",")
     torch.set_num_threads(args.threads)
-    dtypes = args.dtypes.split(",")
-    devices = {(d, pack): ServingWorker(build_parser().parse_args(
-        ["--model", args.model, "--insecure", "--threads", str(args.threads), "--dtype", d, "--pack-weights", pack]
+    w = ServingWorker(build_parser().parse_args(
+        ["--model", args.model, "--insecure", "--threads", str(args.threads), "--dtype", dtype, "--pack-weights", pack]
         + (["--num-layers", str(args.num_layers)] if args.num_layers else [])), None)
-        for d in dtypes for pack in ("off", "on")}
-    variants = [(d, pack, "compute thread") for d, pack in devices] + [(d, "on", "another thread") for d in dtypes]
+    # "compute": through handle(), on the device's compute thread, as a request from the link; "other": the
+    # operations called directly on a thread that did not pack the weights (how the device ran before)
+    call = w.handle if where == "compute" else (lambda m: getattr(w, f"op_{m.op}")(m))
     rng = random.Random(0)
+    steps = 4 if args.quick else 15
 
-    def step_s(w: ServingWorker, rows: int, steps: int, where: str) -> float:
-        # "compute thread": through handle(), as a request from the link; else the op itself, here
-        call = w.handle if where == "compute thread" else (lambda m: getattr(w, f"op_{m.op}")(m))
+    def step_s(rows: int) -> float:
         sessions = [f"r{rows}-{i}" for i in range(rows)]
         for i, s in enumerate(sessions):
             ids = [rng.randrange(100, 40000) for _ in range(30 + (7 * i) % 25)]
@@ -190,27 +188,40 @@ def profile(args: argparse.Namespace) -> None:
         call(Message("serve_end", {"sessions": sessions}))
         return took
 
-    def measure(key: tuple[str, str, str], rows: int) -> float:
-        w, steps = devices[key[:2]], 4 if args.quick else 15
-        if key[2] == "compute thread":
-            return step_s(w, rows, steps, key[2])
-        out: list[float] = []
-        t = threading.Thread(target=lambda: out.append(step_s(w, rows, steps, key[2])))
-        t.start()
-        t.join()
-        return out[0]
+    out: dict[int, float] = {}
+    t = threading.Thread(target=lambda: out.update({rows: step_s(rows) for rows in (1, 16)}))
+    t.start()
+    t.join()
+    print(json.dumps(out))
 
+
+def profile(args: argparse.Namespace) -> None:
+    """The serving device alone, no HTTP: one decode step at 1 and at 16 rows (prompts of 30-54 tokens), with
+    the linears packed for oneDNN and not; each variant in a fresh process holding one device (as a device
+    process does), the variants interleaved over ``--repeats``. A third variant calls the packed device's
+    operations from a thread that did not pack its weights, which is how a device ran before it had a compute
+    thread."""
+    dtypes = args.dtypes.split(",")
+    variants = [(d, pack, where) for d in dtypes for pack, where in (("off", "compute"), ("on", "compute"),
+                                                                    ("on", "other"))]
+    base = [sys.executable, str(Path(__file__).resolve()), "--model", args.model, "--threads", str(args.threads)]
+    base += ["--num-layers", str(args.num_layers)] if args.num_layers else []
+    base += ["--quick"] if args.quick else []
     times: dict[tuple[str, str, str, int], list[float]] = {}
     for rep in range(max(1, args.repeats)):
-        for key in variants:
-            for rows in (1, 16):
-                times.setdefault((*key, rows), []).append(measure(key, rows))
+        for v in variants:
+            res = subprocess.run([*base, "--profile-variant", ",".join(v)], capture_output=True, text=True)
+            if res.returncode:
+                raise RuntimeError(f"--profile-variant {','.join(v)} failed:\n{res.stderr[-3000:]}")
+            for rows, s in json.loads(res.stdout.strip().splitlines()[-1]).items():
+                times.setdefault((*v, int(rows)), []).append(s)
         print(f"repeat {rep + 1}/{max(1, args.repeats)} done", flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
+    names = {"compute": "its compute thread", "other": "another thread"}
     out = []
     for d, pack, where in variants:
         one, full = med[(d, pack, where, 1)], med[(d, pack, where, 16)]
-        out.append([d, pack, where, f"{1000 * one:.1f}", f"{1000 * full:.1f}", f"{16 * one / full:.2f}x",
+        out.append([d, pack, names[where], f"{1000 * one:.1f}", f"{1000 * full:.1f}", f"{16 * one / full:.2f}x",
                     f"{1 / one:.1f}", f"{16 / full:.1f}"])
     print()
     if args.repeats > 1:
@@ -218,7 +229,7 @@ def profile(args: argparse.Namespace) -> None:
     print(table(["dtype", "packed", "called on", "1-row step (ms)", "16-row step (ms)", "full batches give",
                  "tokens/s at 1", "tokens/s at 16"], out))
     for d in dtypes:
-        on, off, other = ((d, "on", "compute thread"), (d, "off", "compute thread"), (d, "on", "another thread"))
+        on, off, other = (d, "on", "compute"), (d, "off", "compute"), (d, "on", "other")
         print(f"{d}: packing makes the 1-row step {med[(*on, 1)] / med[(*off, 1)]:.2f}x and the 16-row step "
               f"{med[(*on, 16)] / med[(*off, 16)]:.2f}x as long; called from a thread that did not pack, "
               f"{med[(*other, 1)] / med[(*on, 1)]:.2f}x and {med[(*other, 16)] / med[(*on, 16)]:.2f}x")
@@ -245,7 +256,11 @@ def main() -> None:
                     help="the services' pack_weights (oneDNN-prepacked linears)")
     ap.add_argument("--profile", action="store_true",
                     help="time the device's decode step in this process instead (1 and 16 rows, packed or not)")
+    ap.add_argument("--profile-variant", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.profile_variant:
+        profile_one(args)
+        return
     if args.quick:
         args.num_layers, args.users, args.requests, args.seconds = 2, "1,4", 1, 60
     if args.profile:
