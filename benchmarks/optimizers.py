@@ -112,7 +112,7 @@ def main() -> None:
     ap.add_argument("--reference", choices=["gen", "cls"], nargs="*", default=None,
                     help="tasks that get the iid FedAvg reference row (default: all; none with no value)")
     ap.add_argument("--target", type=float, default=None,
-                    help=f"target eval loss (default: {TARGET_FRACTION:.0%} of the starting eval loss)")
+                    help=f"target eval loss (default: {TARGET_FRACTION * 100:.0f} %% of the starting eval loss)")
     args = ap.parse_args()
     args.rounds = args.rounds or (2 if args.quick else 8)
     args.cls_rounds = args.cls_rounds or (2 if args.quick else 12)
