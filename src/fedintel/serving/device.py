@@ -38,6 +38,7 @@ import torch
 from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
+from fedintel.inference.packing import pack_linears, packing_available
 from fedintel.inference.protocol import Message
 from fedintel.inference.worker import Worker, WorkerError
 from fedintel.inference.worker import build_parser as worker_parser
@@ -131,8 +132,6 @@ class ServingWorker(Worker):
 
     def _pack(self, mode: str, batch_hint: int) -> int:
         """Prepack the stage's linears for oneDNN (``mode`` auto/on/off); how many were packed."""
-        from fedintel.inference.packing import pack_linears, packing_available
-
         why = packing_available(self.runtime.device, self.runtime.dtype)
         if mode == "off" or (mode == "auto" and why):
             return 0

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from fedintel.inference.packing import packing_available
 from fedintel.inference.protocol import LinkSecurity, is_loopback
 from fedintel.serving.backends import (
     DeviceOptions,
@@ -142,8 +143,6 @@ class Service:
         runtime = resolve_runtime(cfg.runtime, apply_threads=False)  # refuse a device this machine lacks
         self.device, self.dtype = str(runtime.device), cfg.runtime.dtype
         if cfg.pack_weights == "on":
-            from fedintel.inference.packing import packing_available
-
             why = packing_available(runtime.device, runtime.dtype)
             if why:
                 raise ServeConfigError(f"pack_weights: on cannot be served: {why} (use auto or off)")
