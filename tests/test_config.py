@@ -165,3 +165,24 @@ def test_serve_pack_weights_is_checked_by_name_and_against_the_device(tmp_path):
                                    "model": {"name": "tiny-llama"}, "insecure": True})
     with pytest.raises(ServeConfigError, match="pack_weights: on cannot be served: .*float16"):
         Service(cfg)
+
+
+def test_serve_routing_method_is_checked_by_name():
+    from fedintel.serving.config import ServeConfigError, load_serve_config
+
+    assert load_serve_config(None).routing.method == "auto"
+    with pytest.raises(ServeConfigError, match="routing.method"):
+        load_serve_config(None, {"routing": {"method": "nearest"}})
+    with pytest.raises(ServeConfigError, match="routing.method: examples needs routing.examples"):
+        load_serve_config(None, {"routing": {"method": "examples"}})
+    # examples that the chosen method would not use are refused, not dropped
+    with pytest.raises(ServeConfigError, match="routing.examples: given, but routing.method is loss"):
+        load_serve_config(None, {"routing": {"method": "loss", "examples": {"a": ["x"]}}})
+    with pytest.raises(ServeConfigError, match="routing.method: clients .* set from_run"):
+        load_serve_config(None, {"routing": {"method": "clients"}})
+    cfg = load_serve_config(None, {"routing": {"method": "clients"}, "from_run": "runs/x"})
+    assert load_serve_config(None, cfg.model_dump()).routing.method == "clients"  # round-trips
+    # the command line's --routing is validated like the file's value, before any process starts
+    from fedintel.cli import main as cli_main
+
+    assert cli_main(["serve", "--routing", "clients"]) == 2

@@ -119,3 +119,56 @@ def test_runs_that_cannot_serve_experts_are_refused(runs, encoder, tmp_path, cap
     # the command line: a clear error and exit status 2, before any device process starts
     assert cli_main(["infer", "experts", "--from-run", str(fl_dir)]) == 2
     assert "clustered run" in capsys.readouterr().out
+
+
+def test_routing_statistics_are_kept_in_the_run_and_recomputed_when_unusable(runs, encoder):
+    from fedintel.inference.run_experts import STATS_DIR, expert_statistics, open_expert_run
+
+    _, cfl_dir = runs
+
+    def run_routing_statistics(run_dir, encoder):
+        return expert_statistics(open_expert_run(run_dir), encoder)
+
+    first = run_routing_statistics(cfl_dir, encoder)
+    kept = list((cfl_dir / STATS_DIR).glob("*.safetensors"))
+    assert len(kept) == 1
+    again = run_routing_statistics(cfl_dir, encoder)
+    assert list(again) == list(first) == ["cluster_0", "cluster_1"]
+    assert all(torch.equal(again[n].total, first[n].total) and again[n].count == first[n].count for n in first)
+    kept[0].write_bytes(b"not a safetensors file")  # a torn or foreign file is not trusted
+    redone = run_routing_statistics(cfl_dir, encoder)
+    assert all(torch.allclose(redone[n].total, first[n].total, rtol=1e-4, atol=1e-4) for n in first), [
+        float((redone[n].total - first[n].total).abs().max()) for n in first]
+    assert kept[0].read_bytes()[:8] != b"not a sa"  # and is written again whole
+
+
+def test_serve_routes_auto_by_the_clients_statistics(runs):
+    """``fedintel serve --from-run`` of a clustered run: ``auto`` goes to the expert of each held-out query's
+    domain by its clients' centroids, through the OpenAI API."""
+    import httpx
+
+    from fedintel.serving.config import ServeConfig, ServeConfigError
+    from fedintel.serving.server import serve_in_thread
+    from fedintel.serving.service import Service
+
+    fl_dir, cfl_dir = runs
+    rx = load_run_experts(cfl_dir, Encoder("minilm-l6"))
+    serve = {"model": {"name": "smollm2-135m", "num_layers": 2}, "paths": [], "insecure": True,
+             "limits": {"max_tokens": 4, "default_max_tokens": 1}, "restart_dead": False}
+    running = serve_in_thread(ServeConfig.model_validate({**serve, "from_run": str(cfl_dir)}))
+    try:
+        auto = [m["fedintel"] for m in httpx.get(running.url + "/v1/models").json()["data"] if m["id"] == "auto"]
+        assert auto == [{"kind": "router", "routing": "clients", "routes_to": ["cluster_0", "cluster_1"], "paths": []}]
+        served = []
+        for q in rx.queries:
+            r = httpx.post(running.url + "/v1/completions", json={"model": "auto", "prompt": q.route_text},
+                           timeout=120)
+            assert r.status_code == 200, r.text
+            served.append(r.json()["fedintel"]["served_by"])
+        right = sum(s == rx.domain_expert[q.domain] for s, q in zip(served, rx.queries, strict=True))
+        assert right >= 0.75 * len(rx.queries), served
+    finally:
+        running.stop()
+    # a FedAvg run has no experts: auto falls back to loss routing, and asking for clients is refused by name
+    with pytest.raises(ServeConfigError, match="routing.method: clients cannot route .* clustered run"):
+        Service(ServeConfig.model_validate({**serve, "from_run": str(fl_dir), "routing": {"method": "clients"}}))

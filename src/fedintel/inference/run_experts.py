@@ -11,15 +11,23 @@ or tokenizer needed), so the queries are the held-out rows of each domain that n
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
 
 from fedintel.inference.embedding import Encoder
 from fedintel.inference.experts import EmbeddingStats
+
+if TYPE_CHECKING:
+    from fedintel.config import ExperimentConfig
+    from fedintel.data.federated import Partition
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +72,21 @@ def _expert_order(name: str) -> tuple[str, int]:
     return m.group(1), int(m.group(2))
 
 
-def load_run_experts(run_dir: str | Path, encoder: Encoder) -> RunExperts:
-    """The experts of finished run ``run_dir``, with routing statistics computed client by client."""
+@dataclass
+class ExpertRun:
+    """A finished run's config, its rebuilt data split, and which clients use which expert adapter."""
+
+    run_dir: Path
+    cfg: ExperimentConfig
+    part: Partition
+    adapters: Path
+    users: dict[str, list[int]]
+    """Expert adapter name -> the clients that use it, in expert order."""
+    mapping: dict[int, str]
+
+
+def open_expert_run(run_dir: str | Path) -> ExpertRun:
+    """Check that ``run_dir`` is a finished clustered or hierarchical causal-LM run with two experts or more."""
     from fedintel.config import ConfigError, load_config
     from fedintel.data.federated import plan_partition
     from fedintel.tracking.export import CLIENT_MAP, read_client_map
@@ -80,9 +101,6 @@ def load_run_experts(run_dir: str | Path, encoder: Encoder) -> RunExperts:
     if cfg.model.task != "causal_lm":
         raise RunExpertsError(f"from_run: {run_dir} trained a {cfg.model.task} model; experts answer queries, "
                               "so they need a causal_lm run")
-    if cfg.peft.method != "lora":
-        raise RunExpertsError(f"from_run: {run_dir} trained {cfg.peft.method} adapters; an expert device merges "
-                              "its adapter into the model, which PEFT can do for LoRA only")
     adapters = run_dir / "adapters"
     mapping_path = adapters / CLIENT_MAP
     try:
@@ -102,24 +120,95 @@ def load_run_experts(run_dir: str | Path, encoder: Encoder) -> RunExperts:
     unused = sorted(set(candidates) - set(users))
     if unused:
         log.warning("adapters %s serve no client of the run: not routed to", unused)
-    names = sorted(users, key=_expert_order)
-    if len(names) < 2:
-        raise RunExpertsError(f"from_run: only {names} serves clients in {mapping_path}; routing needs two experts")
-
+    if len(users) < 2:
+        raise RunExpertsError(f"from_run: only {sorted(users)} serves clients in {mapping_path}; routing needs two "
+                              "experts")
     part = plan_partition(cfg.data, cfg.model.task, cfg.federation.num_clients, cfg.federation.seed)
     if len(part.client_train) != len(mapping):
         raise RunExpertsError(f"from_run: {mapping_path} lists {len(mapping)} clients but the config builds "
                               f"{len(part.client_train)}: the run directory was changed after the run")
+    users = {n: users[n] for n in sorted(users, key=_expert_order)}
+    return ExpertRun(run_dir, cfg, part, adapters, users, mapping)
+
+
+STATS_DIR = "routing"
+"""``RUN_DIR/routing/``: the experts' aggregated routing statistics, kept so later calls skip the encoder pass."""
+
+
+def _stats_file(run_dir: Path, encoder: Encoder) -> Path:
+    from fedintel.tracking.export import CLIENT_MAP
+
+    # the statistics depend on the data split (config.yaml), who uses which expert (clients.json) and the encoder
+    key = hashlib.sha256()
+    for part in ((run_dir / "config.yaml").read_bytes(), (run_dir / "adapters" / CLIENT_MAP).read_bytes(),
+                 f"{encoder.name}|{encoder.max_length}".encode()):
+        key.update(hashlib.sha256(part).digest())
+    return run_dir / STATS_DIR / f"stats-{key.hexdigest()[:16]}.safetensors"
+
+
+def _read_stats(path: Path, names: list[str]) -> dict[str, EmbeddingStats] | None:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        tensors = load(path.read_bytes())  # not load_file: its tensors map the file, which may be rewritten later
+    except (OSError, SafetensorError) as err:
+        if path.exists():
+            log.warning("routing statistics %s unreadable (%s): computing them again", path, err)
+        return None
+    if sorted(k.rsplit(".", 1)[0] for k in tensors) != sorted(2 * names):
+        log.warning("routing statistics %s do not list the experts %s: computing them again", path, names)
+        return None
+    return {n: EmbeddingStats(tensors[f"{n}.total"], int(tensors[f"{n}.count"])) for n in names}
+
+
+def _write_stats(path: Path, stats: dict[str, EmbeddingStats]) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, s in stats.items():
+        tensors[f"{name}.total"] = s.total.contiguous()
+        tensors[f"{name}.count"] = torch.tensor(s.count)
+    tmp = path.with_suffix(".tmp")
+    try:
+        path.parent.mkdir(exist_ok=True)
+        save_file(tensors, tmp)
+        tmp.replace(path)  # atomic: a reader never sees half a file
+    except OSError as err:  # a read-only run directory still serves; it only recomputes next time
+        log.warning("could not keep the routing statistics in %s: %s", path.parent, err)
+
+
+def expert_statistics(run: ExpertRun, encoder: Encoder) -> dict[str, EmbeddingStats]:
+    """Expert adapter name -> the sum of its clients' statistics (computed client by client on the first call,
+    then kept in ``RUN_DIR/routing/`` for later ones)."""
+    path = _stats_file(run.run_dir, encoder)
+    names = list(run.users)
+    cached = _read_stats(path, names)
+    if cached is not None:
+        return cached
     stats: dict[str, EmbeddingStats] = {}
     for name in names:
-        for cid in users[name]:
+        for cid in run.users[name]:
             # computed where the client's data is; only the sum and the count reach the aggregator
-            client = EmbeddingStats.of(encoder, [part.text(i, cfg.data) for i in part.client_train[cid]])
+            texts = [run.part.text(i, run.cfg.data) for i in run.part.client_train[cid]]
+            client = EmbeddingStats.of(encoder, texts)
             stats[name] = stats[name] + client if name in stats else client
+    _write_stats(path, stats)
+    return stats
+
+
+def load_run_experts(run_dir: str | Path, encoder: Encoder) -> RunExperts:
+    """The experts of finished run ``run_dir``, with routing statistics computed client by client."""
+    run = open_expert_run(run_dir)
+    run_dir, cfg, part = run.run_dir, run.cfg, run.part
+    if cfg.peft.method != "lora":
+        raise RunExpertsError(f"from_run: {run_dir} trained {cfg.peft.method} adapters; an expert device merges "
+                              "its adapter into the model, which PEFT can do for LoRA only")
+    stats = expert_statistics(run, encoder)
 
     rows_per_expert: dict[str, Counter[str]] = {}
-    for cid, name in mapping.items():
-        if name in users:
+    for cid, name in run.mapping.items():
+        if name in run.users:
             for i in part.client_train[cid]:
                 rows_per_expert.setdefault(part.domains[i], Counter())[name] += 1
     domain_expert = {d: c.most_common(1)[0][0] for d, c in sorted(rows_per_expert.items())}
@@ -129,8 +218,8 @@ def load_run_experts(run_dir: str | Path, encoder: Encoder) -> RunExperts:
         route = part.text(i, cfg.data)
         score = f"{route}\n{part.rows[i][cfg.data.response_field]}" if cfg.data.instruction else route
         queries.append(Query(route, score, part.domains[i]))
-    glob = adapters / "global"
-    return RunExperts(run_dir, cfg.model.name, cfg.model.num_layers, {n: adapters / n for n in names}, stats,
+    glob = run.adapters / "global"
+    return RunExperts(run_dir, cfg.model.name, cfg.model.num_layers, {n: run.adapters / n for n in run.users}, stats,
                       domain_expert, queries, glob if (glob / "adapter_config.json").is_file() else None)
 
 

@@ -22,6 +22,10 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="require 'Authorization: Bearer KEY' (default: the variable named by api_key_env; "
                    "required off loopback)")
     p.add_argument("--max-batch", type=int, default=None, help="override limits.max_batch (1 = no batching)")
+    p.add_argument("--routing", default=None, choices=("auto", "examples", "clients", "loss"),
+                   help="override routing.method, how model 'auto' picks an adapter: clients = centroids of "
+                   "--from-run's clients' own statistics, examples = routing.examples, loss = lowest expert loss "
+                   "(default: the config's, auto)")
     p.set_defaults(func=_cmd_serve)
     return p
 
@@ -35,14 +39,22 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {"from_run": args.from_run}
     try:
         cfg = load_serve_config(args.config, overrides)
-        if args.max_batch is not None:  # validated like the file's own value
-            limits = {**cfg.limits.model_dump(), "max_batch": args.max_batch}
-            cfg = load_serve_config(args.config, {**overrides, "limits": limits})
+        # flags that set a nested field are validated like the file's own value
+        if args.max_batch is not None:
+            overrides["limits"] = {**cfg.limits.model_dump(), "max_batch": args.max_batch}
+        if args.routing is not None:
+            overrides["routing"] = {**cfg.routing.model_dump(), "method": args.routing}
+        if len(overrides) > 1:
+            cfg = load_serve_config(args.config, overrides)
 
         def ready(service: Any, url: str) -> None:
-            models = ", ".join(m["id"] for m in service.model_ids())
+            ids = service.model_ids()
+            models = ", ".join(m["id"] for m in ids)
             console.print(f"[green]serving[/] {url}  models: {models}  (chat page: {url}/ ; "
                           f"OpenAI base URL: {url}/v1; links: {service.health()['links']})")
+            for m in ids:
+                if m["id"] == "auto":
+                    console.print(f"auto routes by {m['routing']} to {', '.join(m['routes_to'])}")
 
         serve_forever(cfg, args.host, args.port, args.api_key, on_ready=ready)
     except (ServeConfigError, ServiceError) as err:

@@ -104,10 +104,24 @@ class LimitsConfig(_S):
 class RoutingConfig(_S):
     """How ``model: auto`` picks an adapter."""
 
+    method: Literal["auto", "examples", "clients", "loss"] = Field(
+        "auto", description="examples: MiniLM centroids of routing.examples. clients: centroids of the statistics "
+        "that from_run's clients computed from their own data (a clustered or hierarchical run; only its expert "
+        "adapters are routed to). loss: every adapter scores the prompt and the lowest loss wins. auto: examples "
+        "when given, else clients when from_run is a clustered or hierarchical run, else loss.")
     examples: dict[str, list[str]] | None = Field(
         None, description="Adapter name -> example texts of its domain: route by MiniLM centroid similarity "
-        "(as inference/experts.py). None: every expert scores the prompt and the lowest loss wins.")
-    encoder: str = Field("minilm-l6", description="Sentence encoder for example routing.")
+        "(as inference/experts.py).")
+    encoder: str = Field("minilm-l6", description="Sentence encoder for examples and clients routing.")
+
+    @model_validator(mode="after")
+    def _check(self) -> RoutingConfig:
+        if self.method == "examples" and not self.examples:
+            raise ValueError("routing.method: examples needs routing.examples (adapter name -> example texts)")
+        if self.examples and self.method in ("clients", "loss"):
+            raise ValueError(f"routing.examples: given, but routing.method is {self.method}, which does not use them "
+                             "(drop them, or set method: examples or auto)")
+        return self
 
 
 class ServeConfig(_S):
@@ -142,6 +156,9 @@ class ServeConfig(_S):
         if self.limits.default_max_tokens > self.limits.max_tokens:
             raise ValueError(f"limits.default_max_tokens ({self.limits.default_max_tokens}) exceeds "
                              f"limits.max_tokens ({self.limits.max_tokens})")
+        if self.routing.method == "clients" and not self.from_run:
+            raise ValueError("routing.method: clients routes by the statistics of a run's clients: set from_run (a "
+                             "clustered or hierarchical run directory)")
         if self.insecure and self.tls_dir:
             raise ValueError("insecure: true and tls_dir contradict each other: set one")
         for name in self.adapters:
@@ -175,6 +192,7 @@ def load_serve_config(path: str | Path | None, overrides: dict | None = None) ->
     try:
         return ServeConfig.model_validate(data)
     except ValidationError as err:
-        lines = [f"{'.'.join(str(x) for x in e['loc']) or '(file)'}: {e['msg'].removeprefix('Value error, ')}"
-                 for e in err.errors()]
+        # a whole-file check's message already names its fields
+        lines = [(f"{'.'.join(str(x) for x in e['loc'])}: " if e["loc"] else "")
+                 + e["msg"].removeprefix("Value error, ") for e in err.errors()]
         raise ServeConfigError(f"{path or 'serve config'}: " + "; ".join(lines)) from None

@@ -180,8 +180,8 @@ class Service:
         self._restarting: set[str] = set()
         self._restarts: list[threading.Thread] = []
         try:
+            self.router = self._router()  # a routing that cannot serve is refused before any process starts
             self._start_paths(specs)
-            self.router = self._router()
         except BaseException:
             self.close()
             raise
@@ -221,17 +221,44 @@ class Service:
         return kind(path, self._failed, self.tokenizer.eos_token_id)
 
     def _router(self) -> Any:
+        """The router of ``model: auto`` (an :class:`EmbeddingRouter`, or ``"loss"``); sets ``routing_method``."""
+        self.routing_method = None
         if not self.adapters:
             return None
-        if self.cfg.routing.examples:
+        routing = self.cfg.routing
+        if routing.examples:
             from fedintel.inference.embedding import Encoder
             from fedintel.inference.experts import EmbeddingRouter
 
-            unknown = sorted(set(self.cfg.routing.examples) - set(self.adapters))
+            unknown = sorted(set(routing.examples) - set(self.adapters))
             if unknown:
                 raise ServeConfigError(f"routing.examples: {unknown} are not adapters ({sorted(self.adapters)})")
-            return EmbeddingRouter(Encoder(self.cfg.routing.encoder), self.cfg.routing.examples)
+            self.routing_method = "examples"
+            return EmbeddingRouter(Encoder(routing.encoder), routing.examples)
+        if routing.method in ("clients", "auto") and self.cfg.from_run:
+            router = self._clients_router()
+            if router is not None:
+                return router
+        self.routing_method = "loss"
         return "loss"
+
+    def _clients_router(self) -> Any:
+        """Route by the centroids of from_run's clients (None where auto cannot: the run has no experts)."""
+        from fedintel.inference.embedding import Encoder
+        from fedintel.inference.experts import EmbeddingRouter
+        from fedintel.inference.run_experts import RunExpertsError, expert_statistics, open_expert_run
+
+        assert self.cfg.from_run is not None
+        try:
+            run = open_expert_run(self.cfg.from_run)
+        except RunExpertsError as err:
+            if self.cfg.routing.method == "clients":
+                raise ServeConfigError(f"routing.method: clients cannot route {self.cfg.from_run}: {err}") from None
+            log.info("auto routing by loss: %s", err)
+            return None
+        encoder = Encoder(self.cfg.routing.encoder)
+        self.routing_method = "clients"
+        return EmbeddingRouter.from_statistics(encoder, expert_statistics(run, encoder))
 
     # ------------------------------------------------------------------ models
     def model_ids(self) -> list[dict[str, Any]]:
@@ -248,7 +275,9 @@ class Service:
                         "threshold": spec.threshold, "confidence": spec.confidence, "paths": [name]})
         if self.adapters:
             out.append({"id": "auto", "kind": "router",
-                        "routing": "embedding" if self.cfg.routing.examples else "loss", "paths": []})
+                        "routing": self.routing_method,
+                        "routes_to": self.router.names if self.router not in (None, "loss") else list(self.adapters),
+                        "paths": []})
         return out
 
     def _paths_of(self, model_id: str) -> list[str]:
@@ -261,9 +290,8 @@ class Service:
         if requested in self.adapters or requested in self.cascades:
             return Route(requested, requested)
         if requested == "auto" and self.router is not None:
-            names = list(self.adapters)
             if self.router == "loss":
-                scores = self._loss_scores(names, text)
+                scores = self._loss_scores(list(self.adapters), text)
                 best = min(scores, key=lambda k: scores[k])
             else:
                 sims = self.router.scores([text])[0]
