@@ -50,3 +50,27 @@ def test_a_view_handed_out_before_stays_valid_and_reassigned_tensors_are_rebuffe
     k2, v2 = _kv(1, batch=2, seed=99)
     out_k, _ = layer.update(k2, v2)
     assert torch.equal(out_k, torch.cat([kept, k2], dim=-2))
+
+
+def test_a_cache_filled_from_pieces_equals_concatenation_and_appends_in_place():
+    import pytest
+
+    from fedintel.serving.kvcache import cache_from_pieces
+
+    cfg = _config()
+    (k1, v1), (k2, v2) = _kv(7, batch=1, seed=1), _kv(3, batch=1, seed=2)
+    empty = (k1[:, :, :0], v1[:, :, :0])  # a row that reused no prefix
+    ours = cache_from_pieces(cfg, [[(k1, v1), empty, (k2, v2)], [empty, (k2, v2)]])
+    ref = DynamicCache(config=cfg)
+    ref.update(torch.cat([k1, k2], -2), torch.cat([v1, v2], -2), 0)
+    ref.update(k2, v2, 1)
+    k3, v3 = _kv(1, batch=1, seed=3)
+    for i in range(2):
+        assert torch.equal(ours.layers[i].keys, ref.layers[i].keys)
+        assert torch.equal(ours.layers[i].values, ref.layers[i].values)
+        before = ours.layers[i]._kbuf.data_ptr()
+        got, want = ours.update(k3, v3, i), ref.update(k3, v3, i)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        assert ours.layers[i]._kbuf.data_ptr() == before  # the spare room took the decode step: no copy
+    with pytest.raises(ValueError, match="empty layer"):
+        ours.layers[0].fill([(k1, v1)])

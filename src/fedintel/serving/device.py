@@ -43,7 +43,7 @@ from fedintel.inference.protocol import Message
 from fedintel.inference.worker import Worker, WorkerError
 from fedintel.inference.worker import build_parser as worker_parser
 from fedintel.inference.worker import main as worker_main
-from fedintel.serving.kvcache import growable_cache
+from fedintel.serving.kvcache import cache_from_pieces, growable_cache
 
 # The words a stage's refusal starts with when it no longer holds a prompt prefix the first stage offered. The
 # refusal reaches the first stage as the text of an error reply (across processes), so the text is the protocol.
@@ -439,11 +439,11 @@ class ServingWorker(Worker):
             t0 = time.perf_counter()
             out = self._run(x, cache, positions, mask)
             kv = _kv(cache)
-            for i, sid in enumerate(sessions):  # each row's real columns become its own cache
-                cols = torch.cat([torch.arange(past - int(lens[i]), past),
-                                  torch.arange(past + n_new - m[i], past + n_new)])
-                own = _cache_from(st.config, [(k[i:i + 1].index_select(2, cols.to(k.device)),
-                                               v[i:i + 1].index_select(2, cols.to(v.device))) for k, v in kv])
+            for i, sid in enumerate(sessions):  # each row's real columns become its own cache: its reused
+                # prefix (the last lens[i] past columns) and its new tokens (the last m[i] columns), one copy each
+                real = (slice(past - int(lens[i]), past), slice(past + n_new - m[i], past + n_new))
+                own = cache_from_pieces(st.config, [[(k[i:i + 1, :, c], v[i:i + 1, :, c]) for c in real]
+                                                    for k, v in kv])
                 self.serve[sid] = own
                 self._remember(str(meta["prompt_keys"][i]), ids[i] if ids is not None else None, own)
             self.forwards += 1

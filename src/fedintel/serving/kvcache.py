@@ -59,6 +59,25 @@ class GrowableLayer(DynamicLayer):
         self.keys, self.values = self._kbuf[:, :, :new], self._vbuf[:, :, :new]
         return self.keys, self.values
 
+    def fill(self, pieces: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Start this empty layer from ``pieces`` of (keys, values), joined along the sequence in one copy each
+        (``torch.cat`` and then ``update`` would copy them twice)."""
+        if self.is_initialized and self.keys is not None and self.keys.numel():
+            raise ValueError("fill starts an empty layer; this one already holds columns")
+        k0, v0 = pieces[0]
+        self.lazy_initialization(k0, v0)
+        new = sum(k.shape[-2] for k, _ in pieces)
+        cap = new + max(16, new // 2)
+        kb = k0.new_empty((*k0.shape[:2], cap, k0.shape[-1]))
+        vb = v0.new_empty((*v0.shape[:2], cap, v0.shape[-1]))
+        at = 0
+        for k, v in pieces:
+            kb[:, :, at:at + k.shape[-2]] = k
+            vb[:, :, at:at + v.shape[-2]] = v
+            at += k.shape[-2]
+        self._kbuf, self._vbuf = kb, vb
+        self.keys, self.values = kb[:, :, :new], vb[:, :, :new]
+
     def reset(self) -> None:
         self._kbuf = self._vbuf = None
         super().reset()
@@ -68,4 +87,15 @@ def growable_cache(config: Any) -> DynamicCache:
     """An empty cache for ``config`` whose plain full-attention layers append in place (others unchanged)."""
     cache = DynamicCache(config=config)
     cache.layers = [GrowableLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
+
+
+def cache_from_pieces(config: Any, layers: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> DynamicCache:
+    """A growable cache whose layer ``i`` holds ``layers[i]``'s (keys, values) pieces joined along the sequence."""
+    cache = growable_cache(config)
+    for layer, pieces in zip(cache.layers, layers, strict=True):
+        if isinstance(layer, GrowableLayer):
+            layer.fill(pieces)
+        else:  # a layer kind without a buffer (sliding window ...): Hugging Face's own update
+            layer.update(torch.cat([k for k, _ in pieces], -2), torch.cat([v for _, v in pieces], -2))
     return cache
