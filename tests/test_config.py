@@ -186,3 +186,17 @@ def test_serve_routing_method_is_checked_by_name():
     from fedintel.cli import main as cli_main
 
     assert cli_main(["serve", "--routing", "clients"]) == 2
+
+
+def test_infer_pack_weights_is_checked_by_name_and_reaches_the_devices():
+    from fedintel.inference.config import InferConfig
+    from fedintel.inference.modes.common import runtime_args
+
+    assert runtime_args(InferConfig())[-2:] == ["--pack-weights", "auto"]
+    assert runtime_args(InferConfig(pack_weights="off"))[-2:] == ["--pack-weights", "off"]
+    with pytest.raises(ValueError, match="pack_weights"):
+        InferConfig(pack_weights="always")
+    with pytest.raises(ValueError, match="pack_weights: on cannot run with device cuda"):
+        InferConfig(pack_weights="on", device="cuda")
+    with pytest.raises(ValueError, match="pack_weights: on cannot run .* float16"):
+        InferConfig(pack_weights="on", dtype="float16")

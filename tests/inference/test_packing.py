@@ -120,7 +120,7 @@ def test_a_serving_device_computes_on_the_thread_that_packed_its_weights():
     from fedintel.inference.protocol import LinkSecurity
 
     w = Where(build_parser().parse_args(["--model", "tiny-llama", "--insecure"]), LinkSecurity.plaintext())
-    assert w.packed_linears > 0 and w.packed_on.startswith("serving-compute")
+    assert w.packed_linears > 0 and w.packed_on.startswith("device-compute")
     seen = set()
 
     def call():  # as the link server does: each connection on a thread of its own
@@ -133,3 +133,46 @@ def test_a_serving_device_computes_on_the_thread_that_packed_its_weights():
         t.join()
     assert seen == {w.packed_on}
     assert w.handle(Message("ping")).meta["packed_linears"] == w.packed_linears
+
+
+def test_a_plain_inference_device_packs_by_default_and_computes_on_the_packing_thread():
+    """``fedintel infer`` devices (the plain worker): packed greedy answers equal unpacked ones, and the
+    forward of a request that arrives on a connection thread runs on the thread that packed the weights."""
+    import threading
+
+    from fedintel.inference.protocol import LinkSecurity
+    from fedintel.inference.worker import Worker
+    from fedintel.inference.worker import build_parser as plain_parser
+
+    def device(*flags):
+        return Worker(plain_parser().parse_args(["--model", "smollm2-135m", "--insecure", "--threads", "2", *flags]),
+                      LinkSecurity.plaintext())
+
+    packed, plain = device(), device("--pack-weights", "off")
+    assert packed.packed_linears == 30 * 7 + 1 and plain.packed_linears == 0
+    assert packed.handle(Message("ping")).meta["packed_linears"] == packed.packed_linears
+    ask = Message("generate", {"prompt": "The capital of France is", "max_new_tokens": 6})
+    a, b = packed.handle(ask), plain.handle(ask)
+    assert a.tensors["tokens"].tolist() == b.tensors["tokens"].tolist() and "Paris" in a.meta["text"]
+    scores = Message("score", {"texts": ["The cat sat on the mat.", "Paris is the capital of France."]})
+    assert torch.allclose(packed.handle(scores).tensors["loss"], plain.handle(scores).tensors["loss"], atol=1e-4)
+
+    stage, where = packed.stage, []
+
+    class Recording:  # the stage, noting the thread each forward runs on
+        def __getattr__(self, name):
+            return getattr(stage, name)
+
+        def __call__(self, *args):
+            where.append(threading.current_thread())
+            return stage(*args)
+
+    packed.stage = Recording()
+    ids = torch.tensor([packed.tokenizer("Hello there")["input_ids"]])
+    out = []
+    t = threading.Thread(target=lambda: out.append(packed.handle(
+        Message("forward", {"session": "s", "pos": 0}, {"input_ids": ids}))))
+    t.start()
+    t.join()
+    assert out and out[0].op == "ok" and where == [packed._compute_thread]
+    assert packed._compute_thread.name.startswith("device-compute")

@@ -77,6 +77,9 @@ class InferConfig(_S):
     device: str = Field("cpu", description="Where device processes compute: cpu | cuda | cuda:N | mps | auto.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Weights and activations of the device processes (hidden states travel in it).")
+    pack_weights: Literal["auto", "on", "off"] = Field(
+        "auto", description="Device processes keep their linear layers' weights prepacked for oneDNN (a CPU in "
+        "float32 or bfloat16: one-token steps about 1.3x faster). auto = on where it applies, off elsewhere.")
     prompt: str = "What is the capital of France?"
     prompts: list[str] | None = Field(None, description="Several prompts (cascade, multiaccess); default: built in.")
     max_new_tokens: int = Field(16, ge=1)
@@ -120,6 +123,9 @@ class InferConfig(_S):
 
         if not DEVICE_PATTERN.match(self.device):
             raise ValueError(f"device: {self.device!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+        if self.pack_weights == "on" and (self.dtype == "float16" or not self.device.startswith(("cpu", "auto"))):
+            raise ValueError(f"pack_weights: on cannot run with device {self.device} and dtype {self.dtype}: oneDNN "
+                             "packing needs a CPU in float32 or bfloat16 (use auto or off)")
         if self.insecure and self.tls_dir:
             raise ValueError("insecure: true and tls_dir contradict each other: plaintext links use no certificates")
         if self.insecure:

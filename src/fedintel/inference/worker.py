@@ -37,6 +37,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -86,10 +87,34 @@ class Worker:
         self.delay_s = float(args.delay)
         self.stage: Any = None
         self.tokenizer: Any = None
+        # The model computes on this one thread, which also packs the weights: oneDNN-packed linears called from
+        # a thread other than the one that packed them ran 1.2-1.4x slower here, and the link server answers
+        # each connection on a thread of its own.
+        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="device-compute")
+        self._compute_thread = self._compute.submit(threading.current_thread).result()
+        self.packed_linears = 0
         if self.role == "lm":
             self._load_lm()
+            self.packed_linears = self.on_compute(self._pack, args.pack_weights, args.batch_hint)
         else:
             self._load_classifier()
+
+    def on_compute(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` on the compute thread (at once when already on it)."""
+        if threading.current_thread() is self._compute_thread:
+            return fn(*args)
+        return self._compute.submit(fn, *args).result()
+
+    def _pack(self, mode: str, batch_hint: int) -> int:
+        """Prepack the stage's linears for oneDNN (``mode`` auto/on/off); how many were packed."""
+        from fedintel.inference.packing import pack_linears, packing_available
+
+        why = packing_available(self.runtime.device, self.runtime.dtype)
+        if mode == "off" or (mode == "auto" and why):
+            return 0
+        if why:
+            raise WorkerError(f"--pack-weights on: {why}")
+        return pack_linears(self.stage, max(1, batch_hint))
 
     # ------------------------------------------------------------------ loading
     def _load_lm(self) -> None:
@@ -118,6 +143,7 @@ class Worker:
             model.model.layers = model.model.layers[:end]
             model.config.num_hidden_layers = end
         stage = StageModel(model, start, end)
+        stage.to(self.runtime.device)
         if end < total:  # a truncated load: this stage is not the last of the full model
             stage.last, stage.norm, stage.lm_head = False, None, None
         self.stage = stage
@@ -149,7 +175,8 @@ class Worker:
 
     def op_ping(self, msg: Message) -> Message:
         info: dict[str, Any] = {"role": self.role, "name": self.security.name, "model": self.model_name, "pid": os.getpid(),
-                                "forwards": self.forwards, "requests": self.requests, "sessions": len(self.sessions)}
+                                "forwards": self.forwards, "requests": self.requests, "sessions": len(self.sessions),
+                                "packed_linears": self.packed_linears}
         if self.role == "lm":
             info.update(start=self.stage.start, end=self.stage.end, total=self.total_layers,
                         first=self.stage.first, last=self.stage.last, hidden=self.stage.hidden_size,
@@ -214,7 +241,7 @@ class Worker:
                                   f"{have} cached tokens, request starts at position {pos}")
             t0 = time.perf_counter()
             try:
-                out = self.stage(x, s.cache, int(m.get("n_logits", 1)))
+                out = self.on_compute(self.stage, x, s.cache, int(m.get("n_logits", 1)))
             except Exception:
                 from fedintel.inference.stage import crop_cache
 
@@ -280,8 +307,8 @@ class Worker:
             raise WorkerError(f"the prompt has {ids.shape[1]} tokens; with max_new_tokens={max_new} it exceeds "
                               f"the model's context of {stage.max_context} tokens")
         eos = self.tokenizer.eos_token_id
-        with self.lock:
-            t0 = time.perf_counter()  # compute only, not the wait for the lock
+
+        def greedy() -> tuple[list[int], list[float]]:
             cache = stage.new_cache()
             logits = stage(ids, cache, 1)[0, -1]
             tokens, logps = [], []
@@ -291,8 +318,12 @@ class Worker:
                 tokens.append(t)
                 logps.append(float(lp[t]))
                 if len(tokens) >= max_new or t == eos:
-                    break
+                    return tokens, logps
                 logits = stage(torch.tensor([[t]]), cache, 1)[0, -1]
+
+        with self.lock:
+            t0 = time.perf_counter()  # compute only, not the wait for the lock
+            tokens, logps = self.on_compute(greedy)
             self.forwards += len(tokens)
             compute_s = time.perf_counter() - t0
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -308,8 +339,9 @@ class Worker:
         texts = msg.meta.get("texts")
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
             raise WorkerError("score needs meta.texts: a list of strings")
-        losses = []
-        with self.lock:
+
+        def mean_losses() -> list[float]:
+            losses = []
             for text in texts:
                 ids = torch.tensor([self.tokenizer(text)["input_ids"][: stage.max_context]])
                 if ids.shape[1] < 2:
@@ -317,6 +349,10 @@ class Worker:
                     continue
                 logits = stage(ids, stage.new_cache(), 0)[0]
                 losses.append(float(torch.nn.functional.cross_entropy(logits[:-1], ids[0, 1:])))
+            return losses
+
+        with self.lock:
+            losses = self.on_compute(mean_losses)
         return Message("ok", {}, {"loss": torch.tensor(losses, dtype=torch.float32)})
 
     def op_classify(self, msg: Message) -> Message:
@@ -358,6 +394,14 @@ def _parse_slice(text: str) -> tuple[int, int]:
         raise WorkerError(f"--layers {text!r} is not START:END (e.g. 0:15)") from None
 
 
+def count_arg(text: str) -> int:
+    """An argparse type: a whole number, 0 or more."""
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{n} is negative")
+    return n
+
+
 def _watch_parent(parent_pid: int, stop: threading.Event) -> None:
     while not stop.wait(0.25):
         if os.getppid() != parent_pid:
@@ -385,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0, help="socket timeout, seconds")
     p.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES)
     p.add_argument("--max-sessions", type=int, default=64)
+    p.add_argument("--pack-weights", choices=["auto", "on", "off"], default="auto",
+                   help="prepack the linear layers' weights for oneDNN (CPU, float32/bfloat16); auto: where it applies")
+    p.add_argument("--batch-hint", type=count_arg, default=1, help="the rows per step packed weights are laid out for")
     p.add_argument("--delay", type=float, default=0.0, help="extra seconds per request (emulates a slow device)")
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this process is no longer the parent")
     p.add_argument("--certs", default=None, metavar="DIR",

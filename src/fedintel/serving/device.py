@@ -31,16 +31,14 @@ import hashlib
 import sys
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
-from fedintel.inference.packing import pack_linears, packing_available
 from fedintel.inference.protocol import Message
-from fedintel.inference.worker import Worker, WorkerError
+from fedintel.inference.worker import Worker, WorkerError, count_arg
 from fedintel.inference.worker import build_parser as worker_parser
 from fedintel.inference.worker import main as worker_main
 from fedintel.serving.kvcache import cache_from_pieces, growable_cache
@@ -107,12 +105,6 @@ class ServingWorker(Worker):
         super().__init__(args, security)
         if self.role != "lm":
             raise WorkerError("a serving device serves a language model (--role lm)")
-        self.stage.to(self.runtime.device)
-        # Every operation that computes runs on this one thread, which also packs the weights: oneDNN-packed
-        # linears called from a thread other than the one that packed them ran 1.3-1.4x slower here (the
-        # decode step at 1 and 16 rows), and the link server answers each connection on a thread of its own.
-        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serving-compute")
-        self.packed_linears = self._compute.submit(self._pack, args.pack_weights, args.batch_hint).result()
         # session -> its own cache (batch of one), or None while its row lives in the stacked batch cache
         self.serve: dict[str, DynamicCache | None] = {}
         self.batch_rows: tuple[str, ...] = ()
@@ -126,18 +118,11 @@ class ServingWorker(Worker):
         self.prefix_tokens_saved = 0
 
     def handle(self, msg: Message) -> Message:
-        if msg.op in ("ping", "shutdown"):  # answered at once, even while a forward runs
+        # every serving operation computes (on the thread that packed the weights); ping and shutdown answer
+        # at once, even while a forward runs
+        if msg.op in ("ping", "shutdown"):
             return super().handle(msg)
-        return self._compute.submit(super().handle, msg).result()
-
-    def _pack(self, mode: str, batch_hint: int) -> int:
-        """Prepack the stage's linears for oneDNN (``mode`` auto/on/off); how many were packed."""
-        why = packing_available(self.runtime.device, self.runtime.dtype)
-        if mode == "off" or (mode == "auto" and why):
-            return 0
-        if why:
-            raise WorkerError(f"--pack-weights on: {why}")
-        return pack_linears(self.stage, max(1, batch_hint))
+        return self.on_compute(super().handle, msg)
 
     # ------------------------------------------------------------------ the forward pass
     @torch.inference_mode()
@@ -529,23 +514,14 @@ class ServingWorker(Worker):
         return reply
 
 
-def _count(text: str) -> int:
-    n = int(text)
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{n} is negative")
-    return n
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The worker's options (``--device`` and ``--dtype`` included)."""
     p = worker_parser()
     p.prog = "python -m fedintel.serving.device"
-    p.add_argument("--prefix-cache", type=_count, default=8,
+    p.add_argument("--prefix-cache", type=count_arg, default=8,
                    help="prompts whose KV cache is kept for prefix reuse (0: off)")
-    p.add_argument("--prefix-min", type=_count, default=4, help="shortest shared prefix worth reusing, tokens")
-    p.add_argument("--pack-weights", choices=["auto", "on", "off"], default="auto",
-                   help="prepack the linear layers' weights for oneDNN (CPU, float32/bfloat16); auto: where it applies")
-    p.add_argument("--batch-hint", type=_count, default=16, help="the decode batch packed weights are laid out for")
+    p.add_argument("--prefix-min", type=count_arg, default=4, help="shortest shared prefix worth reusing, tokens")
+    p.set_defaults(batch_hint=16)  # the decode batch (limits.max_batch)
     return p
 
 

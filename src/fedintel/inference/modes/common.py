@@ -73,7 +73,7 @@ def prompt_ids(tok: Any, text: str, chat: bool) -> list[int]:
 
 def runtime_args(cfg: InferConfig) -> list[str]:
     """Worker arguments that place a device process on ``cfg``'s device and precision."""
-    return ["--device", cfg.device, "--dtype", cfg.dtype]
+    return ["--device", cfg.device, "--dtype", cfg.dtype, "--pack-weights", cfg.pack_weights]
 
 
 def worker_model_args(name: str, num_layers: int | None) -> list[str]:
