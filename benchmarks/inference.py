@@ -9,7 +9,8 @@
    layers, fp32, on an edge process; the end device's small model is its int8 version, or an early exit);
 4. multi-access: success rate and latency with relays dropping requests and a node killed mid-batch.
 
-Every device is its own OS process with one torch thread; the machine has 2 shared cores, so absolute
+Every device is its own OS process with one torch thread and its linears prepacked for oneDNN (as `fedintel
+infer` runs them; a model that runs in this process is packed too); the machine has 2 shared cores, so absolute
 numbers move with load: compare the ratios.
 """
 
@@ -37,6 +38,7 @@ from fedintel.inference.multiaccess import (
     rank_paths,
     simulate_multiaccess,
 )
+from fedintel.inference.packing import pack_linears
 from fedintel.inference.planner import DeviceSpec, LinkSpec
 from fedintel.inference.protocol import LinkSecurity
 from fedintel.inference.simulate import ModelCost, cascade_s, remote_generate_s, speculative_s
@@ -90,6 +92,7 @@ def bench_split(security: LinkSecurity, new_tokens: int, reps: int) -> None:
     ids = chat_ids(lm.tokenizer, PROMPTS[0])
     configs: list[tuple[str, list[int]]] = [("1 (this process)", []), ("2 processes", [15]), ("3 processes", [10, 20])]
     pipes = {name: SplitPipeline.launch("smollm2-135m", cuts, 30, security=security) for name, cuts in configs[1:]}
+    pack_linears(lm.model, 1)  # the stage processes pack theirs (pack_weights: auto): compare like with like
     lms = {configs[0][0]: LocalLM(lm.model), **pipes}
     best = {name: float("inf") for name, _ in configs}
     tokens: dict[str, list[int]] = {}
@@ -132,6 +135,7 @@ def bench_vertical(security: LinkSecurity, new_tokens: int, early_exit: list[int
     drafts = [("int8 (whole model)", quantize_int8(big.model), ModelCost.of(big.model.config, 1.0))]
     for nl in early_exit:
         small = load_base_model(ModelConfig(name="smollm2-135m", num_layers=nl))
+        pack_linears(small.model, 1)  # as `fedintel infer` packs an fp32 draft (the edge process packs its own)
         drafts.append((f"early exit {nl}/30 layers", small.model, ModelCost.of(small.model.config)))
     spec_rows, casc_rows = [], []
     with SplitPipeline.launch("smollm2-135m", [], 30, security=security) as edge:

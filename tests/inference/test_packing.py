@@ -176,3 +176,23 @@ def test_a_plain_inference_device_packs_by_default_and_computes_on_the_packing_t
     t.join()
     assert out and out[0].op == "ok" and where == [packed._compute_thread]
     assert packed._compute_thread.name.startswith("device-compute")
+
+
+def test_a_model_in_the_originating_process_is_packed_like_the_devices():
+    from fedintel.config import ModelConfig
+    from fedintel.inference.config import InferConfig
+    from fedintel.inference.modes.common import pack_local
+    from fedintel.inference.stage import quantize_int8
+    from fedintel.models.loader import load_base_model
+
+    def tiny():
+        return load_base_model(ModelConfig(name="tiny-llama")).model
+
+    assert pack_local(tiny(), InferConfig(pack_weights="off")) == 0
+    assert pack_local(quantize_int8(tiny()), InferConfig()) == 0  # int8 linears are not nn.Linear: nothing to pack
+    model = tiny()
+    ids = torch.tensor([[1, 5, 9, 3]])
+    before = model(ids).logits
+    assert pack_local(model, InferConfig()) > 0
+    assert any(isinstance(m, PackedLinear) for m in model.modules())
+    assert torch.allclose(model(ids).logits, before, atol=1e-4)

@@ -46,6 +46,18 @@ def load_model(name: str, num_layers: int | None, cfg: InferConfig | None = None
     return load_base_model(ModelConfig(name=name, num_layers=num_layers), *([runtime] if runtime else []))
 
 
+def pack_local(model: Any, cfg: InferConfig) -> int:
+    """Prepack ``model``'s linears for oneDNN as the device processes do (``cfg.pack_weights``), so a model that
+    runs in this process is compared with them on equal terms; call it on the thread that will run the model.
+    How many were packed (0: packing does not apply, or is off)."""
+    from fedintel.inference.packing import pack_linears, packing_available
+
+    weight = next(model.parameters())
+    if cfg.pack_weights == "off" or packing_available(weight.device, weight.dtype):
+        return 0  # "on" that cannot run was refused by the config; a quantized model has no nn.Linear left
+    return pack_linears(model, 1)
+
+
 def load_draft(cfg: InferConfig) -> tuple[str, LoadedModel]:
     """A description and the loaded small model (early exit, another model and/or int8)."""
     name = cfg.draft_model or cfg.model
@@ -58,6 +70,8 @@ def load_draft(cfg: InferConfig) -> tuple[str, LoadedModel]:
     if cfg.draft_quantize:
         small.model = quantize_int8(small.model)
         desc += " int8"
+    else:
+        pack_local(small.model, cfg)
     return desc, small
 
 

@@ -10,7 +10,14 @@ from dataclasses import dataclass
 import torch
 
 from fedintel.inference.config import InferConfig
-from fedintel.inference.modes.common import link_security, load_model, plan_for, prompt_ids, runtime_args
+from fedintel.inference.modes.common import (
+    link_security,
+    load_model,
+    pack_local,
+    plan_for,
+    prompt_ids,
+    runtime_args,
+)
 from fedintel.inference.modes.report import ModeReport, ReportTable, measured_vs_simulated, ms
 from fedintel.inference.planner import SplitPlan
 from fedintel.inference.split import SplitPipeline
@@ -90,6 +97,7 @@ def run(cfg: InferConfig, reference: bool = True, notify: Callable[[str], None] 
                              cfg.max_new_tokens, out.tokens_per_s, overhead / len(pipe.stages), out.total_s,
                              lm.tokenizer.decode(out.tokens, skip_special_tokens=True))
     if reference:
+        pack_local(lm.model, cfg)  # packed like the stages, so the time ratio compares like with like
         greedy_generate(LocalLM(lm.model), ids[:4], 2)
         ref = greedy_generate(LocalLM(lm.model), ids, cfg.max_new_tokens, lm.tokenizer.eos_token_id, keep_logits=True)
         dmax = max(float((a - b).abs().max()) for a, b in zip(out.logits, ref.logits, strict=False))
