@@ -1,6 +1,6 @@
 """Collaborative-inference benchmark: prints tables of measured (loopback, real processes) numbers.
 
-    .venv/bin/python benchmarks/inference.py [--quick]
+    .venv/bin/python benchmarks/inference.py [--quick] [--only split ...]
 
 1. transport: round trip of a frame to a device process over mutual TLS (1x1xhidden and 1x128x768 fp32;
    TLS against plain TCP: benchmarks/tls_links.py);
@@ -86,41 +86,52 @@ def bench_transport(security: LinkSecurity, reps: int) -> None:
 
 
 def bench_split(security: LinkSecurity, new_tokens: int, reps: int) -> None:
-    """Single process vs 2 and 3 stage processes, interleaved; the best of ``reps`` runs of each (the
-    machine is shared, so the minimum is the least disturbed measurement)."""
-    lm = load_base_model(ModelConfig(name="smollm2-135m"))
-    ids = chat_ids(lm.tokenizer, PROMPTS[0])
+    """Single process vs 2 and 3 stage processes, each with its linears packed for oneDNN and not, all
+    interleaved; the best of ``reps`` runs of each (the machine is shared, so the minimum is the least
+    disturbed measurement)."""
+    plain, packed = (load_base_model(ModelConfig(name="smollm2-135m")) for _ in range(2))
+    pack_linears(packed.model, 1)  # as the stage processes pack theirs (pack_weights: auto)
+    ids = chat_ids(plain.tokenizer, PROMPTS[0])
     configs: list[tuple[str, list[int]]] = [("1 (this process)", []), ("2 processes", [15]), ("3 processes", [10, 20])]
-    pipes = {name: SplitPipeline.launch("smollm2-135m", cuts, 30, security=security) for name, cuts in configs[1:]}
-    pack_linears(lm.model, 1)  # the stage processes pack theirs (pack_weights: auto): compare like with like
-    lms = {configs[0][0]: LocalLM(lm.model), **pipes}
-    best = {name: float("inf") for name, _ in configs}
-    tokens: dict[str, list[int]] = {}
-    overhead: dict[str, list[float]] = {name: [] for name, _ in configs}
+    lms: dict[tuple[str, bool], object] = {(configs[0][0], True): LocalLM(packed.model),
+                                           (configs[0][0], False): LocalLM(plain.model)}
+    pipes = {(name, pack): SplitPipeline.launch("smollm2-135m", cuts, 30, security=security,
+                                                extra_args=["--pack-weights", "on" if pack else "off"])
+             for name, cuts in configs[1:] for pack in (True, False)}
+    lms.update(pipes)
+    best = dict.fromkeys(lms, float("inf"))
+    tokens: dict[tuple[str, bool], list[int]] = {}
+    overhead: dict[tuple[str, bool], list[float]] = {key: [] for key in lms}
     try:
         for lmx in lms.values():
             greedy_generate(lmx, ids, 4)
         for _ in range(reps):
-            for name, _ in configs:
-                r = greedy_generate(lms[name], ids, new_tokens)
-                best[name] = min(best[name], statistics.median(r.decode_s))
-                tokens[name] = r.tokens
-                if name in pipes:
-                    overhead[name] += pipes[name].stats.overhead_s()[-len(r.decode_s):]
+            for key, lmx in lms.items():
+                r = greedy_generate(lmx, ids, new_tokens)
+                best[key] = min(best[key], statistics.median(r.decode_s))
+                tokens[key] = r.tokens
+                if key in pipes:
+                    overhead[key] += pipes[key].stats.overhead_s()[-len(r.decode_s):]
     finally:
         for p in pipes.values():
             p.close()
-    single = best[configs[0][0]]
-    rows = [[configs[0][0], "-", f"{1 / single:.1f}", f"{single * 1e3:.1f}", "-", "-", "1.00", "yes"]]
-    for name, cuts in configs[1:]:
+    reference = tokens[(configs[0][0], False)]
+    single = {pack: best[(configs[0][0], pack)] for pack in (True, False)}
+    rows = []
+    for name, cuts in configs:
         hops = len(cuts) + 1
-        rows.append([name, ",".join(map(str, cuts)), f"{1 / best[name]:.1f}", f"{best[name] * 1e3:.1f}",
-                     f"{(best[name] - single) / hops * 1e3:.2f}", f"{statistics.median(overhead[name]) / hops * 1e3:.2f}",
-                     f"{best[name] / single:.2f}", "yes" if tokens[name] == tokens[configs[0][0]] else "NO"])
+        on, off = best[(name, True)], best[(name, False)]
+        same = all(tokens[(name, pack)] == reference for pack in (True, False))
+        rows.append([name, ",".join(map(str, cuts)) or "-", f"{1 / on:.1f}", f"{1 / off:.1f}", f"{on / off:.2f}",
+                     f"{on / single[True]:.2f}", f"{off / single[False]:.2f}",
+                     f"{(on - single[True]) / hops * 1e3:.2f}" if cuts else "-",
+                     f"{statistics.median(overhead[(name, True)]) / hops * 1e3:.2f}" if cuts else "-",
+                     "yes" if same else "NO"])
     table(f"split runtime: SmolLM2-135M (30 layers, hidden 576), greedy, {new_tokens} tokens, 1 thread per process, "
-          f"best of {reps} interleaved runs",
-          ["stages", "cuts", "tokens/s", "ms/token", "added ms/hop vs 1 process", "transport ms/hop (median)",
-           "time ratio", "same tokens"], rows)
+          f"best of {reps} interleaved runs; packed = linears prepacked for oneDNN (pack_weights: auto)",
+          ["stages", "cuts", "tokens/s packed", "tokens/s unpacked", "packed / unpacked time",
+           "time vs 1 process (packed)", "time vs 1 process (unpacked)", "added ms/hop (packed)",
+           "transport ms/hop (median)", "same tokens"], rows)
 
 
 def bench_vertical(security: LinkSecurity, new_tokens: int, early_exit: list[int]) -> None:
@@ -235,15 +246,22 @@ def bench_multiaccess(security: LinkSecurity, requests: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer tokens and repetitions")
+    ap.add_argument("--only", action="append", choices=["transport", "split", "vertical", "multiaccess"],
+                    help="run only this part (repeat for several; default: all)")
     args = ap.parse_args()
+    only = set(args.only or ["transport", "split", "vertical", "multiaccess"])
     torch.set_num_threads(1)
     torch.manual_seed(0)
     security = LinkSecurity.fresh(tempfile.mkdtemp(prefix="fedintel-bench-tls-"))  # one CA for every device here
     t0 = time.time()
-    bench_transport(security, 200 if args.quick else 500)
-    bench_split(security, 16 if args.quick else 32, 2 if args.quick else 4)
-    bench_vertical(security, 16 if args.quick else 24, [] if args.quick else [20])
-    bench_multiaccess(security, 18 if args.quick else 30)
+    if "transport" in only:
+        bench_transport(security, 200 if args.quick else 500)
+    if "split" in only:
+        bench_split(security, 16 if args.quick else 32, 2 if args.quick else 4)
+    if "vertical" in only:
+        bench_vertical(security, 16 if args.quick else 24, [] if args.quick else [20])
+    if "multiaccess" in only:
+        bench_multiaccess(security, 18 if args.quick else 30)
     console.print(f"total {time.time() - t0:.0f} s")
 
 
