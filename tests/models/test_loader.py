@@ -144,3 +144,37 @@ def test_tiny_llama_tokenizer_is_smollm2s_bpe_cut_to_its_first_tokens():
     chat = [{"role": "user", "content": "hi"}]
     assert tok.apply_chat_template(chat, tokenize=False) == full.apply_chat_template(chat, tokenize=False)
     assert (tok.eos_token_id, tok.pad_token_id, tok.bos_token_id) == (full.eos_token_id, 2, full.bos_token_id)
+
+
+def test_a_truncated_load_reports_no_expected_surprises_and_leaves_the_classes_as_they_were():
+    """``num_layers`` leaves the checkpoint's later layers unused and a classification head is new, on purpose:
+    transformers' load report (a long warning) stays quiet about those, and only those."""
+    import logging
+
+    from transformers import BertForSequenceClassification, LlamaForCausalLM
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    from transformers.utils import logging as hf_logging
+
+    hf = logging.getLogger("transformers")
+    handler = Keep(level=logging.WARNING)
+    hf.addHandler(handler)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()  # the suite (like the CLI) runs at error: a library user gets warnings
+    try:
+        lm = load_base_model(ModelConfig(name="smollm2-135m", num_layers=2)).model
+        clf = load_base_model(ModelConfig(name="minilm-l6", task="classification", num_labels=2, num_layers=3)).model
+    finally:
+        hf.removeHandler(handler)
+        hf_logging.set_verbosity(verbosity)
+    assert not [r for r in records if "LOAD REPORT" in r], records
+    assert len(lm.model.layers) == 2 and len(clf.bert.encoder.layer) == 3
+    assert torch.isfinite(clf.classifier.weight).all() and float(clf.classifier.weight.std()) > 0  # initialised
+    for cls in (LlamaForCausalLM, BertForSequenceClassification):  # the patterns were for those loads only
+        assert "_keys_to_ignore_on_load_unexpected" not in cls.__dict__
+        assert "_keys_to_ignore_on_load_missing" not in cls.__dict__

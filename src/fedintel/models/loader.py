@@ -7,12 +7,15 @@ cache (``$HF_HOME``) and honour ``HF_HUB_OFFLINE``; built-in names never touch a
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import importlib.util
 import json
 import logging
 import re
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,6 +240,40 @@ def _finish(model: PreTrainedModel, cfg: ModelConfig, runtime: Runtime, quantize
     return model
 
 
+_CLASS_PATCH = threading.Lock()
+
+
+@contextlib.contextmanager
+def _expected_keys(auto: type, mcfg: object, unexpected: list[str], missing: list[str]) -> Iterator[None]:
+    """Tell transformers which checkpoint keys this load leaves unused (``unexpected``) or new (``missing``) on
+    purpose, so its load report (a 15-line warning) shows only real surprises."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING,
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING,
+    )
+
+    mapping = MODEL_FOR_CAUSAL_LM_MAPPING if auto is AutoModelForCausalLM else MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+    try:
+        cls = mapping[type(mcfg)]
+    except KeyError:  # a class transformers does not map (remote code): its report stays as it is
+        yield
+        return
+    # the attributes are read when the model is built, so they are set for this load only
+    names = {"_keys_to_ignore_on_load_unexpected": unexpected, "_keys_to_ignore_on_load_missing": missing}
+    with _CLASS_PATCH:
+        saved = {n: (n in cls.__dict__, cls.__dict__.get(n)) for n in names}
+        for n, extra in names.items():
+            setattr(cls, n, [*(getattr(cls, n) or []), *extra])
+        try:
+            yield
+        finally:
+            for n, (own, before) in saved.items():
+                if own:
+                    setattr(cls, n, before)
+                else:
+                    delattr(cls, n)
+
+
 def load_base_model(cfg: ModelConfig, runtime: Runtime = CPU) -> LoadedModel:
     """Load the base model of ``cfg`` placed as ``runtime`` says (default: CPU, float32)."""
     hf_logging.disable_progress_bar()  # our own progress bars own the console
@@ -257,8 +294,8 @@ def load_base_model(cfg: ModelConfig, runtime: Runtime = CPU) -> LoadedModel:
             raise _hub_error(cfg, err) from None
         raise ModelError(f"model.name: cannot load tokenizer/config from {source}: {err}") from None
     _ensure_pad(tok)
+    total = getattr(mcfg, "num_hidden_layers", None)
     if cfg.num_layers is not None:
-        total = getattr(mcfg, "num_hidden_layers", None)
         if total is not None and cfg.num_layers > total:
             raise ModelError(f"model.num_layers: {cfg.num_layers} exceeds the model's {total} layers")
         mcfg.num_hidden_layers = cfg.num_layers
@@ -276,8 +313,14 @@ def load_base_model(cfg: ModelConfig, runtime: Runtime = CPU) -> LoadedModel:
     load_kwargs: dict = {"config": mcfg, "dtype": runtime.dtype, **kwargs}
     if quant is not None:
         load_kwargs.update(quantization_config=quant, device_map={"": runtime.device})
+    unexpected, missing = [], []
+    if cfg.num_layers is not None and total is not None and cfg.num_layers < total:  # later layers: left out
+        unexpected.append(rf"(^|\.)(layers?|h|blocks?)\.({'|'.join(str(i) for i in range(cfg.num_layers, total))})\.")
+    if cfg.task != "causal_lm":  # the new classification head, trained with the adapter (modules_to_save)
+        missing.append(r"^(classifier|score)\.")
     try:
-        model = auto.from_pretrained(source, **load_kwargs)
+        with _expected_keys(auto, mcfg, unexpected, missing):
+            model = auto.from_pretrained(source, **load_kwargs)
     except Exception as err:
         if quant is not None:
             raise ModelError(f"model.quantization: {cfg.quantization} could not load on {runtime.device} "
