@@ -27,6 +27,12 @@ def add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--experiments", default=None, help="directory of the experiment YAMLs (default: benchmarks/paper)")
     q.add_argument("--runs-dir", default=None, help="where runs go (default: runs/paper or runs/paper-quick)")
     q.add_argument("--out", default=None, help="report path (default: docs/results.md; --full: docs/results_full.md)")
+    q.add_argument("--check", action="store_true",
+                   help="run nothing: list the hub models and datasets the selected experiments need, and whether each "
+                        "is cached or the hub answers (exit status 2 when one is missing)")
+    q.add_argument("--skip-check", action="store_true",
+                   help="start the runs even when a hub model or dataset seems unreachable (the check runs by default "
+                        "before any run)")
     q.add_argument("--report-only", action="store_true",
                    help="run nothing: rebuild the report from finished runs (default: the stores published beside "
                         "the report, e.g. docs/results_runs/)")
@@ -70,6 +76,22 @@ def _cmd_paper(args: argparse.Namespace) -> int:
     runs_dir = Path(args.runs_dir or ("runs/paper-quick" if args.quick else "runs/paper-full" if args.full else
                                       "runs/paper"))
     experiments = full_set(exp_dir, select_experiments(args.only)) if args.full else select_experiments(args.only)
+    if args.check or not args.skip_check:
+        # before any run uses the accelerator: can every hub model and dataset be read?
+        from fedintel.reproduce.paper import experiment_configs
+        from fedintel.reproduce.preflight import check, missing_message
+
+        resources = check(experiment_configs(exp_dir, args.quick, args.set, experiments, args.full))
+        if args.check:
+            _print_resources(console, resources)
+        problem = missing_message(resources)
+        if problem:
+            from fedintel.cli import err_console
+
+            err_console.print(f"[red]error[/]: {problem}", highlight=False)
+            return 2
+        if args.check:
+            return 0
     total = sum(seeds[fig] for fig, names in FIGURES.items() for name in names if name in experiments)
     with Progress(TextColumn("[bold]paper runs"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=console) as progress:
@@ -85,3 +107,17 @@ def _cmd_paper(args: argparse.Namespace) -> int:
     console.print(f"report: [bold]{out}[/] (plots in {out.parent / (out.stem + '_plots')}, stores in {published})")
     return 0
 
+
+
+def _print_resources(console: object, resources: list) -> None:
+    from rich.table import Table
+
+    table = Table(title="hub models and datasets of the selected experiments")
+    for col in ("kind", "id", "status", "used by"):
+        table.add_column(col)
+    words = {"cached": "[green]cached[/]", "hub": "hub (downloads on first use)", "missing": "[red]missing[/]"}
+    for r in resources:
+        table.add_row(r.kind, r.repo_id, words[r.status], ", ".join(r.used_by))
+    if not resources:
+        table.add_row("-", "none: built-in models and packaged data only", "[green]ready[/]", "")
+    console.print(table)  # type: ignore[attr-defined]
